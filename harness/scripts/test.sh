@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command. On a fresh Debian host it installs and starts what the tests need, runs the
+# whole suite under cargo-nextest, and finally fails if the run left any object of mkh's in
+# libvirt. Objects of other owners (e.g. an environment brought up with `mkh up`) are reported,
+# never removed. Extra arguments go to `cargo nextest run`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+harness/scripts/setup-host.sh
+
+# The non-root check runs as a user in group `libvirt`. Without systemd there is no polkit to
+# grant that group libvirt's socket, so libvirtd's own socket settings do (and libvirtd restarts).
+if [ "$(id -u)" = 0 ]; then
+  harness/scripts/grant-libvirt-group.sh mkh-test
+  export MKH_TEST_USER=mkh-test
+fi
+
+# Every object the run creates records this id (child processes inherit it).
+export MKH_RUN_ID="${MKH_RUN_ID:-test-$(date -u +%Y%m%dT%H%M%SZ)-$$}"
+profile=default
+[ "${CI:-}" = true ] && profile=ci
+
+status=0
+cargo nextest run --workspace --profile "$profile" "$@" || status=$?
+
+echo "== libvirt objects left by run $MKH_RUN_ID"
+cargo run --quiet -p mkh --bin mkh -- audit --run "$MKH_RUN_ID" || status=1
+exit $status

@@ -1,0 +1,205 @@
+//! The only module that talks to libvirt (crate `virt`). Everything above it deals in mkh's own
+//! types and XML strings. All calls block: async callers run them on blocking threads.
+
+use std::sync::Once;
+
+use virt::connect::Connect;
+use virt::error::ErrorNumber;
+use virt::sys;
+
+use crate::error::{Error, Result};
+
+/// `MKH_LIBVIRT_URI`, else `LIBVIRT_DEFAULT_URI`, else `qemu:///system`.
+pub fn default_uri() -> String {
+    std::env::var("MKH_LIBVIRT_URI")
+        .or_else(|_| std::env::var("LIBVIRT_DEFAULT_URI"))
+        .unwrap_or_else(|_| "qemu:///system".to_owned())
+}
+
+/// Whether a URI reaches the libvirt of this host, so that host-side facts (interfaces, routes,
+/// processes) describe the same machine as libvirt's objects.
+pub fn uri_is_local(uri: &str) -> bool {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => !scheme.contains('+') && rest.starts_with('/'),
+        None => true,
+    }
+}
+
+/// What happened to an object mkh asked to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Someone else (another reaper, a concurrent teardown) removed it first: fine.
+    AlreadyGone,
+}
+
+pub struct Libvirt {
+    conn: Connect,
+    uri: String,
+}
+
+/// A libvirt object seen in a listing: its name and its full XML.
+#[derive(Debug, Clone)]
+pub struct ObjectXml {
+    pub name: String,
+    pub active: bool,
+    pub xml: String,
+}
+
+impl Libvirt {
+    pub fn connect() -> Result<Libvirt> {
+        Libvirt::connect_to(&default_uri())
+    }
+
+    pub fn connect_to(uri: &str) -> Result<Libvirt> {
+        static QUIET: Once = Once::new();
+        // libvirt's default handler prints every error to stderr, including the expected ones
+        // (an object already gone); mkh reports errors itself.
+        QUIET.call_once(virt::error::clear_error_callback);
+        let conn = Connect::open(Some(uri)).map_err(|source| Error::Connect {
+            uri: uri.to_owned(),
+            source,
+        })?;
+        Ok(Libvirt {
+            conn,
+            uri: uri.to_owned(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn is_local(&self) -> bool {
+        uri_is_local(&self.uri)
+    }
+
+    /// Every network, defined or transient, active or not, with its XML.
+    pub fn networks(&self) -> Result<Vec<ObjectXml>> {
+        let list = self
+            .conn
+            .list_all_networks(0)
+            .map_err(|source| failed("list", "networks", source))?;
+        let mut out = Vec::with_capacity(list.len());
+        for net in list {
+            // A network removed between the listing and this call is simply not there.
+            let (Ok(name), Ok(xml)) = (net.name(), net.xml_desc(0)) else {
+                continue;
+            };
+            out.push(ObjectXml {
+                name,
+                active: net.is_active().unwrap_or(false),
+                xml,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Defines a persistent network from XML and starts it.
+    pub fn define_and_start_network(&self, name: &str, xml: &str) -> Result<()> {
+        let net = self
+            .conn
+            .define_network_xml(xml)
+            .map_err(|source| failed("define network", name, source))?;
+        if let Err(source) = net.create() {
+            // Leave nothing half-made behind.
+            let _ = net.undefine();
+            return Err(failed("start network", name, source));
+        }
+        Ok(())
+    }
+
+    /// Destroys (if active) and undefines a network. Gone already is not an error.
+    pub fn remove_network(&self, name: &str) -> Result<Removal> {
+        let net = match self.conn.lookup_network_by_name(name) {
+            Ok(net) => net,
+            Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
+            Err(source) => return Err(failed("look up network", name, source)),
+        };
+        match net.destroy() {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) || is_not_running(&e) => {}
+            Err(source) => return Err(failed("stop network", name, source)),
+        }
+        match net.undefine() {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) if is_gone(&e) => Ok(Removal::AlreadyGone),
+            // A transient network vanishes on destroy.
+            Err(e) if is_not_running(&e) => Ok(Removal::Removed),
+            Err(source) => Err(failed("undefine network", name, source)),
+        }
+    }
+
+    /// Every domain, running or not, with its XML.
+    pub fn domains(&self) -> Result<Vec<ObjectXml>> {
+        let list = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|source| failed("list", "domains", source))?;
+        let mut out = Vec::with_capacity(list.len());
+        for dom in list {
+            let (Ok(name), Ok(xml)) = (dom.name(), dom.xml_desc(0)) else {
+                continue;
+            };
+            out.push(ObjectXml {
+                name,
+                active: dom.is_active().unwrap_or(false),
+                xml,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Destroys (if running) and undefines a domain. Gone already is not an error.
+    pub fn remove_domain(&self, name: &str) -> Result<Removal> {
+        let dom = match self.conn.lookup_domain_by_name(name) {
+            Ok(dom) => dom,
+            Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
+            Err(source) => return Err(failed("look up domain", name, source)),
+        };
+        match dom.destroy() {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) || is_not_running(&e) => {}
+            Err(source) => return Err(failed("stop domain", name, source)),
+        }
+        let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+        match dom.undefine_flags(flags) {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) if is_gone(&e) => Ok(Removal::AlreadyGone),
+            // A transient domain vanishes on destroy.
+            Err(e) if is_not_running(&e) => Ok(Removal::Removed),
+            Err(source) => Err(failed("undefine domain", name, source)),
+        }
+    }
+}
+
+fn failed(action: &'static str, object: &str, source: virt::error::Error) -> Error {
+    Error::Libvirt {
+        action,
+        object: object.to_owned(),
+        source,
+    }
+}
+
+fn is_gone(e: &virt::error::Error) -> bool {
+    e.code()
+        .is_any(vec![ErrorNumber::NoNetwork, ErrorNumber::NoDomain])
+}
+
+fn is_not_running(e: &virt::error::Error) -> bool {
+    e.code().is(ErrorNumber::OperationInvalid)
+}
+
+/// Whether an error says the subnet or bridge is already used on the host, so the allocator
+/// should pick another subnet and try again.
+pub fn is_address_conflict(err: &Error) -> bool {
+    match err {
+        Error::Libvirt { source, .. } => {
+            let m = source.message();
+            m.contains("already in use") || m.contains("File exists")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,229 @@
+//! The `mkh` command: environments that outlive a command, and the reaper.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use mkh::inventory::{claimed_objects, environments};
+use mkh::libvirt::Libvirt;
+use mkh::owner::OwnerKind;
+use mkh::reaper::{self, ReapScope};
+use mkh::teardown::Teardown;
+use mkh::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "mkh",
+    version,
+    about = "Throw-away minikube-like environments on libvirt for integration tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List environments mkh owns in libvirt.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a CLI-owned environment and everything it created.
+    Down { name: String },
+    /// Remove what dead owners left behind (never objects mkh did not create).
+    Reap {
+        /// Also remove CLI-owned environments, live or not.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every libvirt object mkh's metadata claims; with --run, fail if any of that run is left.
+    Audit {
+        /// A run id (MKH_RUN_ID or NEXTEST_RUN_ID of the run to check).
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MKH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mkh: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Ls { json } => ls(json),
+        Command::Down { name } => down(&name),
+        Command::Reap { all, json } => reap(all, json),
+        Command::Audit { run, json } => audit(run.as_deref(), json),
+    }
+}
+
+fn ls(json: bool) -> Result<ExitCode> {
+    let lv = Libvirt::connect()?;
+    let envs = environments(&claimed_objects(&lv)?);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&envs).expect("serialisable")
+        );
+    } else if envs.is_empty() {
+        println!("no mkh environments on {}", lv.uri());
+    } else {
+        println!("{:<24} {:<8} {:>8}  OBJECTS", "NAME", "OWNER", "PID");
+        for e in envs {
+            let kind = match e.kind {
+                OwnerKind::Cli => "cli",
+                OwnerKind::Process => "process",
+            };
+            let objects: Vec<String> = e.domains.iter().chain(&e.networks).cloned().collect();
+            println!(
+                "{:<24} {:<8} {:>8}  {}",
+                e.name,
+                kind,
+                e.pid,
+                objects.join(" ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down(name: &str) -> Result<ExitCode> {
+    let lv = Libvirt::connect()?;
+    let objects = claimed_objects(&lv)?;
+    let envs = environments(&objects);
+    let Some(env) = envs.into_iter().find(|e| e.name == name) else {
+        return Err(Error::UnknownEnvironment {
+            name: name.to_owned(),
+        });
+    };
+    if env.kind == OwnerKind::Process {
+        return Err(Error::InvalidInput {
+            what: "environment",
+            value: name.to_owned(),
+            problem: format!(
+                "it belongs to process {} (test {}), not to the CLI",
+                env.pid,
+                env.test.as_deref().unwrap_or("-")
+            ),
+            fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
+        });
+    }
+    let mut teardown = Teardown {
+        uri: lv.uri().to_owned(),
+        env: env.name.clone(),
+        domains: env.domains,
+        networks: env.networks,
+        done: false,
+    };
+    let problems = teardown.run();
+    if !problems.is_empty() {
+        return Err(Error::Teardown {
+            env: env.name,
+            count: problems.len(),
+            problems,
+        });
+    }
+    println!("removed environment {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reap(all: bool, json: bool) -> Result<ExitCode> {
+    let lv = Libvirt::connect()?;
+    let scope = if all {
+        ReapScope::IncludingCli
+    } else {
+        ReapScope::DeadOwners
+    };
+    let report = reaper::sweep(&lv, scope)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialisable")
+        );
+    } else {
+        for r in &report.removed {
+            println!("removed {:?} {} ({}): {}", r.kind, r.name, r.env, r.reason);
+        }
+        for r in &report.kept {
+            println!("kept    {:?} {} ({}): {}", r.kind, r.name, r.env, r.reason);
+        }
+        for e in &report.errors {
+            eprintln!("mkh: reap: {e}");
+        }
+        if report.removed.is_empty() && report.errors.is_empty() {
+            println!("nothing to reap");
+        }
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn audit(run: Option<&str>, json: bool) -> Result<ExitCode> {
+    let lv = Libvirt::connect()?;
+    let objects = claimed_objects(&lv)?;
+    let (of_run, others): (Vec<_>, Vec<_>) = objects
+        .iter()
+        .partition(|o| run.is_some_and(|r| o.owner.run_id == r));
+    if json {
+        let doc = serde_json::json!({ "run": run, "left_by_run": of_run, "others": others });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("serialisable")
+        );
+    } else {
+        for o in &of_run {
+            println!(
+                "LEFT   {:?} {} env={} test={} pid={}",
+                o.kind,
+                o.name,
+                o.owner.env,
+                o.owner.test.as_deref().unwrap_or("-"),
+                o.owner.process.pid
+            );
+        }
+        for o in &others {
+            println!(
+                "other  {:?} {} env={} kind={:?} run={} (reported, not removed)",
+                o.kind, o.name, o.owner.env, o.owner.kind, o.owner.run_id
+            );
+        }
+        match run {
+            Some(r) if of_run.is_empty() => println!("run {r} left nothing in libvirt"),
+            Some(r) => println!("run {r} left {} object(s) in libvirt", of_run.len()),
+            None => println!("{} object(s) claimed by mkh", objects.len()),
+        }
+    }
+    Ok(if of_run.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

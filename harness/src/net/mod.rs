@@ -1,0 +1,145 @@
+//! Per-environment networks: specs and XML ([`spec`]), subnet choice ([`subnet`]), what the host
+//! already uses ([`host`]), and the allocator that creates an environment's pair of networks
+//! without racing other processes.
+
+pub mod host;
+pub mod spec;
+pub mod subnet;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::libvirt::{is_address_conflict, Libvirt};
+use crate::names::EnvId;
+use crate::owner::Owner;
+pub use spec::{NetworkFacts, NetworkKind, NetworkSpec};
+pub use subnet::SubnetPool;
+
+/// A network mkh created, as fixtures and `mkh up --json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub kind: NetworkKind,
+    pub subnet: Ipv4Net,
+    pub bridge: String,
+    /// The host's address on the network.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+/// An environment's two networks, like minikube's `default` and `mk-<profile>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkPair {
+    pub nat: NetworkInfo,
+    pub private: NetworkInfo,
+}
+
+/// Where the allocator's lock lives: `MKH_LOCK_DIR`, else `/tmp`. The lock serialises subnet
+/// choice between mkh processes of every user on this host; processes on other hosts sharing a
+/// remote libvirt are kept apart by libvirt's own refusal of a subnet in use (and a retry).
+pub fn lock_path() -> PathBuf {
+    let dir = std::env::var_os("MKH_LOCK_DIR").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(dir).join("mkh-subnets.lock")
+}
+
+fn lock() -> Result<Flock<File>> {
+    let path = lock_path();
+    // Open without O_CREAT first: with fs.protected_regular, creating-opening another user's file
+    // in sticky /tmp fails even though the file exists and is readable.
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            // Every user of mkh on this host must be able to take the same lock.
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o666));
+            f
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| Error::io(&path, std::io::Error::from(errno)))
+}
+
+/// Subnets that are not free: every libvirt network's (defined or active), and on a local
+/// libvirt every host interface address and route.
+pub fn taken_subnets(lv: &Libvirt) -> Result<Vec<Ipv4Net>> {
+    let mut taken = Vec::new();
+    for net in lv.networks()? {
+        match NetworkFacts::from_xml(&net.xml) {
+            Ok(facts) => taken.extend(facts.subnets),
+            Err(problem) => {
+                return Err(Error::BadXml {
+                    object: format!("network {}", net.name),
+                    problem,
+                })
+            }
+        }
+    }
+    if lv.is_local() {
+        taken.extend(host::interface_subnets());
+        taken.extend(host::route_subnets());
+    }
+    Ok(taken)
+}
+
+/// Creates the NAT and the isolated network of environment `id`. `on_created` hears of each
+/// network as soon as libvirt has it, so that a signal arriving mid-way still removes it.
+pub fn create_pair(
+    lv: &Libvirt,
+    id: &EnvId,
+    owner: &Owner,
+    pool: &SubnetPool,
+    on_created: &mut dyn FnMut(&str),
+) -> Result<NetworkPair> {
+    const ATTEMPTS: usize = 8;
+    let _guard = lock()?;
+    let mut refused: Vec<Ipv4Net> = Vec::new();
+    let mut created: Vec<NetworkInfo> = Vec::new();
+    let wanted = [
+        (id.nat_network(), NetworkKind::Nat),
+        (id.private_network(), NetworkKind::Isolated),
+    ];
+    for (name, kind) in wanted {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut taken = taken_subnets(lv)?;
+            taken.extend(refused.iter().copied());
+            let total = pool.candidates().count().max(1);
+            let start = rand::rng().random_range(0..total);
+            let subnet = pool.choose(&taken, 1, start)?[0];
+            let spec = NetworkSpec::new(&name, kind, &name, subnet, owner.clone())?;
+            match lv.define_and_start_network(&name, &spec.to_xml()) {
+                Ok(()) => {
+                    on_created(&name);
+                    created.push(NetworkInfo {
+                        name: name.clone(),
+                        kind,
+                        subnet,
+                        bridge: spec.bridge.clone(),
+                        gateway: spec.gateway(),
+                    });
+                    break;
+                }
+                Err(e) if is_address_conflict(&e) && attempt < ATTEMPTS => {
+                    tracing::info!(%subnet, network = %name, "subnet in use on the libvirt host, choosing another");
+                    refused.push(subnet);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let private = created.pop().expect("two networks created");
+    let nat = created.pop().expect("two networks created");
+    Ok(NetworkPair { nat, private })
+}

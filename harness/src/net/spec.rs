@@ -1,0 +1,251 @@
+//! Typed libvirt network specs and their XML. Like minikube's kvm2 driver, an environment has a
+//! NAT network (its `default`) and an isolated one (its `mk-<profile>`: no `<forward>`, DNS off).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::names::{validate_bridge_name, validate_object_name};
+use crate::owner::Owner;
+use crate::xml::escape;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// Forwarded to the outside through NAT, like libvirt's `default`.
+    Nat,
+    /// No forwarding at all, like minikube's `mk-<profile>`.
+    Isolated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub kind: NetworkKind,
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub dns: bool,
+    pub owner: Owner,
+}
+
+impl NetworkSpec {
+    /// Checks names and subnet; every spec that reaches libvirt went through here.
+    pub fn new(
+        name: &str,
+        kind: NetworkKind,
+        bridge: &str,
+        subnet: Ipv4Net,
+        owner: Owner,
+    ) -> Result<NetworkSpec> {
+        validate_object_name("network name", name)?;
+        validate_bridge_name(bridge)?;
+        if subnet.prefix_len() > 29 {
+            return Err(Error::InvalidInput {
+                what: "network subnet",
+                value: subnet.to_string(),
+                problem: "it leaves too few addresses for a gateway and DHCP clients".into(),
+                fix: "use a prefix of /29 or shorter, e.g. /24",
+            });
+        }
+        Ok(NetworkSpec {
+            name: name.to_owned(),
+            kind,
+            bridge: bridge.to_owned(),
+            subnet: subnet.trunc(),
+            // The isolated network mirrors kvm2's `<dns enable='no'/>`.
+            dns: kind == NetworkKind::Nat,
+            owner,
+        })
+    }
+
+    /// The host's address on the bridge: the subnet's first host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.hosts().next().expect("prefix <= 29 has hosts")
+    }
+
+    /// DHCP range: after the gateway up to the last host; the isolated network keeps the last
+    /// host out of the range, as kvm2 does (reserved there for an HA virtual IP).
+    pub fn dhcp_range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        let first = u32::from(self.gateway()) + 1;
+        let last_host = u32::from(self.subnet.broadcast()) - 1;
+        let last = match self.kind {
+            NetworkKind::Nat => last_host,
+            NetworkKind::Isolated => last_host - 1,
+        };
+        (Ipv4Addr::from(first), Ipv4Addr::from(last))
+    }
+
+    pub fn to_xml(&self) -> String {
+        let (start, end) = self.dhcp_range();
+        let forward = match self.kind {
+            NetworkKind::Nat => "  <forward mode='nat'/>\n",
+            NetworkKind::Isolated => "",
+        };
+        let dns = if self.dns {
+            ""
+        } else {
+            "  <dns enable='no'/>\n"
+        };
+        format!(
+            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\n\
+             \x20 <name>{name}</name>\n\
+             \x20 <metadata>\n    {metadata}\n  </metadata>\n\
+             {forward}\
+             \x20 <bridge name='{bridge}' stp='on' delay='0'/>\n\
+             {dns}\
+             \x20 <ip address='{gateway}' prefix='{prefix}'>\n\
+             \x20   <dhcp>\n      <range start='{start}' end='{end}'/>\n    </dhcp>\n\
+             \x20 </ip>\n\
+             \x20 <dnsmasq:options>\n\
+             \x20   <!-- offer addresses at once: dnsmasq otherwise pings each one first -->\n\
+             \x20   <dnsmasq:option value='no-ping'/>\n\
+             \x20 </dnsmasq:options>\n\
+             </network>\n",
+            name = escape(&self.name),
+            metadata = self.owner.to_metadata_xml(),
+            bridge = escape(&self.bridge),
+            gateway = self.gateway(),
+            prefix = self.subnet.prefix_len(),
+        )
+    }
+}
+
+/// What mkh reads back from any libvirt network's XML (its own or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkFacts {
+    pub name: String,
+    pub bridge: Option<String>,
+    /// Every IPv4 subnet the network claims (`<ip address=... prefix|netmask=...>`).
+    pub subnets: Vec<Ipv4Net>,
+    pub owner: Option<Owner>,
+}
+
+impl NetworkFacts {
+    pub fn from_xml(xml: &str) -> Result<NetworkFacts, String> {
+        let els = crate::xml::elements(xml)?;
+        let name = els
+            .iter()
+            .find(|e| e.is_at(&["network", "name"]))
+            .map(|e| e.text.trim().to_owned())
+            .ok_or("no <name>")?;
+        let bridge = els
+            .iter()
+            .find(|e| e.is_at(&["network", "bridge"]))
+            .and_then(|e| e.attr("name").map(str::to_owned));
+        let mut subnets = Vec::new();
+        for ip in els.iter().filter(|e| e.is_at(&["network", "ip"])) {
+            let family = ip.attr("family").unwrap_or("ipv4");
+            let Some(address) = ip.attr("address") else {
+                continue;
+            };
+            if family != "ipv4" {
+                continue;
+            }
+            let address: Ipv4Addr = address
+                .parse()
+                .map_err(|e| format!("<ip address='{address}'>: {e}"))?;
+            let prefix = match (ip.attr("prefix"), ip.attr("netmask")) {
+                (Some(p), _) => p.parse::<u8>().map_err(|e| format!("prefix {p}: {e}"))?,
+                (None, Some(mask)) => {
+                    let mask: Ipv4Addr =
+                        mask.parse().map_err(|e| format!("netmask {mask}: {e}"))?;
+                    u32::from(mask).count_ones() as u8
+                }
+                // libvirt derives a classful prefix when none is given.
+                (None, None) => match address.octets()[0] {
+                    0..=127 => 8,
+                    128..=191 => 16,
+                    _ => 24,
+                },
+            };
+            let net = Ipv4Net::new(address, prefix).map_err(|e| e.to_string())?;
+            subnets.push(net.trunc());
+        }
+        Ok(NetworkFacts {
+            name,
+            bridge,
+            subnets,
+            owner: Owner::from_object_xml(xml),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::OwnerKind;
+
+    fn owner() -> Owner {
+        Owner::for_new_object(OwnerKind::Process, "mkh-abc123")
+    }
+
+    fn spec(name: &str, kind: NetworkKind) -> NetworkSpec {
+        NetworkSpec::new(
+            name,
+            kind,
+            "mkh-abc123-nat",
+            "10.208.7.0/24".parse().unwrap(),
+            owner(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nat_network_forwards_and_serves_dns() {
+        let xml = spec("mkh-abc123-nat", NetworkKind::Nat).to_xml();
+        assert!(xml.contains("<forward mode='nat'/>"));
+        assert!(!xml.contains("<dns enable='no'/>"));
+        assert!(xml.contains("<ip address='10.208.7.1' prefix='24'>"));
+        assert!(xml.contains("<range start='10.208.7.2' end='10.208.7.254'/>"));
+    }
+
+    #[test]
+    fn isolated_network_has_no_forward_and_no_dns_like_kvm2() {
+        let xml = spec("mkh-abc123-priv", NetworkKind::Isolated).to_xml();
+        assert!(!xml.contains("<forward"));
+        assert!(xml.contains("<dns enable='no'/>"));
+        assert!(xml.contains("<range start='10.208.7.2' end='10.208.7.253'/>"));
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_and_read_back_intact() {
+        let name = "evil<name>&'x\"";
+        let xml = spec(name, NetworkKind::Nat).to_xml();
+        assert!(!xml.contains(name));
+        let facts = NetworkFacts::from_xml(&xml).unwrap();
+        assert_eq!(facts.name, name);
+        assert_eq!(facts.bridge.as_deref(), Some("mkh-abc123-nat"));
+        assert_eq!(
+            facts.subnets,
+            vec!["10.208.7.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(facts.owner, Some(spec(name, NetworkKind::Nat).owner));
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let subnet: Ipv4Net = "10.208.7.0/24".parse().unwrap();
+        let err = NetworkSpec::new("a\nb", NetworkKind::Nat, "br0", subnet, owner()).unwrap_err();
+        assert!(err.to_string().contains("network name"), "{err}");
+        let err = NetworkSpec::new("n", NetworkKind::Nat, "a-very-long-bridge", subnet, owner())
+            .unwrap_err();
+        assert!(err.to_string().contains("bridge name"), "{err}");
+        let tiny: Ipv4Net = "10.0.0.0/30".parse().unwrap();
+        assert!(NetworkSpec::new("n", NetworkKind::Nat, "br0", tiny, owner()).is_err());
+    }
+
+    #[test]
+    fn foreign_network_xml_is_read_with_netmask_and_no_owner() {
+        let xml = "<network><name>default</name><bridge name='virbr0'/>\
+                   <ip address='192.168.122.1' netmask='255.255.255.0'/>\
+                   <ip family='ipv6' address='fd00::1' prefix='64'/></network>";
+        let facts = NetworkFacts::from_xml(xml).unwrap();
+        assert_eq!(
+            facts.subnets,
+            vec!["192.168.122.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(facts.owner, None);
+    }
+}

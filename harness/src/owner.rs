@@ -1,0 +1,318 @@
+//! Who owns a libvirt object. mkh writes an [`Owner`] into the `<metadata>` of every network and
+//! domain it creates, and counts an object as its own only when that metadata says so. The
+//! process identity is pid + start time + boot id, so a reused pid or a reboot is never mistaken
+//! for the owner.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::xml::{elements, escape};
+
+/// The XML namespace of mkh's owner metadata; its presence is what makes an object mkh's.
+pub const OWNER_NS: &str = "urn:x-mkh:owner:1";
+/// The prefix used when writing; readers resolve the namespace and accept any prefix.
+pub const OWNER_PREFIX: &str = "mkh";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerKind {
+    /// Lives as long as the process that made it; the reaper removes it once that process is gone.
+    Process,
+    /// Outlives the command that made it (`mkh up`); removed by `mkh down` or `mkh reap --all`.
+    Cli,
+}
+
+impl OwnerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerKind::Process => "process",
+            OwnerKind::Cli => "cli",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "process" => Some(OwnerKind::Process),
+            "cli" => Some(OwnerKind::Cli),
+            _ => None,
+        }
+    }
+}
+
+/// Identity of a process on a host, as far as liveness goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessIdentity {
+    pub host: String,
+    pub boot_id: String,
+    pub pid: u32,
+    /// Start time of the process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+    pub start_time: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    #[serde(flatten)]
+    pub process: ProcessIdentity,
+    /// `MKH_RUN_ID`, else `NEXTEST_RUN_ID`, else an id of this process.
+    pub run_id: String,
+    /// `NEXTEST_TEST_NAME` when present.
+    pub test: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub kind: OwnerKind,
+    /// The environment the object belongs to (its name, as `mkh ls` shows it).
+    pub env: String,
+}
+
+impl Owner {
+    /// The `<metadata>` child that marks an object as mkh's.
+    pub fn to_metadata_xml(&self) -> String {
+        let mut xml = format!(
+            "<{p}:owner xmlns:{p}='{ns}' host='{}' boot-id='{}' pid='{}' start-time='{}' run='{}' created='{}' kind='{}' env='{}'",
+            escape(&self.process.host),
+            escape(&self.process.boot_id),
+            self.process.pid,
+            self.process.start_time,
+            escape(&self.run_id),
+            self.created,
+            self.kind.as_str(),
+            escape(&self.env),
+            p = OWNER_PREFIX,
+            ns = OWNER_NS,
+        );
+        if let Some(test) = &self.test {
+            xml.push_str(&format!(" test='{}'", escape(test)));
+        }
+        xml.push_str("/>");
+        xml
+    }
+
+    /// Finds mkh's owner metadata in the XML of a network or domain. `None` means the object is
+    /// not mkh's (or its metadata is unreadable, which mkh treats the same: hands off).
+    pub fn from_object_xml(xml: &str) -> Option<Owner> {
+        let els = elements(xml).ok()?;
+        let el = els.iter().find(|e| {
+            e.namespace.as_deref() == Some(OWNER_NS)
+                && e.path.len() == 3
+                && e.path[1] == "metadata"
+                && e.path[2] == "owner"
+        })?;
+        Some(Owner {
+            process: ProcessIdentity {
+                host: el.attr("host")?.to_owned(),
+                boot_id: el.attr("boot-id")?.to_owned(),
+                pid: el.attr("pid")?.parse().ok()?,
+                start_time: el.attr("start-time")?.parse().ok()?,
+            },
+            run_id: el.attr("run")?.to_owned(),
+            test: el.attr("test").map(str::to_owned),
+            created: el.attr("created")?.parse().ok()?,
+            kind: OwnerKind::parse(el.attr("kind")?)?,
+            env: el.attr("env")?.to_owned(),
+        })
+    }
+
+    /// Whether the owner is still around, judged from this host.
+    pub fn liveness(
+        &self,
+        here: &HostIdentity,
+        start_time_of: impl Fn(u32) -> Option<u64>,
+    ) -> Liveness {
+        let p = &self.process;
+        if p.host != here.host {
+            return Liveness::Unknown(format!(
+                "owner runs on host {:?}, not this one ({:?})",
+                p.host, here.host
+            ));
+        }
+        if p.boot_id != here.boot_id {
+            return Liveness::Dead(format!(
+                "created before this host last booted (boot id {})",
+                p.boot_id
+            ));
+        }
+        match start_time_of(p.pid) {
+            None => Liveness::Dead(format!("owner pid {} is gone", p.pid)),
+            Some(t) if t != p.start_time => Liveness::Dead(format!(
+                "pid {} now belongs to another process (started at tick {t}, owner at {})",
+                p.pid, p.start_time
+            )),
+            Some(_) => Liveness::Alive,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead(String),
+    /// Cannot be judged from here (another host): never reaped.
+    Unknown(String),
+}
+
+/// This host as owner metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    pub host: String,
+    pub boot_id: String,
+}
+
+impl HostIdentity {
+    pub fn current() -> HostIdentity {
+        HostIdentity {
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+        }
+    }
+}
+
+/// Start time (clock ticks since boot) of a live process, from `/proc/<pid>/stat`.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first after ')', so field 22 (starttime) is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Identity of the calling process.
+pub fn this_process() -> ProcessIdentity {
+    let here = HostIdentity::current();
+    let pid = std::process::id();
+    ProcessIdentity {
+        host: here.host,
+        boot_id: here.boot_id,
+        pid,
+        start_time: process_start_time(pid).unwrap_or(0),
+    }
+}
+
+/// The run id recorded in new objects: `MKH_RUN_ID`, else nextest's run id, else this process.
+pub fn current_run_id() -> String {
+    std::env::var("MKH_RUN_ID")
+        .or_else(|_| std::env::var("NEXTEST_RUN_ID"))
+        .unwrap_or_else(|_| format!("pid-{}", std::process::id()))
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Owner {
+    /// An owner record for an object the calling process is about to create.
+    pub fn for_new_object(kind: OwnerKind, env: &str) -> Owner {
+        Owner {
+            process: this_process(),
+            run_id: current_run_id(),
+            test: std::env::var("NEXTEST_TEST_NAME").ok(),
+            created: now_unix(),
+            kind,
+            env: env.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Owner {
+        Owner {
+            process: ProcessIdentity {
+                host: "runner-1".into(),
+                boot_id: "b00t".into(),
+                pid: 4242,
+                start_time: 777,
+            },
+            run_id: "run-<1>&'x'".into(),
+            test: Some("suite::case_1::<\"quoted\">".into()),
+            created: 1_700_000_000,
+            kind: OwnerKind::Process,
+            env: "mkh-abc123".into(),
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_through_an_object_document() {
+        let owner = sample();
+        let doc = format!(
+            "<network><name>x</name><metadata>{}</metadata></network>",
+            owner.to_metadata_xml()
+        );
+        assert_eq!(Owner::from_object_xml(&doc), Some(owner));
+    }
+
+    #[test]
+    fn metadata_is_found_under_any_prefix_libvirt_chooses() {
+        let doc = format!(
+            "<domain><metadata><other:owner xmlns:other='{OWNER_NS}' host='h' boot-id='b' pid='1' start-time='2' run='r' created='3' kind='cli' env='e'/></metadata></domain>"
+        );
+        let owner = Owner::from_object_xml(&doc).unwrap();
+        assert_eq!(owner.kind, OwnerKind::Cli);
+        assert_eq!(owner.test, None);
+    }
+
+    #[test]
+    fn objects_without_mkh_metadata_are_not_claimed() {
+        // Same element name, other namespace: somebody else's.
+        let doc = "<network><metadata><mkh:owner xmlns:mkh='urn:someone-else' host='h' boot-id='b' pid='1' start-time='2' run='r' created='3' kind='cli' env='e'/></metadata></network>";
+        assert_eq!(Owner::from_object_xml(doc), None);
+        assert_eq!(
+            Owner::from_object_xml("<network><name>mkh-x-nat</name></network>"),
+            None
+        );
+        assert_eq!(Owner::from_object_xml("not xml <"), None);
+    }
+
+    #[test]
+    fn liveness_uses_pid_start_time_and_boot() {
+        let owner = sample();
+        let here = HostIdentity {
+            host: "runner-1".into(),
+            boot_id: "b00t".into(),
+        };
+        assert_eq!(owner.liveness(&here, |_| Some(777)), Liveness::Alive);
+        assert!(matches!(owner.liveness(&here, |_| None), Liveness::Dead(_)));
+        assert!(matches!(
+            owner.liveness(&here, |_| Some(778)),
+            Liveness::Dead(_)
+        ));
+        let rebooted = HostIdentity {
+            boot_id: "other".into(),
+            ..here.clone()
+        };
+        assert!(matches!(
+            owner.liveness(&rebooted, |_| Some(777)),
+            Liveness::Dead(_)
+        ));
+        let elsewhere = HostIdentity {
+            host: "runner-2".into(),
+            ..here
+        };
+        assert!(matches!(
+            owner.liveness(&elsewhere, |_| None),
+            Liveness::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn start_time_parses_despite_odd_command_names() {
+        let stat =
+            "123 (a b) c)) S 1 123 123 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        let mine = process_start_time(std::process::id());
+        assert!(mine.is_some_and(|t| t > 0));
+    }
+}

@@ -1,0 +1,198 @@
+//! The reaper removes what dead owners left: objects whose owner process is gone (pid dead, or
+//! alive with another start time, or the host rebooted since). It never touches an object that
+//! mkh's metadata does not claim, whatever its name, and never one whose owner it cannot judge
+//! (another host). Concurrent reapers do not fail each other: an object already gone is fine.
+
+use std::sync::Once;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::inventory::{claimed_objects, ClaimedObject, ObjectKind};
+use crate::libvirt::{Libvirt, Removal};
+use crate::owner::{process_start_time, HostIdentity, Liveness, OwnerKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReapScope {
+    /// Objects of dead process owners.
+    DeadOwners,
+    /// Also CLI-owned environments (`mkh up`), live or not.
+    IncludingCli,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Reap(String),
+    Keep(String),
+}
+
+/// The reaper's decision for one claimed object: a pure function of its owner and this host.
+pub fn verdict(
+    obj: &ClaimedObject,
+    scope: ReapScope,
+    here: &HostIdentity,
+    start_time_of: impl Fn(u32) -> Option<u64>,
+) -> Verdict {
+    match (obj.owner.kind, scope) {
+        (OwnerKind::Cli, ReapScope::IncludingCli) => {
+            return Verdict::Reap("CLI-owned environment, `reap --all`".into())
+        }
+        (OwnerKind::Cli, ReapScope::DeadOwners) => {
+            return Verdict::Keep(
+                "CLI-owned environment: `mkh down` or `mkh reap --all` removes it".into(),
+            )
+        }
+        (OwnerKind::Process, _) => {}
+    }
+    match obj.owner.liveness(here, start_time_of) {
+        Liveness::Alive => Verdict::Keep(format!("owner pid {} is alive", obj.owner.process.pid)),
+        Liveness::Dead(why) => Verdict::Reap(why),
+        Liveness::Unknown(why) => Verdict::Keep(why),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reaped {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub env: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReapReport {
+    pub removed: Vec<Reaped>,
+    pub kept: Vec<Reaped>,
+    pub errors: Vec<String>,
+}
+
+/// One sweep over libvirt's objects: domains first, then the networks they sit on.
+pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
+    let here = HostIdentity::current();
+    let mut objects = claimed_objects(lv)?;
+    objects.sort_by_key(|o| o.kind);
+    let mut report = ReapReport::default();
+    for obj in objects {
+        let entry = |reason: String| Reaped {
+            kind: obj.kind,
+            name: obj.name.clone(),
+            env: obj.owner.env.clone(),
+            reason,
+        };
+        match verdict(&obj, scope, &here, process_start_time) {
+            Verdict::Keep(why) => report.kept.push(entry(why)),
+            Verdict::Reap(why) => {
+                let removal = match obj.kind {
+                    ObjectKind::Domain => lv.remove_domain(&obj.name),
+                    ObjectKind::Network => lv.remove_network(&obj.name),
+                };
+                match removal {
+                    Ok(Removal::Removed) => report.removed.push(entry(why)),
+                    Ok(Removal::AlreadyGone) => {}
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The sweep every mkh process runs once before it creates objects.
+pub fn sweep_once(lv: &Libvirt) {
+    static SWEPT: Once = Once::new();
+    SWEPT.call_once(|| match sweep(lv, ReapScope::DeadOwners) {
+        Ok(report) => {
+            for r in &report.removed {
+                tracing::info!(object = %r.name, env = %r.env, reason = %r.reason, "reaped a dead owner's object");
+            }
+            for e in &report.errors {
+                tracing::warn!("reaper: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("reaper could not sweep: {e}"),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::{Owner, ProcessIdentity};
+
+    fn obj(kind: OwnerKind, pid: u32, start: u64) -> ClaimedObject {
+        ClaimedObject {
+            kind: ObjectKind::Network,
+            name: "mkh-abcdef-nat".into(),
+            active: true,
+            owner: Owner {
+                process: ProcessIdentity {
+                    host: "h".into(),
+                    boot_id: "b".into(),
+                    pid,
+                    start_time: start,
+                },
+                run_id: "r".into(),
+                test: None,
+                created: 0,
+                kind,
+                env: "mkh-abcdef".into(),
+            },
+        }
+    }
+
+    fn here() -> HostIdentity {
+        HostIdentity {
+            host: "h".into(),
+            boot_id: "b".into(),
+        }
+    }
+
+    #[test]
+    fn dead_or_reused_pids_are_reaped_live_ones_kept() {
+        let o = obj(OwnerKind::Process, 10, 5);
+        let d = ReapScope::DeadOwners;
+        assert!(matches!(
+            verdict(&o, d, &here(), |_| Some(5)),
+            Verdict::Keep(_)
+        ));
+        assert!(matches!(
+            verdict(&o, d, &here(), |_| None),
+            Verdict::Reap(_)
+        ));
+        assert!(matches!(
+            verdict(&o, d, &here(), |_| Some(6)),
+            Verdict::Reap(_)
+        ));
+        // --all does not touch live processes' objects either.
+        let all = ReapScope::IncludingCli;
+        assert!(matches!(
+            verdict(&o, all, &here(), |_| Some(5)),
+            Verdict::Keep(_)
+        ));
+    }
+
+    #[test]
+    fn cli_environments_only_go_with_all() {
+        let o = obj(OwnerKind::Cli, 10, 5);
+        assert!(matches!(
+            verdict(&o, ReapScope::DeadOwners, &here(), |_| None),
+            Verdict::Keep(_)
+        ));
+        assert!(matches!(
+            verdict(&o, ReapScope::IncludingCli, &here(), |_| None),
+            Verdict::Reap(_)
+        ));
+    }
+
+    #[test]
+    fn owners_on_other_hosts_are_never_judged() {
+        let o = obj(OwnerKind::Process, 10, 5);
+        let elsewhere = HostIdentity {
+            host: "other".into(),
+            boot_id: "x".into(),
+        };
+        assert!(matches!(
+            verdict(&o, ReapScope::IncludingCli, &elsewhere, |_| None),
+            Verdict::Keep(_)
+        ));
+    }
+}

@@ -1,0 +1,155 @@
+//! Removing what an environment created, from wherever the end comes: an explicit teardown, Drop
+//! (also during a panic), or SIGTERM/SIGINT (nextest's timeout, Ctrl-C).
+//!
+//! Each live environment registers a [`Teardown`] list here. The process-wide registry is the one
+//! piece of global state besides the allocator lock: a signal handler has no other way to find
+//! what the process owns. The handler runs on its own thread (signal-hook), tears every
+//! registered environment down, and exits with 128 + the signal number.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::time::Duration;
+
+use crate::libvirt::Libvirt;
+
+/// Objects of one environment, in creation order; removal runs in reverse kind order: domains
+/// before the networks they sit on.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub uri: String,
+    pub env: String,
+    pub domains: Vec<String>,
+    pub networks: Vec<String>,
+    /// Set once everything is removed: later calls do nothing.
+    pub done: bool,
+}
+
+impl Teardown {
+    /// Removes every object; returns the problems met (empty: all gone). Idempotent.
+    pub fn run(&mut self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        let lv = match Libvirt::connect_to(&self.uri) {
+            Ok(lv) => lv,
+            Err(e) => return vec![e.to_string()],
+        };
+        let mut problems = Vec::new();
+        for dom in self.domains.iter().rev() {
+            if let Err(e) = lv.remove_domain(dom) {
+                problems.push(e.to_string());
+            }
+        }
+        for net in self.networks.iter().rev() {
+            if let Err(e) = lv.remove_network(net) {
+                problems.push(e.to_string());
+            }
+        }
+        if problems.is_empty() {
+            self.done = true;
+        }
+        problems
+    }
+}
+
+pub type Shared = Arc<Mutex<Teardown>>;
+
+fn registry() -> &'static Mutex<HashMap<u64, Shared>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<u64, Shared>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Keeps an environment's teardown list in the registry while it lives.
+pub struct Registration {
+    key: u64,
+    pub list: Shared,
+}
+
+impl Registration {
+    pub fn new(uri: &str, env: &str) -> Registration {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        install_signal_handler();
+        let key = NEXT.fetch_add(1, Ordering::Relaxed);
+        let list = Arc::new(Mutex::new(Teardown {
+            uri: uri.to_owned(),
+            env: env.to_owned(),
+            ..Teardown::default()
+        }));
+        lock(registry()).insert(key, list.clone());
+        Registration { key, list }
+    }
+
+    pub fn add_network(&self, name: &str) {
+        lock(&self.list).networks.push(name.to_owned());
+    }
+
+    pub fn add_domain(&self, name: &str) {
+        lock(&self.list).domains.push(name.to_owned());
+    }
+
+    /// Tears down now, on this thread.
+    pub fn run(&self) -> Vec<String> {
+        lock(&self.list).run()
+    }
+
+    /// Like [`Registration::run`], but gives up waiting after `deadline` (the work goes on in
+    /// the background). For Drop, which must neither hang nor need an async runtime.
+    pub fn run_with_deadline(&self, deadline: Duration) -> Vec<String> {
+        let list = self.list.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("mkh-teardown".into())
+            .spawn(move || {
+                let _ = tx.send(lock(&list).run());
+            });
+        if spawned.is_err() {
+            return self.run();
+        }
+        rx.recv_timeout(deadline).unwrap_or_else(|_| {
+            vec![format!("teardown did not finish within {deadline:?}; `mkh reap` removes what is left once this process is gone")]
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(registry()).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not stop teardown: the data is a plain list, still usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tears down every registered environment (in this process). Used by the signal handler.
+pub fn run_all() -> Vec<String> {
+    let lists: Vec<Shared> = lock(registry()).values().cloned().collect();
+    lists.iter().flat_map(|l| lock(l).run()).collect()
+}
+
+fn install_signal_handler() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot handle SIGTERM/SIGINT ({e}): a signal will leave objects for the reaper");
+                return;
+            }
+        };
+        let _ = std::thread::Builder::new()
+            .name("mkh-signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    eprintln!("mkh: signal {sig} received, tearing down this process's environments");
+                    for problem in run_all() {
+                        eprintln!("mkh: teardown: {problem}");
+                    }
+                    std::process::exit(128 + sig);
+                }
+            });
+    });
+}

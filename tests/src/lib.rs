@@ -1,0 +1,175 @@
+//! Helpers for mkh's own integration tests: the `mkh` binary, child mkh processes, and questions
+//! to libvirt and the host that a user would ask to check a test's world.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use mkh::inventory::claimed_objects;
+use mkh::libvirt::Libvirt;
+use serde_json::Value;
+
+/// The `mkh` binary of this workspace, built if it is missing or stale.
+pub fn mkh_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "mkh", "--bin", "mkh"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p mkh failed");
+        // <target>/debug/deps/<test-exe> -> <target>/debug/mkh
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target layout");
+        let bin = profile_dir.join("mkh");
+        assert!(
+            bin.exists(),
+            "{} not found after cargo build",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// Runs `mkh ARGS`, returning (exit code, stdout, stderr).
+pub fn mkh(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(mkh_bin())
+        .args(args)
+        .output()
+        .expect("mkh runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child mkh process (the `mkh-test-child` binary) that printed its environment.
+pub struct ChildEnv {
+    pub child: Child,
+    pub description: Value,
+}
+
+impl ChildEnv {
+    /// Starts `mkh-test-child MODE` (path given by the test, from `CARGO_BIN_EXE_*`) and waits
+    /// for its JSON line.
+    pub fn start(bin: &str, mode: &str) -> ChildEnv {
+        ChildEnv::start_with(Command::new(bin).arg(mode))
+    }
+
+    pub fn start_with(cmd: &mut Command) -> ChildEnv {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("child starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("child prints");
+        let description: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            let status = child.wait();
+            panic!("child printed {line:?} ({e}), exit {status:?}")
+        });
+        ChildEnv { child, description }
+    }
+
+    pub fn network_names(&self) -> Vec<String> {
+        ["nat", "private"]
+            .iter()
+            .map(|k| {
+                self.description["networks"][k]["name"]
+                    .as_str()
+                    .expect("network name")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    pub fn subnets(&self) -> Vec<String> {
+        ["nat", "private"]
+            .iter()
+            .map(|k| {
+                self.description["networks"][k]["subnet"]
+                    .as_str()
+                    .expect("subnet")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    pub fn env_name(&self) -> String {
+        self.description["name"].as_str().expect("name").to_owned()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal delivered");
+    }
+}
+
+impl Drop for ChildEnv {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a holding child behind: SIGTERM makes it tear down.
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn libvirt() -> Libvirt {
+    Libvirt::connect().unwrap_or_else(|e| {
+        panic!("these tests need a running libvirtd: {e}\nrun `harness/scripts/test.sh`, which installs and starts it")
+    })
+}
+
+/// Names of every network libvirt has, active or not.
+pub fn network_names() -> Vec<String> {
+    libvirt()
+        .networks()
+        .expect("list networks")
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
+pub fn network_exists(name: &str) -> bool {
+    network_names().iter().any(|n| n == name)
+}
+
+/// Names of the objects mkh's metadata claims for environment `env`.
+pub fn objects_of_env(env: &str) -> Vec<String> {
+    claimed_objects(&libvirt())
+        .expect("inventory")
+        .into_iter()
+        .filter(|o| o.owner.env == env)
+        .map(|o| o.name)
+        .collect()
+}
+
+/// Whether a host interface of that name exists.
+pub fn interface_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// IPv4 addresses (CIDR form) on a host interface, from `ip -j addr`.
+pub fn interface_addresses(name: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-j", "-4", "addr", "show", "dev", name])
+        .output()
+        .expect("ip runs");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect()
+}

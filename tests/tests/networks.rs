@@ -1,0 +1,344 @@
+//! Per-test networks on the real `qemu:///system`: bridges, dnsmasq, subnets, ownership, and
+//! teardown whatever happens to the owning process.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mkh::net::{NetworkKind, SubnetPool};
+use mkh::Env;
+use mkh_tests::*;
+use nix::sys::signal::Signal;
+
+const CHILD: &str = env!("CARGO_BIN_EXE_mkh-test-child");
+
+/// A network namespace with a veth pair whose host end sits on `bridge`: a DHCP client that is
+/// not a VM, to see dnsmasq answer on the network.
+struct DhcpProbe {
+    ns: String,
+}
+
+impl DhcpProbe {
+    fn attach(tag: &str, bridge: &str) -> DhcpProbe {
+        let ns = format!("mkhprobe-{tag}");
+        let host_end = format!("mkp{tag}h");
+        let ns_end = format!("mkp{tag}g");
+        let probe = DhcpProbe { ns: ns.clone() };
+        for args in [
+            vec!["netns", "add", &ns],
+            vec![
+                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+            ],
+            vec!["link", "set", &host_end, "master", bridge, "up"],
+            vec!["link", "set", &ns_end, "netns", &ns],
+            vec!["-n", &ns, "link", "set", &ns_end, "up"],
+        ] {
+            run("ip", &args);
+        }
+        probe
+    }
+
+    /// Asks for a lease with busybox's udhcpc; returns the address offered.
+    fn lease(&self, tag: &str) -> Ipv4Addr {
+        let ns_end = format!("mkp{tag}g");
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "busybox", "udhcpc", "-i", &ns_end,
+            ])
+            .args(["-n", "-q", "-f", "-t", "10", "-T", "1", "-s", "/bin/true"])
+            .output()
+            .expect("busybox udhcpc runs (package busybox-static)");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        let ip = text
+            .split("lease of ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no lease offered: {text}"));
+        ip.parse().expect("an IPv4 address")
+    }
+}
+
+impl Drop for DhcpProbe {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "child still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn both_networks_come_up_with_bridges_and_dhcp() {
+    let mut env = Env::builder().up_blocking().unwrap();
+    let nets = env.networks().clone();
+    for net in [&nets.nat, &nets.private] {
+        assert!(
+            interface_exists(&net.bridge),
+            "bridge {} missing",
+            net.bridge
+        );
+        let gw = format!("{}/{}", net.gateway, net.subnet.prefix_len());
+        assert_eq!(interface_addresses(&net.bridge), vec![gw]);
+        let tag = format!(
+            "{}{}",
+            env.id(),
+            if net.kind == NetworkKind::Nat {
+                "n"
+            } else {
+                "p"
+            }
+        );
+        let probe = DhcpProbe::attach(&tag, &net.bridge);
+        let leased = probe.lease(&tag);
+        assert!(
+            net.subnet.contains(&leased),
+            "{leased} outside {}",
+            net.subnet
+        );
+        assert_ne!(leased, net.gateway);
+    }
+    let xml = |name: &str| {
+        let out = Command::new("virsh")
+            .args(["-c", "qemu:///system", "net-dumpxml", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(xml(&nets.nat.name).contains("<forward mode='nat'"));
+    let private = xml(&nets.private.name);
+    assert!(!private.contains("<forward"), "{private}");
+    assert!(private.contains("<dns enable='no'"), "{private}");
+
+    env.teardown_blocking().unwrap();
+    for net in [&nets.nat, &nets.private] {
+        assert!(!network_exists(&net.name), "{} left behind", net.name);
+        assert!(
+            !interface_exists(&net.bridge),
+            "bridge {} left behind",
+            net.bridge
+        );
+    }
+}
+
+#[test]
+fn two_processes_started_at_once_get_different_subnets() {
+    let a = std::thread::spawn(|| ChildEnv::start(CHILD, "hold"));
+    let b = std::thread::spawn(|| ChildEnv::start(CHILD, "hold"));
+    let (mut a, mut b) = (a.join().unwrap(), b.join().unwrap());
+    let mut all = a.subnets();
+    all.extend(b.subnets());
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 4, "subnets collide: {all:?}");
+    for c in [&mut a, &mut b] {
+        c.signal(Signal::SIGTERM);
+        wait_for_exit(&mut c.child, Duration::from_secs(20));
+        for n in c.network_names() {
+            assert!(!network_exists(&n), "{n} left behind");
+        }
+    }
+}
+
+#[test]
+fn sigterm_makes_the_owner_remove_its_objects_before_exiting() {
+    let mut c = ChildEnv::start(CHILD, "hold");
+    let names = c.network_names();
+    assert!(names.iter().all(|n| network_exists(n)));
+    c.signal(Signal::SIGTERM);
+    // nextest's default grace period between SIGTERM and SIGKILL is 10 s.
+    let status = wait_for_exit(&mut c.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+    for n in &names {
+        assert!(!network_exists(n), "{n} left behind after SIGTERM");
+    }
+}
+
+#[test]
+fn objects_of_a_sigkilled_process_are_removed_by_the_next_mkh_process() {
+    let mut killed = ChildEnv::start(CHILD, "hold");
+    let names = killed.network_names();
+    let env = killed.env_name();
+    killed.signal(Signal::SIGKILL);
+    wait_for_exit(&mut killed.child, Duration::from_secs(5));
+
+    // Any new mkh process that creates objects sweeps first.
+    let mut next = ChildEnv::start(CHILD, "once");
+    let status = wait_for_exit(&mut next.child, Duration::from_secs(20));
+    assert!(status.success());
+    for n in &names {
+        assert!(
+            !network_exists(n),
+            "{n} of the killed process is still there"
+        );
+    }
+    assert!(objects_of_env(&env).is_empty());
+}
+
+#[test]
+fn a_panicking_test_still_removes_its_networks() {
+    let names = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(|| {
+        let env = Env::builder().up_blocking().unwrap();
+        let nets = env.networks();
+        names
+            .lock()
+            .unwrap()
+            .extend([nets.nat.name.clone(), nets.private.name.clone()]);
+        panic!("the test body fails");
+    });
+    assert!(result.is_err());
+    let names = names.into_inner().unwrap();
+    assert_eq!(names.len(), 2);
+    for n in &names {
+        assert!(!network_exists(n), "{n} left behind after a panic");
+    }
+}
+
+#[test]
+fn a_decoy_named_like_mkh_survives_reap_all() {
+    // A CLI-owned environment, which `reap --all` must remove...
+    let cli = ChildEnv::start(CHILD, "hold-cli");
+    let cli_names = cli.network_names();
+    // ...and a network that only looks like mkh's: no metadata.
+    let lv = libvirt();
+    let taken = mkh::net::taken_subnets(&lv).unwrap();
+    let subnet = SubnetPool::default().choose(&taken, 1, 1000).unwrap()[0];
+    let decoy = format!("mkh-decoy{}-nat", std::process::id() % 10000);
+    let gw = subnet.hosts().next().unwrap();
+    let xml = format!(
+        "<network><name>{decoy}</name><bridge name='mkhdecoy{}'/><ip address='{gw}' prefix='{}'/></network>",
+        std::process::id() % 10000,
+        subnet.prefix_len()
+    );
+    lv.define_and_start_network(&decoy, &xml).unwrap();
+
+    let (code, out, err) = mkh(&["reap", "--all"]);
+    let decoy_survived = network_exists(&decoy);
+    let _ = lv.remove_network(&decoy); // the test's own object: the test removes it
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        decoy_survived,
+        "mkh reap --all removed a network it did not create:\n{out}"
+    );
+    for n in &cli_names {
+        assert!(
+            !network_exists(n),
+            "CLI-owned {n} survived reap --all:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn cli_lists_and_removes_cli_owned_environments() {
+    let cli = ChildEnv::start(CHILD, "hold-cli");
+    let name = cli.env_name();
+    let (code, out, _) = mkh(&["ls", "--json"]);
+    assert_eq!(code, 0);
+    let envs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let listed = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name.as_str());
+    assert_eq!(listed.expect("listed")["kind"], "cli");
+
+    let (code, out, err) = mkh(&["down", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(objects_of_env(&name).is_empty());
+
+    let (code, _, err) = mkh(&["down", &name]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&name) && err.contains("mkh ls"), "{err}");
+}
+
+#[test]
+fn an_exhausted_pool_is_a_clear_error_and_leaves_nothing() {
+    // One /24 cannot hold two networks: the NAT network is made, the private one fails.
+    let pool = SubnetPool::parse("10.207.250.0/24", "24").unwrap();
+    let err = Env::builder()
+        .subnet_pool(pool)
+        .up_blocking()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10.207.250.0/24") && err.contains("exhausted"),
+        "{err}"
+    );
+    // nextest runs each test in a process of its own: whatever this pid owns, this test made.
+    let left: Vec<_> = mkh::inventory::claimed_objects(&libvirt())
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.owner.process.pid == std::process::id())
+        .map(|o| o.name)
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_bad_pool_setting_names_the_variable() {
+    let out = Command::new(CHILD)
+        .arg("once")
+        .env("MKH_SUBNET_POOL", "10.1.0.0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("MKH_SUBNET_POOL") && err.contains("10.1.0.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_non_root_libvirt_user_can_run_the_network_lifecycle() {
+    let Ok(user) = std::env::var("MKH_TEST_USER") else {
+        println!("SKIPPED: MKH_TEST_USER is not set; the test command creates a user in group `libvirt` and sets it");
+        return;
+    };
+    // The test binary may sit under a directory that user cannot read: copy the child out.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bin = dir.path().join("mkh-test-child");
+    std::fs::copy(CHILD, &bin).unwrap();
+    let mut c = ChildEnv::start_with(
+        Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .arg(&bin)
+            .arg("hold"),
+    );
+    let names = c.network_names();
+    for n in &names {
+        assert!(network_exists(n), "{n} not created by {user}");
+    }
+    // runuser forwards SIGTERM to the child it started.
+    c.signal(Signal::SIGTERM);
+    wait_for_exit(&mut c.child, Duration::from_secs(10));
+    for n in &names {
+        assert!(!network_exists(n), "{n} left behind by {user}");
+    }
+}
