@@ -15,6 +15,9 @@ if [ "$(id -u)" = 0 ]; then
   export MKH_TEST_USER=mkh-test
 fi
 
+# Build (or find) the guest image once, before tests that boot it run in parallel.
+cargo run --quiet -p mkh --bin mkh -- image
+
 # Every object the run creates records this id (child processes inherit it).
 export MKH_RUN_ID="${MKH_RUN_ID:-test-$(date -u +%Y%m%dT%H%M%SZ)-$$}"
 profile=default

@@ -51,6 +51,36 @@ pub enum Error {
     #[error("no mkh environment named {name:?}; `mkh ls` lists the environments that exist")]
     UnknownEnvironment { name: String },
 
+    #[error("SSH to {target}: {problem}")]
+    Ssh { target: String, problem: String },
+
+    #[error("the SSH host key of machine {machine} changed: {known} was recorded in {record}, the guest offered {offered}; a different machine may answer at that address (stale lease?). If the machine was rebuilt on purpose, remove its line from that file")]
+    HostKeyChanged {
+        machine: String,
+        known: String,
+        offered: String,
+        record: PathBuf,
+    },
+
+    #[error("{what} did not succeed within {after:?}; last problem: {last}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+        last: String,
+    },
+
+    #[error("{0}")]
+    NoLease(Box<NoLease>),
+
+    #[error("machine {machine} must be running for this: it is {state}. To fix this, start it (`Machine::start`, or `mkh up` for a new environment)")]
+    MachineNotRunning {
+        machine: String,
+        state: &'static str,
+    },
+
+    #[error("the guest image could not be prepared: {0}")]
+    Image(#[source] Box<crate::machine::image::ImageError>),
+
     #[error("teardown of {env} left {count} problem(s): {}", .problems.join("; "))]
     Teardown {
         env: String,
@@ -66,4 +96,22 @@ impl Error {
             source,
         }
     }
+}
+
+impl From<crate::machine::image::ImageError> for Error {
+    fn from(e: crate::machine::image::ImageError) -> Self {
+        Error::Image(Box::new(e))
+    }
+}
+
+/// A machine got no DHCP lease in time: what was asked and what was seen.
+#[derive(Debug, thiserror::Error)]
+#[error("no DHCP lease for machine {machine} on network {network} (MAC {mac}) within {after:?}; leases seen there: {seen}. Check the machine's console log: {}", .console.display())]
+pub struct NoLease {
+    pub machine: String,
+    pub network: String,
+    pub mac: String,
+    pub after: std::time::Duration,
+    pub seen: String,
+    pub console: PathBuf,
 }

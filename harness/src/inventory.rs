@@ -61,6 +61,7 @@ pub struct EnvSummary {
     pub test: Option<String>,
     pub pid: u32,
     pub created: u64,
+    pub home: Option<String>,
     pub domains: Vec<String>,
     pub networks: Vec<String>,
 }
@@ -77,6 +78,7 @@ pub fn environments(objects: &[ClaimedObject]) -> Vec<EnvSummary> {
                 test: obj.owner.test.clone(),
                 pid: obj.owner.process.pid,
                 created: obj.owner.created,
+                home: obj.owner.home.clone(),
                 domains: Vec::new(),
                 networks: Vec::new(),
             });

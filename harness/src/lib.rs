@@ -4,17 +4,21 @@
 //!
 //! Start with [`Env::builder`]. `ARCHITECTURE.md` at the repository root maps the modules.
 
+pub mod config;
 pub mod env;
 pub mod error;
 pub mod inventory;
 pub mod libvirt;
+pub mod machine;
 pub mod names;
 pub mod net;
 pub mod owner;
 pub mod reaper;
+pub mod ssh;
 pub mod teardown;
 pub mod xml;
 
 pub use env::{Env, EnvBuilder, EnvDescription};
 pub use error::{Error, Result};
+pub use ipnet;
 pub use owner::OwnerKind;

@@ -175,6 +175,149 @@ impl Libvirt {
     }
 }
 
+/// One DHCP lease as libvirt's dnsmasq reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lease {
+    pub mac: String,
+    pub ip: String,
+    pub prefix: u32,
+    pub hostname: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub expiry: i64,
+}
+
+/// State of a domain as mkh cares about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    /// Defined but not running (shut off, crashed, paused counts as running for IPs).
+    Stopped,
+    Missing,
+}
+
+impl Libvirt {
+    /// Every DHCP lease of a network, of every domain (also of domains long gone: dnsmasq keeps
+    /// leases until they expire).
+    pub fn network_leases(&self, network: &str) -> Result<Vec<Lease>> {
+        let net = self
+            .conn
+            .lookup_network_by_name(network)
+            .map_err(|source| failed("look up network", network, source))?;
+        // virt has no safe call for this (none up to 0.5.0).
+        let mut raw: *mut sys::virNetworkDHCPLeasePtr = std::ptr::null_mut();
+        // SAFETY: `net` is a valid network handle; libvirt allocates the array and each lease,
+        // which are freed below exactly once.
+        let n =
+            unsafe { sys::virNetworkGetDHCPLeases(net.as_ptr(), std::ptr::null(), &mut raw, 0) };
+        if n < 0 {
+            return Err(failed(
+                "read DHCP leases of",
+                network,
+                virt::error::Error::last_error(),
+            ));
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            // SAFETY: libvirt returned `n` valid lease pointers.
+            unsafe {
+                let lease = *raw.add(i);
+                let l = &*lease;
+                let text = |p: *mut std::os::raw::c_char| {
+                    (!p.is_null())
+                        .then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+                };
+                out.push(Lease {
+                    mac: text(l.mac).unwrap_or_default().to_ascii_lowercase(),
+                    ip: text(l.ipaddr).unwrap_or_default(),
+                    prefix: l.prefix,
+                    hostname: text(l.hostname),
+                    expiry: l.expirytime,
+                });
+                sys::virNetworkDHCPLeaseFree(lease);
+            }
+        }
+        if !raw.is_null() {
+            // SAFETY: the array itself is malloc'ed by libvirt.
+            unsafe { libc::free(raw as *mut std::os::raw::c_void) };
+        }
+        Ok(out)
+    }
+
+    /// Defines a persistent domain (not started).
+    pub fn define_domain(&self, name: &str, xml: &str) -> Result<()> {
+        self.conn
+            .define_domain_xml(xml)
+            .map(|_| ())
+            .map_err(|source| failed("define domain", name, source))
+    }
+
+    pub fn start_domain(&self, name: &str) -> Result<()> {
+        let dom = self.domain(name)?;
+        dom.create()
+            .map_err(|source| failed("start domain", name, source))
+    }
+
+    pub fn domain_state(&self, name: &str) -> Result<DomainState> {
+        let dom = match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Ok(DomainState::Missing),
+            Err(source) => return Err(failed("look up domain", name, source)),
+        };
+        let active = dom
+            .is_active()
+            .map_err(|source| failed("read state of domain", name, source))?;
+        Ok(if active {
+            DomainState::Running
+        } else {
+            DomainState::Stopped
+        })
+    }
+
+    /// Asks the guest to power off (ACPI power button).
+    pub fn shutdown_domain(&self, name: &str) -> Result<()> {
+        match self.domain(name)?.shutdown() {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_running(&e) => Ok(()),
+            Err(source) => Err(failed("shut down domain", name, source)),
+        }
+    }
+
+    /// Powers a domain off at once (it stays defined).
+    pub fn destroy_domain(&self, name: &str) -> Result<()> {
+        match self.domain(name)?.destroy() {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_running(&e) => Ok(()),
+            Err(source) => Err(failed("power off domain", name, source)),
+        }
+    }
+
+    /// Changes a device of a running domain (e.g. a NIC's link state).
+    pub fn update_live_device(&self, name: &str, device_xml: &str) -> Result<()> {
+        self.domain(name)?
+            .update_device_flags(device_xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|source| failed("update a device of domain", name, source))
+    }
+
+    pub fn domain_xml(&self, name: &str) -> Result<String> {
+        self.domain(name)?
+            .xml_desc(0)
+            .map_err(|source| failed("read XML of domain", name, source))
+    }
+
+    /// The host's capabilities XML (guest architectures and domain types).
+    pub fn capabilities(&self) -> Result<String> {
+        self.conn
+            .capabilities()
+            .map_err(|source| failed("read capabilities of", &self.uri, source))
+    }
+
+    fn domain(&self, name: &str) -> Result<virt::domain::Domain> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(|source| failed("look up domain", name, source))
+    }
+}
+
 fn failed(action: &'static str, object: &str, source: virt::error::Error) -> Error {
     Error::Libvirt {
         action,

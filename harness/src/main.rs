@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use mkh::inventory::{claimed_objects, environments};
+use std::path::PathBuf;
+
+use mkh::inventory::{claimed_objects, environments, EnvSummary};
 use mkh::libvirt::Libvirt;
+use mkh::machine::{Machine, MachineOptions, NetworkRole};
 use mkh::owner::OwnerKind;
 use mkh::reaper::{self, ReapScope};
 use mkh::teardown::Teardown;
@@ -24,6 +27,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Bring up an environment that outlives this command: both networks and the built-in
+    /// guest. Returns once SSH answers on both networks.
+    Up {
+        /// Environment name (also the machine's); default `mkh-<id>`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+        /// Guest vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Print the environment as JSON (schema version in "version").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a machine's IP on one network (leases matched by MAC).
+    Ip {
+        name: String,
+        #[arg(long, default_value = "private", value_parser = ["nat", "private"])]
+        network: String,
+    },
+    /// SSH into an environment's machine as `docker`; with a command, run it and exit with its
+    /// status.
+    Ssh {
+        name: String,
+        /// Connect over this network.
+        #[arg(long, default_value = "private", value_parser = ["nat", "private"])]
+        network: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Build (once) or find the cached guest image; print its files.
+    Image,
     /// List environments mkh owns in libvirt.
     Ls {
         #[arg(long)]
@@ -75,11 +112,141 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Up {
+            name,
+            memory,
+            cpus,
+            json,
+        } => up(name, memory, cpus, json),
+        Command::Ip { name, network } => ip(&name, &network),
+        Command::Ssh {
+            name,
+            network,
+            command,
+        } => ssh(&name, &network, &command),
+        Command::Image => image(),
         Command::Ls { json } => ls(json),
         Command::Down { name } => down(&name),
         Command::Reap { all, json } => reap(all, json),
         Command::Audit { run, json } => audit(run.as_deref(), json),
     }
+}
+
+fn up(name: Option<String>, memory: u32, cpus: u32, json: bool) -> Result<ExitCode> {
+    let mut builder = mkh::Env::builder()
+        .owner_kind(OwnerKind::Cli)
+        .guest(MachineOptions {
+            memory_mib: memory,
+            vcpus: cpus,
+            ..MachineOptions::default()
+        });
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    let env = builder.up_blocking()?;
+    let desc = env.describe()?;
+    env.detach();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&desc).expect("serialisable")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ips = desc.ips.expect("a guest was booted");
+    let ssh = desc.ssh.expect("a guest was booted");
+    let accel = desc.accel.map(|a| a.as_str()).unwrap_or("-");
+    println!("environment {} is up ({accel})", desc.name);
+    for (label, net, ip) in [
+        ("nat", &desc.networks.nat, ips.nat),
+        ("private", &desc.networks.private, ips.private),
+    ] {
+        println!(
+            "  {label:<8} {ip:<16} network {} ({}, bridge {})",
+            net.name, net.subnet, net.bridge
+        );
+    }
+    println!("reach it:");
+    println!("  mkh ssh {} -- id -un", desc.name);
+    println!(
+        "  ssh -i {} {}@{}",
+        ssh.key.display(),
+        ssh.user,
+        ips.private
+    );
+    println!("remove it:");
+    println!("  mkh down {}", desc.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first machine of a named environment, read back from libvirt.
+fn machine_of(name: &str) -> Result<Machine> {
+    let lv = Libvirt::connect()?;
+    let env: EnvSummary = environments(&claimed_objects(&lv)?)
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| Error::UnknownEnvironment {
+            name: name.to_owned(),
+        })?;
+    let (Some(domain), Some(home)) = (env.domains.first(), env.home.as_ref()) else {
+        return Err(Error::InvalidInput {
+            what: "environment",
+            value: name.to_owned(),
+            problem: "it has no machine".into(),
+            fix: "bring one up with `mkh up`",
+        });
+    };
+    Machine::from_libvirt(&lv, domain, &PathBuf::from(home))
+}
+
+fn role(network: &str) -> NetworkRole {
+    NetworkRole::parse(network).expect("clap checked the value")
+}
+
+fn ip(name: &str, network: &str) -> Result<ExitCode> {
+    println!("{}", machine_of(name)?.ip(role(network))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ssh(name: &str, network: &str, command: &[String]) -> Result<ExitCode> {
+    let machine = machine_of(name)?;
+    let session = machine.ssh(role(network))?;
+    if !command.is_empty() {
+        let out = session.exec(&command.join(" "))?;
+        print!("{}", out.stdout);
+        eprint!("{}", out.stderr);
+        return Ok(ExitCode::from(out.status.clamp(0, 255) as u8));
+    }
+    // Interactive: hand over to OpenSSH, pinned to the host key mkh has just checked.
+    let target = session.target().clone();
+    let known = machine.pin_host_key_for_openssh(&target)?;
+    let status = std::process::Command::new("ssh")
+        .arg("-i")
+        .arg(&target.key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg(format!("{}@{}", target.user, target.ip))
+        .status()
+        .map_err(|e| Error::Ssh {
+            target: target.ip.to_string(),
+            problem: format!("cannot run ssh ({e}); install openssh-client"),
+        })?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(255).clamp(0, 255) as u8
+    ))
+}
+
+fn image() -> Result<ExitCode> {
+    let image = mkh::machine::image::ensure_guest_image(&mkh::config::cache_dir())?;
+    println!("kernel {}", image.kernel.display());
+    println!("initrd {}", image.initrd.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ls(json: bool) -> Result<ExitCode> {
@@ -138,6 +305,7 @@ fn down(name: &str) -> Result<ExitCode> {
         env: env.name.clone(),
         domains: env.domains,
         networks: env.networks,
+        dirs: env.home.into_iter().map(Into::into).collect(),
         done: false,
     };
     let problems = teardown.run();

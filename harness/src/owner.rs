@@ -63,6 +63,8 @@ pub struct Owner {
     pub kind: OwnerKind,
     /// The environment the object belongs to (its name, as `mkh ls` shows it).
     pub env: String,
+    /// The environment's directory on the owner's host (keys, console logs), if it has one.
+    pub home: Option<String>,
 }
 
 impl Owner {
@@ -83,6 +85,9 @@ impl Owner {
         );
         if let Some(test) = &self.test {
             xml.push_str(&format!(" test='{}'", escape(test)));
+        }
+        if let Some(home) = &self.home {
+            xml.push_str(&format!(" home='{}'", escape(home)));
         }
         xml.push_str("/>");
         xml
@@ -110,6 +115,7 @@ impl Owner {
             created: el.attr("created")?.parse().ok()?,
             kind: OwnerKind::parse(el.attr("kind")?)?,
             env: el.attr("env")?.to_owned(),
+            home: el.attr("home").map(str::to_owned),
         })
     }
 
@@ -220,6 +226,7 @@ impl Owner {
             created: now_unix(),
             kind,
             env: env.to_owned(),
+            home: None,
         }
     }
 }
@@ -241,6 +248,7 @@ mod tests {
             created: 1_700_000_000,
             kind: OwnerKind::Process,
             env: "mkh-abc123".into(),
+            home: Some("/var/tmp/mkh state/<x>".into()),
         }
     }
 

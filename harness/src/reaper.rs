@@ -135,6 +135,7 @@ mod tests {
                 created: 0,
                 kind,
                 env: "mkh-abcdef".into(),
+                home: None,
             },
         }
     }

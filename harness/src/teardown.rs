@@ -21,6 +21,8 @@ pub struct Teardown {
     pub env: String,
     pub domains: Vec<String>,
     pub networks: Vec<String>,
+    /// Local directories (environment homes) removed last.
+    pub dirs: Vec<std::path::PathBuf>,
     /// Set once everything is removed: later calls do nothing.
     pub done: bool,
 }
@@ -44,6 +46,13 @@ impl Teardown {
         for net in self.networks.iter().rev() {
             if let Err(e) = lv.remove_network(net) {
                 problems.push(e.to_string());
+            }
+        }
+        for dir in &self.dirs {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => problems.push(format!("{}: {e}", dir.display())),
             }
         }
         if problems.is_empty() {
@@ -86,6 +95,15 @@ impl Registration {
 
     pub fn add_domain(&self, name: &str) {
         lock(&self.list).domains.push(name.to_owned());
+    }
+
+    pub fn add_dir(&self, dir: &std::path::Path) {
+        lock(&self.list).dirs.push(dir.to_owned());
+    }
+
+    /// Forgets the home directories: they outlive the environment (kept for a post-mortem).
+    pub fn keep_dirs(&self) {
+        lock(&self.list).dirs.clear();
     }
 
     /// Tears down now, on this thread.

@@ -26,7 +26,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let line = serde_json::to_string(&env.describe()).expect("serialisable");
+    let line = serde_json::to_string(&env.describe().expect("describe")).expect("serialisable");
     println!("{line}");
     std::io::stdout().flush().expect("stdout");
     match mode.as_str() {

@@ -1,0 +1,166 @@
+//! The accelerator: KVM where the host really has hardware virtualisation, TCG otherwise.
+//! `/dev/kvm` alone proves nothing (a PVM-only kernel offers it, but stock guest kernels hang
+//! under it), so a local host must also show `vmx` or `svm` in its CPU flags.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    /// The `<domain type=...>` value.
+    pub fn domain_type(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "qemu",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// How much longer than under KVM things take (boot, SSH): deadlines scale by this.
+    pub fn slowness(self) -> f64 {
+        match self {
+            Accel::Kvm => 1.0,
+            Accel::Tcg => 4.0,
+        }
+    }
+}
+
+/// What the decision rests on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelFacts {
+    /// `MKH_ACCEL`, when set.
+    pub forced: Option<String>,
+    /// The libvirt host's capabilities list a `kvm` domain type for x86_64.
+    pub libvirt_offers_kvm: bool,
+    /// For a local libvirt: whether /proc/cpuinfo shows vmx or svm. `None` for a remote host.
+    pub cpu_has_virt_flags: Option<bool>,
+}
+
+/// Picks the accelerator and says why.
+pub fn decide(facts: &AccelFacts) -> Result<(Accel, String)> {
+    if let Some(forced) = &facts.forced {
+        return match forced.as_str() {
+            "kvm" => Ok((Accel::Kvm, "MKH_ACCEL=kvm".into())),
+            "tcg" => Ok((Accel::Tcg, "MKH_ACCEL=tcg".into())),
+            other => Err(Error::InvalidInput {
+                what: "accelerator (MKH_ACCEL)",
+                value: other.to_owned(),
+                problem: "it is neither kvm nor tcg".into(),
+                fix: "set MKH_ACCEL=kvm or MKH_ACCEL=tcg, or unset it to let mkh decide",
+            }),
+        };
+    }
+    if !facts.libvirt_offers_kvm {
+        return Ok((
+            Accel::Tcg,
+            "libvirt offers no kvm domains on this host".into(),
+        ));
+    }
+    match facts.cpu_has_virt_flags {
+        Some(false) => Ok((
+            Accel::Tcg,
+            "libvirt offers kvm, but the CPU shows no vmx/svm flag (e.g. a PVM-only /dev/kvm)"
+                .into(),
+        )),
+        Some(true) => Ok((
+            Accel::Kvm,
+            "libvirt offers kvm and the CPU has vmx/svm".into(),
+        )),
+        None => Ok((Accel::Kvm, "the remote libvirt host offers kvm".into())),
+    }
+}
+
+/// Whether the capabilities XML lists a kvm domain type for an x86_64 guest.
+pub fn capabilities_offer_kvm(caps_xml: &str) -> bool {
+    let Ok(els) = crate::xml::elements(caps_xml) else {
+        return false;
+    };
+    let mut arch = String::new();
+    for e in &els {
+        if e.is_at(&["capabilities", "guest", "arch"]) {
+            arch = e.attr("name").unwrap_or_default().to_owned();
+        }
+        if e.is_at(&["capabilities", "guest", "arch", "domain"])
+            && arch == "x86_64"
+            && e.attr("type") == Some("kvm")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether this host's CPU flags show hardware virtualisation.
+pub fn local_cpu_has_virt_flags() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|t| cpuinfo_has_virt_flags(&t))
+        .unwrap_or(false)
+}
+
+fn cpuinfo_has_virt_flags(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(kvm: bool, flags: Option<bool>) -> AccelFacts {
+        AccelFacts {
+            forced: None,
+            libvirt_offers_kvm: kvm,
+            cpu_has_virt_flags: flags,
+        }
+    }
+
+    #[test]
+    fn a_pvm_only_dev_kvm_means_tcg() {
+        // This project's own machines: libvirt lists kvm, the CPU has no vmx/svm.
+        assert_eq!(decide(&facts(true, Some(false))).unwrap().0, Accel::Tcg);
+        assert_eq!(decide(&facts(true, Some(true))).unwrap().0, Accel::Kvm);
+        assert_eq!(decide(&facts(false, Some(true))).unwrap().0, Accel::Tcg);
+        assert_eq!(decide(&facts(true, None)).unwrap().0, Accel::Kvm);
+    }
+
+    #[test]
+    fn mkh_accel_overrides_and_bad_values_are_named() {
+        let mut f = facts(false, Some(false));
+        f.forced = Some("kvm".into());
+        assert_eq!(decide(&f).unwrap().0, Accel::Kvm);
+        f.forced = Some("hvf".into());
+        let err = decide(&f).unwrap_err().to_string();
+        assert!(err.contains("MKH_ACCEL") && err.contains("hvf"), "{err}");
+    }
+
+    #[test]
+    fn capabilities_and_cpuinfo_are_read() {
+        let caps = "<capabilities><guest><os_type>hvm</os_type><arch name='i686'><domain type='kvm'/></arch></guest>\
+                    <guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>";
+        assert!(!capabilities_offer_kvm(caps));
+        let caps = caps.replace(
+            "<domain type='qemu'/>",
+            "<domain type='qemu'/><domain type='kvm'/>",
+        );
+        assert!(capabilities_offer_kvm(&caps));
+        assert!(cpuinfo_has_virt_flags("flags\t\t: fpu vme vmx sse\n"));
+        assert!(!cpuinfo_has_virt_flags(
+            "flags\t\t: fpu vme sse\nvmx: none\n"
+        ));
+    }
+}

@@ -1,0 +1,221 @@
+//! The built-in guest on real libvirt (TCG here): boot on both networks, IPs from leases matched
+//! by MAC, SSH as `docker`, lifecycle, link state, host keys, and the CLI round trip.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mkh::machine::{lease_for_mac, MachineOptions, NetworkRole};
+use mkh::ssh::{try_connect, SshTarget};
+use mkh::{Env, Error};
+use mkh_tests::*;
+
+fn env_with_guest() -> Env {
+    Env::builder()
+        .guest(MachineOptions::default())
+        .up_blocking()
+        .unwrap()
+}
+
+fn ping(ip: Ipv4Addr) -> bool {
+    Command::new("ping")
+        .args(["-c", "1", "-W", "3", &ip.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn ssh_run(env: &Env, role: NetworkRole, cmd: &str) -> String {
+    let m = env.machine().unwrap();
+    let out = m.ssh(role).unwrap().exec(cmd).unwrap();
+    assert_eq!(out.status, 0, "{cmd}: {out:?}");
+    out.stdout.trim().to_owned()
+}
+
+#[test]
+fn a_machine_boots_on_both_networks_and_answers_ping_and_ssh() {
+    let mut env = env_with_guest();
+    let m = env.machine().unwrap();
+    let ips = m.ips().unwrap();
+    let nets = env.networks();
+    assert!(
+        nets.nat.subnet.contains(&ips.nat),
+        "{} not in {}",
+        ips.nat,
+        nets.nat.subnet
+    );
+    assert!(
+        nets.private.subnet.contains(&ips.private),
+        "{} not in {}",
+        ips.private,
+        nets.private.subnet
+    );
+    for role in [NetworkRole::Nat, NetworkRole::Private] {
+        let ip = m.ips().unwrap().get(role);
+        assert!(ping(ip), "no ping reply from {ip} ({role})");
+        assert_eq!(ssh_run(&env, role, "id -un"), "docker");
+        assert_eq!(ssh_run(&env, role, "hostname"), m.name());
+    }
+    let console = std::fs::read_to_string(m.console_log()).unwrap();
+    assert!(
+        console.contains("Linux version"),
+        "console log lacks the kernel banner"
+    );
+    env.teardown_blocking().unwrap();
+}
+
+#[test]
+fn a_stopped_machine_has_no_ip_and_comes_back_after_start() {
+    let env = env_with_guest();
+    let m = env.machine().unwrap();
+    let before = m.ips().unwrap();
+    m.stop().unwrap();
+    let started = Instant::now();
+    let err = m.ip(NetworkRole::Private).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the error must come at once"
+    );
+    assert!(matches!(err, Error::MachineNotRunning { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("must be running") && text.contains("start"),
+        "{text}"
+    );
+
+    let after = m.start().unwrap();
+    // Same MAC, same lease: dnsmasq hands the address back.
+    assert_eq!(after, before);
+    // The host key survived the restart: the recorded key still matches.
+    assert_eq!(ssh_run(&env, NetworkRole::Private, "id -un"), "docker");
+    assert_eq!(ssh_run(&env, NetworkRole::Nat, "id -un"), "docker");
+}
+
+#[test]
+fn link_down_cuts_one_network_and_link_up_restores_it() {
+    let env = env_with_guest();
+    let m = env.machine().unwrap();
+    let ips = m.ips().unwrap();
+    m.set_link(NetworkRole::Private, false).unwrap();
+    let private = m.ssh_target(NetworkRole::Private).unwrap();
+    let cut = try_connect(&private, Duration::from_secs(5));
+    assert!(
+        cut.is_err(),
+        "SSH over the private IP {} still works with its link down",
+        ips.private
+    );
+    assert_eq!(ssh_run(&env, NetworkRole::Nat, "id -un"), "docker");
+
+    m.set_link(NetworkRole::Private, true).unwrap();
+    assert_eq!(ssh_run(&env, NetworkRole::Private, "id -un"), "docker");
+    assert_eq!(ssh_run(&env, NetworkRole::Nat, "id -un"), "docker");
+}
+
+/// Boots machine `<env>-<suffix>` (hostname "twin") in `env` and returns its private IP.
+fn boot_twin(env: &mut Env, suffix: &str) -> Ipv4Addr {
+    let options = MachineOptions {
+        suffix: Some(suffix.into()),
+        hostname: Some("twin".into()),
+        ..MachineOptions::default()
+    };
+    env.add_machine(&options)
+        .unwrap()
+        .ip(NetworkRole::Private)
+        .unwrap()
+}
+
+#[test]
+fn a_stale_lease_with_the_same_hostname_is_not_taken_for_the_new_machine() {
+    let mut env = Env::builder().up_blocking().unwrap();
+    let first_ip = boot_twin(&mut env, "twin-a");
+    let first_mac = env.machines()[0].nics()[0].mac.clone();
+    let first = env.machines()[0].name().to_owned();
+    env.remove_machine(&first).unwrap();
+    let leases = libvirt()
+        .network_leases(&env.networks().private.name)
+        .unwrap();
+    assert_eq!(
+        lease_for_mac(&leases, &first_mac),
+        Some(first_ip),
+        "the stale lease should linger"
+    );
+
+    let second_ip = boot_twin(&mut env, "twin-b");
+    assert_ne!(
+        second_ip, first_ip,
+        "the new machine was given the old machine's address"
+    );
+    let m = &env.machines()[0];
+    let out = m
+        .ssh(NetworkRole::Private)
+        .unwrap()
+        .exec("hostname")
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "twin");
+    env.teardown_blocking().unwrap();
+}
+
+#[test]
+fn a_guest_with_a_changed_host_key_is_refused() {
+    let mut env = Env::builder().up_blocking().unwrap();
+    boot_twin(&mut env, "twin-a");
+    let first = env.machines()[0].name().to_owned();
+    env.remove_machine(&first).unwrap();
+    let ip_b = boot_twin(&mut env, "twin-b");
+    // Address twin-b as if it were twin-a, whose key is recorded: another guest, another key.
+    let b = env.machines()[0].ssh_target(NetworkRole::Private).unwrap();
+    let posing = SshTarget {
+        machine: first.clone(),
+        ..b
+    };
+    let err = try_connect(&posing, Duration::from_secs(30)).unwrap_err();
+    assert!(matches!(err, Error::HostKeyChanged { .. }), "{err}");
+    assert!(err.to_string().contains(&first), "{err}");
+    assert_eq!(posing.ip, ip_b);
+}
+
+#[test]
+fn mkh_up_json_ssh_ip_and_down_round_trip() {
+    let name = format!("rt-{}", std::process::id());
+    let (code, out, err) = mkh(&["up", "--name", &name, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["version"], 1);
+    assert_eq!(d["name"], name.as_str());
+    assert_eq!(d["backend"], "builtin");
+    assert!(["tcg", "kvm"].contains(&d["accel"].as_str().unwrap()));
+    for net in ["nat", "private"] {
+        for field in ["name", "subnet", "bridge"] {
+            assert!(
+                d["networks"][net][field].is_string(),
+                "networks.{net}.{field}: {d}"
+            );
+        }
+        let ip: Ipv4Addr = d["ips"][net].as_str().unwrap().parse().unwrap();
+        let subnet: mkh::ipnet::Ipv4Net = d["networks"][net]["subnet"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(subnet.contains(&ip));
+    }
+    assert_eq!(d["ssh"]["user"], "docker");
+    assert_eq!(d["ssh"]["port"], 22);
+    assert!(std::path::Path::new(d["ssh"]["key"].as_str().unwrap()).exists());
+    let home = d["home"].as_str().unwrap().to_owned();
+
+    let (code, out, err) = mkh(&["ssh", &name, "--", "id", "-un"]);
+    assert_eq!((code, out.trim()), (0, "docker"), "{err}");
+    let (code, out, _) = mkh(&["ssh", &name, "--network", "nat", "--", "exit", "7"]);
+    assert_eq!(code, 7, "{out}");
+    let (code, out, _) = mkh(&["ip", &name, "--network", "nat"]);
+    assert_eq!((code, out.trim()), (0, d["ips"]["nat"].as_str().unwrap()));
+
+    let (code, out, err) = mkh(&["down", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(objects_of_env(&name).is_empty());
+    assert!(!std::path::Path::new(&home).exists(), "{home} left behind");
+    let (code, _, err) = mkh(&["down", &name]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&name), "{err}");
+}
