@@ -1,7 +1,7 @@
 //! One test's world. [`Env`] owns everything it created and removes it on
 //! [`Env::teardown`], on Drop (also during a panic) and on SIGTERM/SIGINT.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -123,6 +123,7 @@ impl EnvBuilder {
             networks: None,
             accel: None,
             machines: Vec::new(),
+            timings: Timings::default(),
             registration: Some(registration),
         };
         match env.create(&lv, &pool, self.guest.as_ref()) {
@@ -153,9 +154,11 @@ impl Env {
     ) -> Result<()> {
         config::ensure_dir(&self.home)?;
         let registration = self.registration.as_ref().expect("registered");
+        let started = Instant::now();
         let networks = create_pair(lv, &self.id, &self.owner, pool, &mut |net| {
             registration.add_network(net)
         })?;
+        self.timings.networks = Some(started.elapsed());
         self.networks = Some(networks);
         if let Some(options) = guest {
             self.add_machine(options)?;
@@ -189,6 +192,7 @@ impl Env {
             .as_ref()
             .ok_or_else(|| torn_down(&self.name))?;
         let networks = self.networks.as_ref().expect("networks exist");
+        let started = Instant::now();
         let machine = Machine::boot_builtin(
             &lv,
             accel,
@@ -199,7 +203,13 @@ impl Env {
             &self.owner,
             &mut |dom| registration.add_domain(dom),
         )?;
+        self.timings.define_start = Some(started.elapsed());
+        let started = Instant::now();
+        machine.ips()?;
+        self.timings.leases = Some(started.elapsed());
+        let started = Instant::now();
         machine.wait_ready()?;
+        self.timings.ssh = Some(started.elapsed());
         self.machines.push(machine);
         Ok(self.machines.last().expect("just pushed"))
     }
@@ -241,6 +251,7 @@ pub struct Env {
     networks: Option<NetworkPair>,
     accel: Option<Accel>,
     machines: Vec<Machine>,
+    timings: Timings,
     /// `None` once torn down or detached.
     registration: Option<Registration>,
 }
@@ -249,6 +260,19 @@ impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Registration")
     }
+}
+
+/// How long each phase of bringing the environment up took (the last machine added).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Both networks defined and started (subnet choice included).
+    pub networks: Option<Duration>,
+    /// Guest image found, keys made, domain defined and started.
+    pub define_start: Option<Duration>,
+    /// From the domain's start to a DHCP lease on both networks.
+    pub leases: Option<Duration>,
+    /// From the leases to SSH answering on both networks.
+    pub ssh: Option<Duration>,
 }
 
 /// Version of the [`EnvDescription`] JSON schema (`mkh up --json`): bumped on any change that
@@ -309,6 +333,10 @@ impl Env {
     /// The accelerator machines boot with (once a machine was booted).
     pub fn accel(&self) -> Option<Accel> {
         self.accel
+    }
+
+    pub fn timings(&self) -> Timings {
+        self.timings
     }
 
     /// The first machine (the built-in guest), if the environment has one.

@@ -287,14 +287,18 @@ impl Machine {
     }
 
     pub fn ssh_target(&self, role: NetworkRole) -> Result<SshTarget> {
-        Ok(SshTarget {
+        Ok(self.ssh_target_at(self.ip(role)?))
+    }
+
+    fn ssh_target_at(&self, ip: Ipv4Addr) -> SshTarget {
+        SshTarget {
             machine: self.name.clone(),
-            ip: self.ip(role)?,
+            ip,
             port: 22,
             user: SSH_USER.to_owned(),
             key: self.key.private.clone(),
             known_hosts: self.home.join("known_hosts"),
-        })
+        }
     }
 
     /// An SSH session over one network, retried until sshd answers (SSH deadline).
@@ -311,12 +315,14 @@ impl Machine {
         Ok(path)
     }
 
-    /// Waits until the machine has both leases and SSH answers on both networks.
+    /// Waits until the machine has both leases and SSH answers on both networks. The
+    /// addresses are read once; the private network goes first (its connection records the host
+    /// key, as minikube's does), and once sshd answers there the NAT one answers at once.
     pub fn wait_ready(&self) -> Result<Ips> {
         let ips = self.ips()?;
-        for role in [NetworkRole::Private, NetworkRole::Nat] {
-            self.ssh(role)?;
-        }
+        let deadline = self.timeouts.ssh();
+        ssh::connect(&self.ssh_target_at(ips.private), deadline)?;
+        ssh::connect(&self.ssh_target_at(ips.nat), deadline)?;
         Ok(ips)
     }
 
