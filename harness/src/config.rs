@@ -80,6 +80,18 @@ impl Timeouts {
         self.scaled(30)
     }
 
+    /// For `minikube start` (also `stop`): real kvm2 cold starts take 45-50 s under KVM, more
+    /// when the ISO is first downloaded.
+    pub fn minikube_start(&self) -> Duration {
+        self.scaled(300)
+    }
+
+    /// For `minikube delete` during teardown: it must fit nextest's grace period with room for
+    /// mkh's own removals after it.
+    pub fn minikube_delete(&self) -> Duration {
+        Duration::from_secs(20)
+    }
+
     /// For an ACPI shutdown before the machine is powered off hard.
     pub fn shutdown(&self) -> Duration {
         self.scaled(5)

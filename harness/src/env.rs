@@ -1,6 +1,7 @@
 //! One test's world. [`Env`] owns everything it created and removes it on
 //! [`Env::teardown`], on Drop (also during a panic) and on SIGTERM/SIGINT.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -12,12 +13,16 @@ use crate::error::{Error, Result};
 use crate::inventory;
 use crate::libvirt::{default_uri, Libvirt};
 use crate::machine::accel::Accel;
-use crate::machine::{choose_accel, Ips, Machine, MachineOptions, SSH_USER};
+use crate::machine::{choose_accel, Ips, Machine, MachineFiles, MachineOptions, SSH_USER};
+use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
 use crate::names::{validate_env_name, EnvId};
 use crate::net::{create_pair, NetworkPair, SubnetPool};
 use crate::owner::{Owner, OwnerKind};
 use crate::reaper;
 use crate::teardown::Registration;
+
+/// Where a failed environment keeps what explains the failure.
+pub const POSTMORTEM_DIR: &str = "postmortem";
 
 /// How long Drop waits for teardown before leaving the rest to the reaper. nextest's default
 /// grace period after SIGTERM is 10 s; a network pair goes in well under one.
@@ -29,7 +34,28 @@ pub struct EnvBuilder {
     kind: OwnerKind,
     pool: Option<SubnetPool>,
     uri: Option<String>,
-    guest: Option<MachineOptions>,
+    backend: Backend,
+}
+
+/// What runs on the networks. Which backend is asked in this one place: the backends differ in
+/// who starts the machine and where its key, MACs and kubeconfig come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The two networks alone.
+    NetworksOnly,
+    /// mkh boots its own test guest.
+    Builtin(MachineOptions),
+    /// `minikube start --driver=kvm2` on mkh's networks.
+    Minikube(MinikubeOptions),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::NetworksOnly | Backend::Builtin(_) => "builtin",
+            Backend::Minikube(_) => "minikube",
+        }
+    }
 }
 
 impl Default for EnvBuilder {
@@ -39,7 +65,7 @@ impl Default for EnvBuilder {
             kind: OwnerKind::Process,
             pool: None,
             uri: None,
-            guest: None,
+            backend: Backend::NetworksOnly,
         }
     }
 }
@@ -71,7 +97,21 @@ impl EnvBuilder {
 
     /// Boots the built-in guest on both networks; `up` returns once SSH answers on both.
     pub fn guest(mut self, options: MachineOptions) -> Self {
-        self.guest = Some(options);
+        self.backend = Backend::Builtin(options);
+        self
+    }
+
+    /// Runs `minikube start --driver=kvm2` on the environment's networks; `up` returns once SSH
+    /// answers on both networks. A missing minikube binary is an error, never a silent switch to
+    /// the built-in guest.
+    pub fn minikube(mut self, options: MinikubeOptions) -> Self {
+        self.backend = Backend::Minikube(options);
+        self
+    }
+
+    /// Sets the backend directly (for configuration-driven callers).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
         self
     }
 
@@ -91,6 +131,14 @@ impl EnvBuilder {
         let pool = match self.pool {
             Some(p) => p,
             None => SubnetPool::from_env()?,
+        };
+        // Bad minikube input fails here, before anything exists.
+        let minikube_binary = match &self.backend {
+            Backend::Minikube(o) => {
+                check_extra_args(&o.extra_args)?;
+                Some(find_binary(o.binary.as_deref())?)
+            }
+            _ => None,
         };
         let uri = self.uri.unwrap_or_else(default_uri);
         let lv = Libvirt::connect_to(&uri)?;
@@ -112,6 +160,11 @@ impl EnvBuilder {
         let home = config::state_dir().join("envs").join(&name);
         let mut owner = Owner::for_new_object(self.kind, &name);
         owner.home = Some(home.to_string_lossy().into_owned());
+        let minikube = minikube_binary.map(|binary| {
+            owner.profile = Some(name.clone());
+            owner.minikube = Some(binary.to_string_lossy().into_owned());
+            MinikubeCluster::at(&home, &name, binary)
+        });
         let registration = Registration::new(&uri, &name);
         registration.add_dir(&home);
         let mut env = Env {
@@ -124,14 +177,17 @@ impl EnvBuilder {
             accel: None,
             machines: Vec::new(),
             timings: Timings::default(),
+            backend: self.backend,
+            minikube,
             registration: Some(registration),
         };
-        match env.create(&lv, &pool, self.guest.as_ref()) {
+        match env.create(&lv, &pool) {
             Ok(()) => Ok(env),
             Err(e) => {
                 let registration = env.registration.take().expect("registered");
-                // The console log tells why a guest did not come up: keep the home.
-                if env.home.join(format!("{}.console.log", env.name)).exists() {
+                // Logs tell why a guest did not come up: keep the home for a post-mortem.
+                let console = env.home.join(format!("{}.console.log", env.name));
+                if console.exists() || env.home.join(POSTMORTEM_DIR).exists() {
                     registration.keep_dirs();
                     tracing::warn!(home = %env.home.display(), "creation failed; kept the environment's files");
                 }
@@ -146,13 +202,12 @@ impl EnvBuilder {
 }
 
 impl Env {
-    fn create(
-        &mut self,
-        lv: &Libvirt,
-        pool: &SubnetPool,
-        guest: Option<&MachineOptions>,
-    ) -> Result<()> {
+    fn create(&mut self, lv: &Libvirt, pool: &SubnetPool) -> Result<()> {
         config::ensure_dir(&self.home)?;
+        // The local record of who owns this home, for the reaper (see `reaper::sweep_homes`).
+        let record = self.home.join(crate::reaper::OWNER_RECORD);
+        let json = serde_json::to_string_pretty(&self.owner).expect("serialisable");
+        std::fs::write(&record, json).map_err(|e| Error::io(&record, e))?;
         let registration = self.registration.as_ref().expect("registered");
         let started = Instant::now();
         let networks = create_pair(lv, &self.id, &self.owner, pool, &mut |net| {
@@ -160,10 +215,175 @@ impl Env {
         })?;
         self.timings.networks = Some(started.elapsed());
         self.networks = Some(networks);
-        if let Some(options) = guest {
-            self.add_machine(options)?;
+        match self.backend.clone() {
+            Backend::NetworksOnly => {}
+            Backend::Builtin(options) => {
+                self.add_machine(&options)?;
+            }
+            Backend::Minikube(options) => self.start_minikube(lv, &options)?,
         }
         Ok(())
+    }
+
+    fn start_minikube(&mut self, lv: &Libvirt, options: &MinikubeOptions) -> Result<()> {
+        let cluster = self
+            .minikube
+            .clone()
+            .expect("minikube backend has a cluster");
+        let shared_cache = options
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| config::cache_dir().join("minikube"));
+        cluster.prepare(&shared_cache)?;
+        let accel = choose_accel(lv)?;
+        self.accel = Some(accel);
+        let timeouts = config::Timeouts::new(accel)?;
+        let registration = self
+            .registration
+            .as_ref()
+            .ok_or_else(|| torn_down(&self.name))?;
+        // From here on, whatever happens, teardown starts with `minikube delete`.
+        registration.add_command(cluster.delete_command(timeouts.minikube_delete()));
+
+        let started = Instant::now();
+        let args = cluster.start_args(self.networks(), options);
+        let result = self.run_minikube_start(lv, &cluster, &args, timeouts.minikube_start());
+        self.timings.define_start = Some(started.elapsed());
+        if let Err(e) = result {
+            return Err(self.post_mortem(lv, &cluster, e));
+        }
+        let files = MachineFiles {
+            key: cluster.files().ssh_key(&cluster.profile),
+            known_hosts: self.home.join("known_hosts"),
+            console_log: cluster
+                .files()
+                .root
+                .join("machines")
+                .join(&cluster.profile)
+                .join("console.log"),
+        };
+        let ready = Machine::attach(lv, &cluster.profile, files).and_then(|machine| {
+            let started = Instant::now();
+            machine.ips()?;
+            self.timings.leases = Some(started.elapsed());
+            let started = Instant::now();
+            machine.wait_ready()?;
+            self.timings.ssh = Some(started.elapsed());
+            Ok(machine)
+        });
+        match ready {
+            Ok(machine) => {
+                self.machines.push(machine);
+                Ok(())
+            }
+            Err(e) => Err(self.post_mortem(lv, &cluster, e)),
+        }
+    }
+
+    /// `minikube start`, tagging minikube's domain with mkh's owner metadata as soon as it
+    /// exists (a test killed mid-start must leave a domain the reaper recognises).
+    fn run_minikube_start(
+        &self,
+        lv: &Libvirt,
+        cluster: &MinikubeCluster,
+        args: &[String],
+        deadline: Duration,
+    ) -> Result<()> {
+        let registration = self
+            .registration
+            .as_ref()
+            .ok_or_else(|| torn_down(&self.name))?;
+        let owner_xml = self.owner.to_metadata_xml();
+        let tagged = std::sync::atomic::AtomicBool::new(false);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let uri = self.uri.clone();
+        let profile = cluster.profile.clone();
+        let tag = |lv: &Libvirt| -> Result<()> {
+            if !tagged.load(Ordering::SeqCst) && lv.tag_domain(&profile, &owner_xml)? {
+                tagged.store(true, Ordering::SeqCst);
+                registration.add_domain(&profile);
+            }
+            Ok(())
+        };
+        let mut group = None;
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let Ok(lv) = Libvirt::connect_to(&uri) else {
+                    return;
+                };
+                while !done.load(Ordering::SeqCst) && !tagged.load(Ordering::SeqCst) {
+                    if let Err(e) = tag(&lv) {
+                        tracing::debug!("tagging {profile}: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            });
+            let result = cluster.run(args, deadline, &mut |g| {
+                group = Some(g);
+                registration.add_kill_group(g);
+            });
+            done.store(true, Ordering::SeqCst);
+            result
+        });
+        if let Some(g) = group {
+            registration.forget_kill_group(g);
+        }
+        result?;
+        // The domain exists once start succeeded: make sure it carries the tag.
+        tag(lv)?;
+        if !tagged.load(Ordering::SeqCst) {
+            return Err(Error::InvalidInput {
+                what: "minikube profile",
+                value: profile,
+                problem: "minikube start succeeded but libvirt has no domain of that name".into(),
+                fix:
+                    "check that minikube uses the kvm2 driver on the same libvirt (MKH_LIBVIRT_URI)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Gathers what tells why a minikube cluster did not come up, into `<home>/postmortem/`.
+    fn post_mortem(&self, lv: &Libvirt, cluster: &MinikubeCluster, error: Error) -> Error {
+        let dir = self.home.join(POSTMORTEM_DIR);
+        if config::ensure_dir(&dir).is_err() {
+            return error;
+        }
+        let write = |name: &str, text: &str| {
+            let _ = std::fs::write(dir.join(name), text);
+        };
+        write("error.txt", &error.to_string());
+        let _ = std::fs::copy(&cluster.log, dir.join("minikube.log"));
+        let mut logs = cluster.command(["logs", "-p", &cluster.profile]);
+        let _ = crate::process::run_logged(
+            "minikube logs",
+            std::mem::replace(&mut logs, std::process::Command::new("true")),
+            &dir.join("minikube-logs.txt"),
+            Duration::from_secs(60),
+            &mut |_| {},
+        );
+        if let Ok(xml) = lv.domain_xml(&cluster.profile) {
+            write("domain.xml", &xml);
+        }
+        for net in [&self.networks().nat, &self.networks().private] {
+            if let Ok(leases) = lv.network_leases(&net.name) {
+                write(
+                    &format!("leases-{}.json", net.name),
+                    &serde_json::to_string_pretty(&leases).unwrap_or_default(),
+                );
+            }
+        }
+        let console = cluster
+            .files()
+            .root
+            .join("machines")
+            .join(&cluster.profile)
+            .join("console.log");
+        let _ = std::fs::copy(console, dir.join("console.log"));
+        Error::PostMortem {
+            source: Box::new(error),
+            bundle: dir,
+        }
     }
 
     /// Boots a machine of the built-in guest on this environment's networks and waits until
@@ -252,6 +472,8 @@ pub struct Env {
     accel: Option<Accel>,
     machines: Vec<Machine>,
     timings: Timings,
+    backend: Backend,
+    minikube: Option<MinikubeCluster>,
     /// `None` once torn down or detached.
     registration: Option<Registration>,
 }
@@ -295,6 +517,16 @@ pub struct EnvDescription {
     pub ips: Option<Ips>,
     pub ssh: Option<SshDescription>,
     pub home: PathBuf,
+    /// minikube backend only: the profile, the MINIKUBE_HOME to give the minikube binary, the
+    /// kubeconfig file and its context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minikube_home: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -348,6 +580,59 @@ impl Env {
         &self.machines
     }
 
+    /// The minikube cluster of a minikube-backed environment.
+    pub fn minikube(&self) -> Option<&MinikubeCluster> {
+        self.minikube.as_ref()
+    }
+
+    /// The kubeconfig file of a minikube-backed environment, and its context.
+    pub fn kubeconfig(&self) -> Option<(&Path, &str)> {
+        self.minikube
+            .as_ref()
+            .map(|c| (c.kubeconfig.as_path(), c.context()))
+    }
+
+    /// Stops the cluster: `minikube stop` for minikube, an ACPI shutdown for the built-in guest.
+    pub fn stop(&self) -> Result<()> {
+        match (&self.minikube, self.machine()) {
+            (Some(cluster), _) => {
+                let timeouts = self.machine_timeouts()?;
+                let args = ["stop".to_owned(), "-p".to_owned(), cluster.profile.clone()];
+                cluster.run(&args, timeouts.minikube_start(), &mut |_| {})
+            }
+            (None, Some(machine)) => machine.stop(),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Starts a stopped cluster again and waits until SSH answers on both networks.
+    pub fn start(&self) -> Result<Ips> {
+        let Some(machine) = self.machine() else {
+            return Err(Error::InvalidInput {
+                what: "environment",
+                value: self.name.clone(),
+                problem: "it has no machine to start".into(),
+                fix: "bring one up with `.guest(..)` or `.minikube(..)`",
+            });
+        };
+        if let (Some(cluster), Backend::Minikube(options)) = (&self.minikube, &self.backend) {
+            let lv = Libvirt::connect_to(&self.uri)?;
+            let args = cluster.start_args(self.networks(), options);
+            self.run_minikube_start(
+                &lv,
+                cluster,
+                &args,
+                self.machine_timeouts()?.minikube_start(),
+            )?;
+            return machine.wait_ready();
+        }
+        machine.start()
+    }
+
+    fn machine_timeouts(&self) -> Result<config::Timeouts> {
+        config::Timeouts::new(self.accel.unwrap_or(Accel::Tcg))
+    }
+
     /// Describes the environment; with a machine, reads its current IPs from the leases.
     pub fn describe(&self) -> Result<EnvDescription> {
         let (ips, ssh) = match self.machine() {
@@ -355,7 +640,7 @@ impl Env {
                 Some(m.ips()?),
                 Some(SshDescription {
                     user: SSH_USER,
-                    key: m.key().private.clone(),
+                    key: m.key().to_owned(),
                     port: 22,
                 }),
             ),
@@ -365,7 +650,7 @@ impl Env {
             version: DESCRIPTION_VERSION,
             name: self.name.clone(),
             id: self.id.to_string(),
-            backend: "builtin",
+            backend: self.backend.name(),
             accel: self.accel,
             libvirt_uri: self.uri.clone(),
             owner: self.owner.kind,
@@ -373,6 +658,10 @@ impl Env {
             ips,
             ssh,
             home: self.home.clone(),
+            profile: self.minikube.as_ref().map(|c| c.profile.clone()),
+            minikube_home: self.minikube.as_ref().map(|c| c.minikube_home.clone()),
+            kubeconfig: self.minikube.as_ref().map(|c| c.kubeconfig.clone()),
+            context: self.minikube.as_ref().map(|c| c.context().to_owned()),
         })
     }
 

@@ -45,11 +45,39 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("{} ({what}) cannot be read: {problem}", .path.display())]
+    BadFile {
+        path: PathBuf,
+        what: String,
+        problem: String,
+    },
+
     #[error("libvirt returned XML that mkh cannot read ({object}): {problem}")]
     BadXml { object: String, problem: String },
 
     #[error("no mkh environment named {name:?}; `mkh ls` lists the environments that exist")]
     UnknownEnvironment { name: String },
+
+    #[error("{what} failed: {problem}; its log is {}; last lines:\n{tail}", .log.display())]
+    Process {
+        what: String,
+        problem: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error("minikube was asked for but {value:?} cannot be used: {problem}; install minikube, put it on PATH or set MKH_MINIKUBE to its path (mkh never falls back to its built-in guest on its own)")]
+    MinikubeMissing { value: String, problem: String },
+
+    #[error("{source}\n  what explains it is kept in {}", .bundle.display())]
+    PostMortem { source: Box<Error>, bundle: PathBuf },
+
+    #[error("no Kubernetes client for context {context:?} of {}: {problem}", .kubeconfig.display())]
+    Kube {
+        kubeconfig: PathBuf,
+        context: String,
+        problem: String,
+    },
 
     #[error("SSH to {target}: {problem}")]
     Ssh { target: String, problem: String },

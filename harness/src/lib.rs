@@ -8,11 +8,15 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod inventory;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod libvirt;
 pub mod machine;
+pub mod minikube;
 pub mod names;
 pub mod net;
 pub mod owner;
+pub mod process;
 pub mod reaper;
 pub mod ssh;
 pub mod teardown;

@@ -304,6 +304,29 @@ impl Libvirt {
             .map_err(|source| failed("read XML of domain", name, source))
     }
 
+    /// Writes mkh's owner element into a domain someone else defined (minikube's), in its
+    /// persistent config and, when it runs, its live state. `Ok(false)`: no such domain (yet).
+    pub fn tag_domain(&self, name: &str, owner_xml: &str) -> Result<bool> {
+        let dom = match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Ok(false),
+            Err(source) => return Err(failed("look up domain", name, source)),
+        };
+        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+        if dom.is_active().unwrap_or(false) {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        dom.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(owner_xml),
+            Some(crate::owner::OWNER_PREFIX),
+            Some(crate::owner::OWNER_NS),
+            flags,
+        )
+        .map_err(|source| failed("tag domain", name, source))?;
+        Ok(true)
+    }
+
     /// The host's capabilities XML (guest architectures and domain types).
     pub fn capabilities(&self) -> Result<String> {
         self.conn

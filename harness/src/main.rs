@@ -4,14 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use std::path::PathBuf;
-
+use mkh::env::Backend;
 use mkh::inventory::{claimed_objects, environments, EnvSummary};
 use mkh::libvirt::Libvirt;
 use mkh::machine::{Machine, MachineOptions, NetworkRole};
+use mkh::minikube::MinikubeOptions;
 use mkh::owner::OwnerKind;
 use mkh::reaper::{self, ReapScope};
-use mkh::teardown::Teardown;
 use mkh::{Error, Result};
 
 #[derive(Parser)]
@@ -39,6 +38,13 @@ enum Command {
         /// Guest vCPUs.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
+        /// `builtin` (mkh boots its own guest) or `minikube` (`minikube start --driver=kvm2`,
+        /// binary from MKH_MINIKUBE or PATH).
+        #[arg(long, default_value = "builtin", value_parser = ["builtin", "minikube"])]
+        backend: String,
+        /// With `--backend minikube`: more `minikube start` arguments (after `--`).
+        #[arg(last = true)]
+        minikube_args: Vec<String>,
         /// Print the environment as JSON (schema version in "version").
         #[arg(long)]
         json: bool,
@@ -116,8 +122,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             name,
             memory,
             cpus,
+            backend,
+            minikube_args,
             json,
-        } => up(name, memory, cpus, json),
+        } => {
+            let backend = match backend.as_str() {
+                "minikube" => Backend::Minikube(MinikubeOptions {
+                    extra_args: minikube_args,
+                    memory_mib: Some(memory),
+                    cpus: Some(cpus),
+                    ..MinikubeOptions::default()
+                }),
+                _ => Backend::Builtin(MachineOptions {
+                    memory_mib: memory,
+                    vcpus: cpus,
+                    ..MachineOptions::default()
+                }),
+            };
+            up(name, backend, json)
+        }
         Command::Ip { name, network } => ip(&name, &network),
         Command::Ssh {
             name,
@@ -132,14 +155,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn up(name: Option<String>, memory: u32, cpus: u32, json: bool) -> Result<ExitCode> {
+fn up(name: Option<String>, backend: Backend, json: bool) -> Result<ExitCode> {
     let mut builder = mkh::Env::builder()
         .owner_kind(OwnerKind::Cli)
-        .guest(MachineOptions {
-            memory_mib: memory,
-            vcpus: cpus,
-            ..MachineOptions::default()
-        });
+        .backend(backend);
     if let Some(name) = name {
         builder = builder.name(name);
     }
@@ -166,6 +185,9 @@ fn up(name: Option<String>, memory: u32, cpus: u32, json: bool) -> Result<ExitCo
             net.name, net.subnet, net.bridge
         );
     }
+    if let (Some(kubeconfig), Some(context)) = (&desc.kubeconfig, &desc.context) {
+        println!("  kubeconfig {} (context {context})", kubeconfig.display());
+    }
     println!("reach it:");
     println!("  mkh ssh {} -- id -un", desc.name);
     println!(
@@ -182,21 +204,16 @@ fn up(name: Option<String>, memory: u32, cpus: u32, json: bool) -> Result<ExitCo
 /// The first machine of a named environment, read back from libvirt.
 fn machine_of(name: &str) -> Result<Machine> {
     let lv = Libvirt::connect()?;
-    let env: EnvSummary = environments(&claimed_objects(&lv)?)
+    find_env(&lv, name)?.machine(&lv)
+}
+
+fn find_env(lv: &Libvirt, name: &str) -> Result<EnvSummary> {
+    environments(&claimed_objects(lv)?)
         .into_iter()
         .find(|e| e.name == name)
         .ok_or_else(|| Error::UnknownEnvironment {
             name: name.to_owned(),
-        })?;
-    let (Some(domain), Some(home)) = (env.domains.first(), env.home.as_ref()) else {
-        return Err(Error::InvalidInput {
-            what: "environment",
-            value: name.to_owned(),
-            problem: "it has no machine".into(),
-            fix: "bring one up with `mkh up`",
-        });
-    };
-    Machine::from_libvirt(&lv, domain, &PathBuf::from(home))
+        })
 }
 
 fn role(network: &str) -> NetworkRole {
@@ -281,13 +298,7 @@ fn ls(json: bool) -> Result<ExitCode> {
 
 fn down(name: &str) -> Result<ExitCode> {
     let lv = Libvirt::connect()?;
-    let objects = claimed_objects(&lv)?;
-    let envs = environments(&objects);
-    let Some(env) = envs.into_iter().find(|e| e.name == name) else {
-        return Err(Error::UnknownEnvironment {
-            name: name.to_owned(),
-        });
-    };
+    let env = find_env(&lv, name)?;
     if env.kind == OwnerKind::Process {
         return Err(Error::InvalidInput {
             what: "environment",
@@ -300,15 +311,7 @@ fn down(name: &str) -> Result<ExitCode> {
             fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
         });
     }
-    let mut teardown = Teardown {
-        uri: lv.uri().to_owned(),
-        env: env.name.clone(),
-        domains: env.domains,
-        networks: env.networks,
-        dirs: env.home.into_iter().map(Into::into).collect(),
-        done: false,
-    };
-    let problems = teardown.run();
+    let problems = env.teardown(lv.uri()).run();
     if !problems.is_empty() {
         return Err(Error::Teardown {
             env: env.name,

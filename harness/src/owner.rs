@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::xml::{elements, escape};
 
@@ -14,7 +14,7 @@ pub const OWNER_NS: &str = "urn:x-mkh:owner:1";
 /// The prefix used when writing; readers resolve the namespace and accept any prefix.
 pub const OWNER_PREFIX: &str = "mkh";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OwnerKind {
     /// Lives as long as the process that made it; the reaper removes it once that process is gone.
@@ -41,7 +41,7 @@ impl OwnerKind {
 }
 
 /// Identity of a process on a host, as far as liveness goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     pub host: String,
     pub boot_id: String,
@@ -50,7 +50,7 @@ pub struct ProcessIdentity {
     pub start_time: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     #[serde(flatten)]
     pub process: ProcessIdentity,
@@ -65,6 +65,11 @@ pub struct Owner {
     pub env: String,
     /// The environment's directory on the owner's host (keys, console logs), if it has one.
     pub home: Option<String>,
+    /// The minikube profile of a minikube-backed environment: its domain is named after it.
+    pub profile: Option<String>,
+    /// The minikube binary that made the environment, so `mkh down` can run `minikube delete`
+    /// with the same one.
+    pub minikube: Option<String>,
 }
 
 impl Owner {
@@ -86,8 +91,14 @@ impl Owner {
         if let Some(test) = &self.test {
             xml.push_str(&format!(" test='{}'", escape(test)));
         }
-        if let Some(home) = &self.home {
-            xml.push_str(&format!(" home='{}'", escape(home)));
+        for (attr, value) in [
+            ("home", &self.home),
+            ("profile", &self.profile),
+            ("minikube", &self.minikube),
+        ] {
+            if let Some(v) = value {
+                xml.push_str(&format!(" {attr}='{}'", escape(v)));
+            }
         }
         xml.push_str("/>");
         xml
@@ -116,6 +127,8 @@ impl Owner {
             kind: OwnerKind::parse(el.attr("kind")?)?,
             env: el.attr("env")?.to_owned(),
             home: el.attr("home").map(str::to_owned),
+            profile: el.attr("profile").map(str::to_owned),
+            minikube: el.attr("minikube").map(str::to_owned),
         })
     }
 
@@ -227,6 +240,8 @@ impl Owner {
             kind,
             env: env.to_owned(),
             home: None,
+            profile: None,
+            minikube: None,
         }
     }
 }
@@ -249,6 +264,8 @@ mod tests {
             kind: OwnerKind::Process,
             env: "mkh-abc123".into(),
             home: Some("/var/tmp/mkh state/<x>".into()),
+            profile: Some("mkh-abc123".into()),
+            minikube: Some("/opt/mini kube/minikube".into()),
         }
     }
 

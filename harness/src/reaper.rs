@@ -3,6 +3,7 @@
 //! mkh's metadata does not claim, whatever its name, and never one whose owner it cannot judge
 //! (another host). Concurrent reapers do not fail each other: an object already gone is fine.
 
+use std::path::Path;
 use std::sync::Once;
 
 use serde::Serialize;
@@ -10,7 +11,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::inventory::{claimed_objects, ClaimedObject, ObjectKind};
 use crate::libvirt::{Libvirt, Removal};
-use crate::owner::{process_start_time, HostIdentity, Liveness, OwnerKind};
+use crate::owner::{process_start_time, HostIdentity, Liveness, Owner, OwnerKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReapScope {
@@ -66,7 +67,89 @@ pub struct ReapReport {
     pub errors: Vec<String>,
 }
 
-/// One sweep over libvirt's objects: domains first, then the networks they sit on.
+/// The file in every environment home that names its owner.
+pub const OWNER_RECORD: &str = "owner.json";
+
+/// Sweeps environment homes under this user's state directory: a home whose owner is gone
+/// (by the same rule as libvirt objects) loses the processes started for it — any process
+/// whose command line names a file inside it, such as a minikube stand-in's etcd and API
+/// server — and then the home itself.
+pub fn sweep_homes(scope: ReapScope, report: &mut ReapReport) {
+    let here = HostIdentity::current();
+    let envs = crate::config::state_dir().join("envs");
+    let Ok(entries) = std::fs::read_dir(&envs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let home = entry.path();
+        let Ok(text) = std::fs::read_to_string(home.join(OWNER_RECORD)) else {
+            continue;
+        };
+        let Ok(owner) = serde_json::from_str::<Owner>(&text) else {
+            continue;
+        };
+        let obj = ClaimedObject {
+            kind: ObjectKind::Home,
+            name: home.display().to_string(),
+            active: false,
+            owner,
+        };
+        let Verdict::Reap(why) = verdict(&obj, scope, &here, process_start_time) else {
+            continue;
+        };
+        for pid in processes_naming(&home) {
+            kill_process(pid);
+        }
+        match std::fs::remove_dir_all(&home) {
+            Ok(()) => report.removed.push(Reaped {
+                kind: ObjectKind::Home,
+                name: obj.name,
+                env: obj.owner.env,
+                reason: why,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => report.errors.push(format!("{}: {e}", home.display())),
+        }
+    }
+}
+
+/// Processes (other than this one) with an argument inside `dir`.
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let prefix = format!("{}/", dir.display());
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                raw.split(|b| *b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).contains(&prefix))
+            })
+        })
+        .collect()
+}
+
+fn kill_process(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..50 {
+        if kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// One sweep over libvirt's objects (domains first, then the networks they sit on) and, for a
+/// local libvirt, over this user's environment homes.
 pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
     let here = HostIdentity::current();
     let mut objects = claimed_objects(lv)?;
@@ -85,6 +168,7 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
                 let removal = match obj.kind {
                     ObjectKind::Domain => lv.remove_domain(&obj.name),
                     ObjectKind::Network => lv.remove_network(&obj.name),
+                    ObjectKind::Home => continue,
                 };
                 match removal {
                     Ok(Removal::Removed) => report.removed.push(entry(why)),
@@ -93,6 +177,9 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
                 }
             }
         }
+    }
+    if lv.is_local() {
+        sweep_homes(scope, &mut report);
     }
     Ok(report)
 }
@@ -136,6 +223,8 @@ mod tests {
                 kind,
                 env: "mkh-abcdef".into(),
                 home: None,
+                profile: None,
+                minikube: None,
             },
         }
     }

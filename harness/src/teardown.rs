@@ -13,12 +13,28 @@ use std::time::Duration;
 
 use crate::libvirt::Libvirt;
 
+/// A command that must run before mkh removes objects (`minikube delete`), in its own process
+/// group with a deadline.
+#[derive(Debug, Clone)]
+pub struct TeardownCommand {
+    pub what: String,
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
+    pub envs: Vec<(String, std::ffi::OsString)>,
+    pub log: std::path::PathBuf,
+    pub deadline: Duration,
+}
+
 /// Objects of one environment, in creation order; removal runs in reverse kind order: domains
 /// before the networks they sit on.
 #[derive(Debug, Default)]
 pub struct Teardown {
     pub uri: String,
     pub env: String,
+    /// Process groups still at work for the environment (a `minikube start`): killed first.
+    pub kill_groups: Vec<i32>,
+    /// Run next, in order; a failure is reported and removal goes on.
+    pub commands: Vec<TeardownCommand>,
     pub domains: Vec<String>,
     pub networks: Vec<String>,
     /// Local directories (environment homes) removed last.
@@ -33,11 +49,27 @@ impl Teardown {
         if self.done {
             return Vec::new();
         }
+        for pgid in std::mem::take(&mut self.kill_groups) {
+            crate::process::kill_group(pgid);
+        }
+        let mut problems = Vec::new();
+        for c in std::mem::take(&mut self.commands) {
+            let mut cmd = std::process::Command::new(&c.program);
+            cmd.args(&c.args).envs(c.envs.iter().map(|(k, v)| (k, v)));
+            if let Err(e) =
+                crate::process::run_logged(&c.what, cmd, &c.log, c.deadline, &mut |_| {})
+            {
+                problems.push(e.to_string());
+            }
+        }
+        let command_problems = problems.len();
         let lv = match Libvirt::connect_to(&self.uri) {
             Ok(lv) => lv,
-            Err(e) => return vec![e.to_string()],
+            Err(e) => {
+                problems.push(e.to_string());
+                return problems;
+            }
         };
-        let mut problems = Vec::new();
         for dom in self.domains.iter().rev() {
             if let Err(e) = lv.remove_domain(dom) {
                 problems.push(e.to_string());
@@ -55,9 +87,9 @@ impl Teardown {
                 Err(e) => problems.push(format!("{}: {e}", dir.display())),
             }
         }
-        if problems.is_empty() {
-            self.done = true;
-        }
+        // A failed command (minikube delete) is reported, but once every object is removed the
+        // teardown is complete: running the command again would not help.
+        self.done = problems.len() == command_problems;
         problems
     }
 }
@@ -95,6 +127,18 @@ impl Registration {
 
     pub fn add_domain(&self, name: &str) {
         lock(&self.list).domains.push(name.to_owned());
+    }
+
+    pub fn add_kill_group(&self, pgid: i32) {
+        lock(&self.list).kill_groups.push(pgid);
+    }
+
+    pub fn forget_kill_group(&self, pgid: i32) {
+        lock(&self.list).kill_groups.retain(|g| *g != pgid);
+    }
+
+    pub fn add_command(&self, command: TeardownCommand) {
+        lock(&self.list).commands.push(command);
     }
 
     pub fn add_dir(&self, dir: &std::path::Path) {

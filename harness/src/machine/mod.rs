@@ -64,17 +64,37 @@ impl Ips {
     }
 }
 
-/// A machine that exists in libvirt. Its files (keys, known hosts, console log) are in `home`.
+/// A machine that exists in libvirt, and the files mkh uses to reach it.
 #[derive(Debug, Clone)]
 pub struct Machine {
     name: String,
     uri: String,
     accel: Accel,
     nics: Vec<Nic>,
-    home: PathBuf,
-    key: KeyPair,
-    console_log: PathBuf,
+    files: MachineFiles,
     timeouts: Timeouts,
+}
+
+/// Where a machine's login key, recorded host key and console log are. The backends differ
+/// here: the built-in guest keeps them in the environment's home, minikube in its machine dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineFiles {
+    /// The private key for user `docker` (its `.pub` beside it).
+    pub key: PathBuf,
+    /// mkh's record of host keys (see [`crate::ssh`]).
+    pub known_hosts: PathBuf,
+    pub console_log: PathBuf,
+}
+
+impl MachineFiles {
+    /// The built-in guest's files in environment home `home`.
+    pub fn builtin(home: &Path, machine: &str) -> MachineFiles {
+        MachineFiles {
+            key: key_path(home),
+            known_hosts: home.join("known_hosts"),
+            console_log: console_log_path(home, machine),
+        }
+    }
 }
 
 /// Picks the accelerator for a libvirt host, logging the choice and the reason.
@@ -167,20 +187,24 @@ impl Machine {
         lv.define_domain(name, &spec.to_xml())?;
         on_defined(name);
         lv.start_domain(name)?;
+        let files = MachineFiles {
+            key: key.private,
+            ..MachineFiles::builtin(home, name)
+        };
+        debug_assert_eq!(files.console_log, console_log);
         Ok(Machine {
             name: name.to_owned(),
             uri: lv.uri().to_owned(),
             accel,
             nics,
-            home: home.to_owned(),
-            key,
-            console_log,
+            files,
             timeouts: Timeouts::new(accel)?,
         })
     }
 
-    /// A handle on an existing machine, read back from its domain XML (for the CLI).
-    pub fn from_libvirt(lv: &Libvirt, name: &str, home: &Path) -> Result<Machine> {
+    /// A handle on an existing machine (made by mkh or by minikube), its NICs and accelerator
+    /// read back from its domain XML.
+    pub fn attach(lv: &Libvirt, name: &str, files: MachineFiles) -> Result<Machine> {
         let xml = lv.domain_xml(name)?;
         let (accel, nics) = parse_domain(&xml).map_err(|problem| Error::BadXml {
             object: format!("domain {name}"),
@@ -191,9 +215,7 @@ impl Machine {
             uri: lv.uri().to_owned(),
             accel,
             nics,
-            home: home.to_owned(),
-            key: KeyPair::at(&key_path(home)),
-            console_log: console_log_path(home, name),
+            files,
             timeouts: Timeouts::new(accel)?,
         })
     }
@@ -210,12 +232,13 @@ impl Machine {
         &self.nics
     }
 
-    pub fn key(&self) -> &KeyPair {
-        &self.key
+    /// The private key that logs in as `docker`.
+    pub fn key(&self) -> &Path {
+        &self.files.key
     }
 
     pub fn console_log(&self) -> &Path {
-        &self.console_log
+        &self.files.console_log
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -271,7 +294,7 @@ impl Machine {
                     mac: nic.mac.clone(),
                     after: deadline,
                     seen: describe_leases(&leases),
-                    console: self.console_log.clone(),
+                    console: self.files.console_log.clone(),
                 })));
             }
             self.require_running(&lv)?;
@@ -296,8 +319,8 @@ impl Machine {
             ip,
             port: 22,
             user: SSH_USER.to_owned(),
-            key: self.key.private.clone(),
-            known_hosts: self.home.join("known_hosts"),
+            key: self.files.key.clone(),
+            known_hosts: self.files.known_hosts.clone(),
         }
     }
 
@@ -310,7 +333,9 @@ impl Machine {
     /// for handing a session over to the `ssh` command.
     pub fn pin_host_key_for_openssh(&self, target: &SshTarget) -> Result<PathBuf> {
         let line = ssh::openssh_known_hosts_line(&target.known_hosts, &self.name, target.ip)?;
-        let path = self.home.join(format!("{}.openssh_known_hosts", self.name));
+        let path = target
+            .known_hosts
+            .with_file_name(format!("{}.openssh_known_hosts", self.name));
         std::fs::write(&path, line).map_err(|e| Error::io(&path, e))?;
         Ok(path)
     }
