@@ -679,6 +679,39 @@ impl Env {
         finish(&self.name, self.registration.take())
     }
 
+    /// Hands the environment over to the CLI: its objects' owner records say `cli` from now on,
+    /// so no reaper removes them when this process ends, and `mkh down NAME` removes it later.
+    /// For keeping a failed test's world to look at (`MKH_KEEP=1`).
+    pub fn hand_over_to_cli(mut self) -> Result<EnvDescription> {
+        let lv = Libvirt::connect_to(&self.uri)?;
+        self.owner.kind = OwnerKind::Cli;
+        let owner_xml = self.owner.to_metadata_xml();
+        for net in [&self.networks().nat.name, &self.networks().private.name] {
+            let current = lv
+                .networks()?
+                .into_iter()
+                .find(|n| &n.name == net)
+                .ok_or_else(|| torn_down(&self.name))?;
+            let xml = self
+                .owner
+                .replace_in_object_xml(&current.xml)
+                .ok_or_else(|| Error::BadXml {
+                    object: format!("network {net}"),
+                    problem: "no <metadata> element".into(),
+                })?;
+            lv.redefine_network(net, &xml)?;
+        }
+        for machine in &self.machines {
+            lv.tag_domain(machine.name(), &owner_xml)?;
+        }
+        let record = self.home.join(crate::reaper::OWNER_RECORD);
+        let json = serde_json::to_string_pretty(&self.owner).expect("serialisable");
+        std::fs::write(&record, json).map_err(|e| Error::io(&record, e))?;
+        let description = self.describe();
+        self.registration = None;
+        description
+    }
+
     /// Leaves the environment in place when this value goes (for CLI-owned environments, which
     /// `mkh down` removes later).
     pub fn detach(mut self) {

@@ -82,8 +82,12 @@ impl Libvirt {
             .map_err(|source| failed("list", "networks", source))?;
         let mut out = Vec::with_capacity(list.len());
         for net in list {
-            // A network removed between the listing and this call is simply not there.
-            let (Ok(name), Ok(xml)) = (net.name(), net.xml_desc(0)) else {
+            // The persistent definition: it carries metadata rewritten since the start (see
+            // `redefine_network`). A network removed meanwhile is simply not there.
+            let xml = net
+                .xml_desc(sys::VIR_NETWORK_XML_INACTIVE)
+                .or_else(|_| net.xml_desc(0));
+            let (Ok(name), Ok(xml)) = (net.name(), xml) else {
                 continue;
             };
             out.push(ObjectXml {
@@ -107,6 +111,15 @@ impl Libvirt {
             return Err(failed("start network", name, source));
         }
         Ok(())
+    }
+
+    /// Replaces a network's persistent definition (same name and UUID) without restarting it:
+    /// the way to change its metadata on a libvirt without network metadata calls.
+    pub fn redefine_network(&self, name: &str, xml: &str) -> Result<()> {
+        self.conn
+            .define_network_xml(xml)
+            .map(|_| ())
+            .map_err(|source| failed("redefine network", name, source))
     }
 
     /// Destroys (if active) and undefines a network. Gone already is not an error.

@@ -132,6 +132,19 @@ impl Owner {
         })
     }
 
+    /// `object_xml` with its `<metadata>` replaced by this owner's record (mkh's objects carry
+    /// nothing else there). `None` if the document has no metadata element.
+    pub fn replace_in_object_xml(&self, object_xml: &str) -> Option<String> {
+        let start = object_xml.find("<metadata>")?;
+        let end = object_xml.find("</metadata>")? + "</metadata>".len();
+        Some(format!(
+            "{}<metadata>\n    {}\n  </metadata>{}",
+            &object_xml[..start],
+            self.to_metadata_xml(),
+            &object_xml[end..]
+        ))
+    }
+
     /// Whether the owner is still around, judged from this host.
     pub fn liveness(
         &self,
@@ -277,6 +290,19 @@ mod tests {
             owner.to_metadata_xml()
         );
         assert_eq!(Owner::from_object_xml(&doc), Some(owner));
+    }
+
+    #[test]
+    fn metadata_can_be_replaced_in_place() {
+        let mut owner = sample();
+        let doc = format!(
+            "<network><name>x</name><metadata>{}</metadata><bridge name='b'/></network>",
+            owner.to_metadata_xml()
+        );
+        owner.kind = OwnerKind::Cli;
+        let new = owner.replace_in_object_xml(&doc).unwrap();
+        assert_eq!(Owner::from_object_xml(&new), Some(owner));
+        assert!(new.ends_with("<bridge name='b'/></network>"));
     }
 
     #[test]
