@@ -1,0 +1,63 @@
+//! Tests that fail on purpose, run only by `suite.rs` through a nested `cargo nextest run`
+//! (hence `#[ignore]`): they show what a user's failing, timed-out or parallel tests leave
+//! behind. Each writes what it got to `$MKH_SELFTEST_OUT/<test>.json` once its cluster is up.
+
+use std::time::{Duration, Instant};
+
+use mkh_fixtures::{cluster, Cluster};
+use rstest::rstest;
+
+fn report(name: &str, cluster: &Cluster) {
+    let dir = std::env::var("MKH_SELFTEST_OUT").expect("run by suite.rs");
+    let d = cluster.describe().unwrap();
+    let doc = serde_json::json!({
+        "env": d.name,
+        "subnets": [d.networks.nat.subnet.to_string(), d.networks.private.subnet.to_string()],
+        "networks": [d.networks.nat.name, d.networks.private.name],
+        "artifacts": cluster.artifacts(),
+    });
+    std::fs::write(format!("{dir}/{name}.json"), doc.to_string()).unwrap();
+}
+
+/// Waits (bounded) until the other test has reported: both clusters then exist at once.
+fn meet(other: &str) {
+    let dir = std::env::var("MKH_SELFTEST_OUT").expect("run by suite.rs");
+    let path = format!("{dir}/{other}.json");
+    let start = Instant::now();
+    while !std::path::Path::new(&path).exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "{other} never came up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "fails on purpose; run by suite.rs"]
+async fn deliberately_panics(#[future(awt)] cluster: Cluster) {
+    report("deliberately_panics", &cluster);
+    panic!("this test fails on purpose, mid-way, with its cluster up");
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "times out on purpose; run by suite.rs"]
+async fn deliberately_slow(#[future(awt)] cluster: Cluster) {
+    report("deliberately_slow", &cluster);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "run by suite.rs, in parallel with parallel_b"]
+async fn parallel_a(#[future(awt)] cluster: Cluster) {
+    report("parallel_a", &cluster);
+    meet("parallel_b");
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "run by suite.rs, in parallel with parallel_a"]
+async fn parallel_b(#[future(awt)] cluster: Cluster) {
+    report("parallel_b", &cluster);
+    meet("parallel_a");
+}
