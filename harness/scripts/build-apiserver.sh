@@ -3,7 +3,7 @@
 # builds offline from the Debian mirror alone) and caches it. No registry reachable from here ships
 # a kube-apiserver binary; building it is the only way to get one.
 #
-#   build-apiserver.sh [CACHE_DIR]      CACHE_DIR defaults to ${MKH_CACHE_DIR:-/var/tmp/mkh-cache}
+#   build-apiserver.sh [CACHE_DIR]      CACHE_DIR defaults to ${MKH_CACHE_DIR:-/var/tmp/mkh-cache-<uid>}, as mkh's
 #
 # The last line on stdout is the absolute path of the cached binary; everything else goes to
 # stderr. Layout:
@@ -20,7 +20,7 @@ set -euo pipefail
 # Keep stdout for the one result line.
 exec 3>&1 1>&2
 
-cache_dir="${1:-${MKH_CACHE_DIR:-/var/tmp/mkh-cache}}"
+cache_dir="${1:-${MKH_CACHE_DIR:-/var/tmp/mkh-cache-$(id -u)}}"
 root="$cache_dir/kube-apiserver"
 current="$root/current"
 deb_src_list=/etc/apt/sources.list.d/mkh-deb-src.sources

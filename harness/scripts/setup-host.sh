@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(libvirt-daemon-system qemu-system-x86 dnsmasq-base libvirt-dev pkg-config
-          iputils-ping iproute2 busybox-static openssh-client)
+          iputils-ping iproute2 busybox-static openssh-client openssl curl)
 uri="${MKH_LIBVIRT_URI:-${LIBVIRT_DEFAULT_URI:-qemu:///system}}"
 
 as_root() {

@@ -18,6 +18,11 @@ fi
 # Build (or find) the guest image once, before tests that boot it run in parallel.
 cargo run --quiet -p mkh --bin mkh -- image
 
+# The minikube stand-in serves a real kube-apiserver, built from Debian's kubernetes source
+# package once (about 9 minutes on 2 cores) and cached; etcd comes from Debian's etcd-server.
+MKH_KUBE_APISERVER="$(harness/scripts/build-apiserver.sh | tail -n 1)"
+export MKH_KUBE_APISERVER
+
 # Every object the run creates records this id (child processes inherit it).
 export MKH_RUN_ID="${MKH_RUN_ID:-test-$(date -u +%Y%m%dT%H%M%SZ)-$$}"
 profile=default

@@ -293,7 +293,7 @@ impl Env {
             .registration
             .as_ref()
             .ok_or_else(|| torn_down(&self.name))?;
-        let owner_xml = self.owner.to_metadata_xml();
+        let owner_xml = self.owner.to_bare_element_xml();
         let tagged = std::sync::atomic::AtomicBool::new(false);
         let done = std::sync::atomic::AtomicBool::new(false);
         let uri = self.uri.clone();
@@ -685,7 +685,7 @@ impl Env {
     pub fn hand_over_to_cli(mut self) -> Result<EnvDescription> {
         let lv = Libvirt::connect_to(&self.uri)?;
         self.owner.kind = OwnerKind::Cli;
-        let owner_xml = self.owner.to_metadata_xml();
+        let owner_xml = self.owner.to_bare_element_xml();
         for net in [&self.networks().nat.name, &self.networks().private.name] {
             let current = lv
                 .networks()?

@@ -75,8 +75,23 @@ pub struct Owner {
 impl Owner {
     /// The `<metadata>` child that marks an object as mkh's.
     pub fn to_metadata_xml(&self) -> String {
-        let mut xml = format!(
-            "<{p}:owner xmlns:{p}='{ns}' host='{}' boot-id='{}' pid='{}' start-time='{}' run='{}' created='{}' kind='{}' env='{}'",
+        format!(
+            "<{p}:owner xmlns:{p}='{ns}' {}/>",
+            self.attributes(),
+            p = OWNER_PREFIX,
+            ns = OWNER_NS
+        )
+    }
+
+    /// The same element without a namespace, for `virDomainSetMetadata`, which puts it in the
+    /// namespace itself (and refuses an element that declares it already).
+    pub fn to_bare_element_xml(&self) -> String {
+        format!("<owner {}/>", self.attributes())
+    }
+
+    fn attributes(&self) -> String {
+        let mut attrs = format!(
+            "host='{}' boot-id='{}' pid='{}' start-time='{}' run='{}' created='{}' kind='{}' env='{}'",
             escape(&self.process.host),
             escape(&self.process.boot_id),
             self.process.pid,
@@ -85,23 +100,18 @@ impl Owner {
             self.created,
             self.kind.as_str(),
             escape(&self.env),
-            p = OWNER_PREFIX,
-            ns = OWNER_NS,
         );
-        if let Some(test) = &self.test {
-            xml.push_str(&format!(" test='{}'", escape(test)));
-        }
         for (attr, value) in [
+            ("test", &self.test),
             ("home", &self.home),
             ("profile", &self.profile),
             ("minikube", &self.minikube),
         ] {
             if let Some(v) = value {
-                xml.push_str(&format!(" {attr}='{}'", escape(v)));
+                attrs.push_str(&format!(" {attr}='{}'", escape(v)));
             }
         }
-        xml.push_str("/>");
-        xml
+        attrs
     }
 
     /// Finds mkh's owner metadata in the XML of a network or domain. `None` means the object is

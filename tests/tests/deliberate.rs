@@ -25,7 +25,10 @@ fn meet(other: &str) {
     let path = format!("{dir}/{other}.json");
     let start = Instant::now();
     while !std::path::Path::new(&path).exists() {
-        assert!(start.elapsed() < Duration::from_secs(300), "{other} never came up");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{other} never came up"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -30,6 +30,10 @@ async fn the_guest_is_reachable_over_both_networks(#[future(awt)] cluster: Clust
         let ssh = cluster.ssh(network).await.unwrap();
         let out = ssh.exec("ip -4 -o addr show").unwrap();
         let ip = cluster.ips().get(network).to_string();
-        assert!(out.stdout.contains(&ip), "{ip} not among the guest's addresses:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(&ip),
+            "{ip} not among the guest's addresses:\n{}",
+            out.stdout
+        );
     }
 }

@@ -14,11 +14,28 @@ fn nested_run(profile: &str, filter: &str, threads: &str) -> (Output, String, te
     let out_dir = tempfile::tempdir().unwrap();
     let run_id = format!("selftest-{}-{}", std::process::id(), filter.len());
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["nextest", "run", "-p", "mkh-tests", "--test", "deliberate", "--run-ignored", "only"])
-        .args(["--profile", profile, "--test-threads", threads, "--no-fail-fast", "-E", filter])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("MKH_SELFTEST_OUT", out_dir.path())
-        .env("MKH_RUN_ID", &run_id);
+    cmd.args([
+        "nextest",
+        "run",
+        "-p",
+        "mkh-tests",
+        "--test",
+        "deliberate",
+        "--run-ignored",
+        "only",
+    ])
+    .args([
+        "--profile",
+        profile,
+        "--test-threads",
+        threads,
+        "--no-fail-fast",
+        "-E",
+        filter,
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .env("MKH_SELFTEST_OUT", out_dir.path())
+    .env("MKH_RUN_ID", &run_id);
     for (k, _) in std::env::vars() {
         if k.starts_with("NEXTEST_") {
             cmd.env_remove(k);
@@ -36,23 +53,36 @@ fn reported(dir: &Path, test: &str) -> Value {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Nothing of the nested run is left in libvirt.
 fn assert_run_left_nothing(run_id: &str, log: &str) {
     let (code, out, err) = mkh(&["audit", "--run", run_id]);
-    assert_eq!(code, 0, "the nested run left objects:\n{out}{err}\n--- nested run:\n{log}");
+    assert_eq!(
+        code, 0,
+        "the nested run left objects:\n{out}{err}\n--- nested run:\n{log}"
+    );
 }
 
 #[test]
 fn a_test_that_panics_leaves_its_console_log_and_nothing_in_libvirt() {
     let (output, run_id, dir) = nested_run("default", "test(=deliberately_panics)", "1");
     let log = text(&output);
-    assert!(!output.status.success(), "the deliberate failure passed:\n{log}");
+    assert!(
+        !output.status.success(),
+        "the deliberate failure passed:\n{log}"
+    );
     let got = reported(dir.path(), "deliberately_panics");
     for net in got["networks"].as_array().unwrap() {
-        assert!(!network_exists(net.as_str().unwrap()), "{net} left behind:\n{log}");
+        assert!(
+            !network_exists(net.as_str().unwrap()),
+            "{net} left behind:\n{log}"
+        );
     }
     assert_run_left_nothing(&run_id, &log);
     let artifacts = Path::new(got["artifacts"].as_str().unwrap());
@@ -62,7 +92,10 @@ fn a_test_that_panics_leaves_its_console_log_and_nothing_in_libvirt() {
         .find(|e| e.file_name().to_string_lossy().ends_with(".console.log"))
         .unwrap_or_else(|| panic!("no console log in {}\n{log}", artifacts.display()));
     let console = std::fs::read_to_string(console.path()).unwrap();
-    assert!(console.contains("Linux version"), "the console log is empty");
+    assert!(
+        console.contains("Linux version"),
+        "the console log is empty"
+    );
     let _ = std::fs::remove_dir_all(artifacts);
 }
 
@@ -70,13 +103,22 @@ fn a_test_that_panics_leaves_its_console_log_and_nothing_in_libvirt() {
 fn a_test_that_nextest_times_out_is_torn_down_within_the_grace_period() {
     let (output, run_id, dir) = nested_run("mkh-selftest-timeout", "test(=deliberately_slow)", "1");
     let log = text(&output);
-    assert!(!output.status.success(), "the deliberately slow test passed:\n{log}");
-    assert!(log.contains("TIMEOUT"), "nextest did not time the test out:\n{log}");
+    assert!(
+        !output.status.success(),
+        "the deliberately slow test passed:\n{log}"
+    );
+    assert!(
+        log.contains("TIMEOUT"),
+        "nextest did not time the test out:\n{log}"
+    );
     // A SIGKILL after the grace period would show as such; teardown must finish before it.
     assert!(!log.contains("SIGKILL"), "the test needed SIGKILL:\n{log}");
     let got = reported(dir.path(), "deliberately_slow");
     for net in got["networks"].as_array().unwrap() {
-        assert!(!network_exists(net.as_str().unwrap()), "{net} left behind:\n{log}");
+        assert!(
+            !network_exists(net.as_str().unwrap()),
+            "{net} left behind:\n{log}"
+        );
     }
     assert_run_left_nothing(&run_id, &log);
 }
@@ -88,7 +130,13 @@ fn two_tests_in_parallel_get_disjoint_networks_and_both_pass() {
     assert!(output.status.success(), "parallel tests failed:\n{log}");
     let a = reported(dir.path(), "parallel_a");
     let b = reported(dir.path(), "parallel_b");
-    let mut subnets: Vec<&str> = a["subnets"].as_array().unwrap().iter().chain(b["subnets"].as_array().unwrap()).map(|s| s.as_str().unwrap()).collect();
+    let mut subnets: Vec<&str> = a["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(b["subnets"].as_array().unwrap())
+        .map(|s| s.as_str().unwrap())
+        .collect();
     subnets.sort();
     subnets.dedup();
     assert_eq!(subnets.len(), 4, "the two tests shared a subnet: {a} {b}");

@@ -1,0 +1,602 @@
+//! Command-line parsing with pflag/cobra's rules, as far as minikube's users see them:
+//! `--flag=value` and `--flag value` for flags with values, `--flag` / `--flag=false` for booleans
+//! (a boolean never takes the next word), shorthands `-p NAME`, `-pNAME`, `-p=NAME`, global flags
+//! anywhere on the line, `--` ends the flags. Unknown flags are errors (`unknown flag: --x`), as
+//! are unknown commands and extra arguments.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The profile when `-p` is not given.
+pub const DEFAULT_PROFILE: &str = "minikube";
+/// The only driver the stand-in has.
+pub const DRIVER: &str = "kvm2";
+
+/// Memory and CPUs when `--memory`/`--cpus` are not given. Real minikube picks 2-6 GiB and 2
+/// CPUs; the stand-in boots a tiny initramfs guest that needs neither.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+pub const DEFAULT_CPUS: u32 = 1;
+/// minikube's default `--disk-size` (20000mb); recorded only: the stand-in's guest has no disk.
+pub const DEFAULT_DISK_MB: u32 = 20000;
+/// The Kubernetes version of the API server the stand-in runs (Debian's kubernetes 1.20.2).
+pub const DEFAULT_K8S_VERSION: &str = "v1.20.2";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub profile: String,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Start(StartOptions),
+    Stop,
+    Delete,
+    Ip,
+    Status {
+        output: Output,
+    },
+    SshKey,
+    Logs {
+        file: Option<PathBuf>,
+        length: usize,
+    },
+    ProfileList {
+        output: Output,
+    },
+    Version {
+        short: bool,
+        output: Output,
+    },
+    Help,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// `minikube start` flags. `None` means "not given" (an existing profile keeps its values).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StartOptions {
+    pub driver: Option<String>,
+    pub kvm_network: Option<String>,
+    pub network: Option<String>,
+    pub memory_mib: Option<u32>,
+    pub cpus: Option<u32>,
+    pub disk_size_mb: Option<u32>,
+    pub kubernetes_version: Option<String>,
+    pub container_runtime: Option<String>,
+    pub embed_certs: bool,
+    pub keep_context: bool,
+    pub wait: Vec<String>,
+}
+
+/// A command-line mistake: printed as cobra prints it, exit status 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arity {
+    Bool,
+    Value,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlagSpec {
+    long: &'static str,
+    short: Option<char>,
+    arity: Arity,
+}
+
+const fn flag(long: &'static str, short: Option<char>, arity: Arity) -> FlagSpec {
+    FlagSpec { long, short, arity }
+}
+
+/// Flags every command accepts. `--alsologtostderr`, `--logtostderr` and `-v` are accepted and
+/// ignored (the stand-in has no klog output).
+const GLOBAL_FLAGS: &[FlagSpec] = &[
+    flag("profile", Some('p'), Arity::Value),
+    flag("alsologtostderr", None, Arity::Bool),
+    flag("logtostderr", None, Arity::Bool),
+    flag("v", Some('v'), Arity::Value),
+    flag("help", Some('h'), Arity::Bool),
+];
+
+const START_FLAGS: &[FlagSpec] = &[
+    flag("driver", Some('d'), Arity::Value),
+    flag("kvm-network", None, Arity::Value),
+    flag("network", None, Arity::Value),
+    flag("memory", None, Arity::Value),
+    flag("cpus", None, Arity::Value),
+    flag("disk-size", None, Arity::Value),
+    flag("kubernetes-version", None, Arity::Value),
+    flag("container-runtime", Some('c'), Arity::Value),
+    flag("embed-certs", None, Arity::Bool),
+    flag("keep-context", None, Arity::Bool),
+    flag("wait", None, Arity::Value),
+];
+const OUTPUT_FLAGS: &[FlagSpec] = &[flag("output", Some('o'), Arity::Value)];
+const LOGS_FLAGS: &[FlagSpec] = &[
+    flag("file", None, Arity::Value),
+    flag("length", Some('n'), Arity::Value),
+];
+const VERSION_FLAGS: &[FlagSpec] = &[
+    flag("short", None, Arity::Bool),
+    flag("output", Some('o'), Arity::Value),
+];
+
+/// Every flag of every command: used to know which flags take a value before the command is
+/// known (flags may precede it: `minikube -p x ip`).
+fn all_flags() -> impl Iterator<Item = &'static FlagSpec> {
+    GLOBAL_FLAGS
+        .iter()
+        .chain(START_FLAGS)
+        .chain(OUTPUT_FLAGS)
+        .chain(LOGS_FLAGS)
+        .chain(VERSION_FLAGS)
+}
+
+fn find_long(specs: &[FlagSpec], name: &str) -> Option<FlagSpec> {
+    specs.iter().copied().find(|s| s.long == name)
+}
+
+fn find_short(specs: &[FlagSpec], c: char) -> Option<FlagSpec> {
+    specs.iter().copied().find(|s| s.short == Some(c))
+}
+
+/// One flag as written, normalised to its long name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FlagUse {
+    /// How it was written, for messages (`--x` or `-x`).
+    written: String,
+    /// Long name if known, else what was written without dashes.
+    name: String,
+    known: bool,
+    value: Option<String>,
+}
+
+/// Splits the arguments into positional words and flags (pflag's rules).
+fn tokenize(args: &[String]) -> Result<(Vec<String>, Vec<FlagUse>), UsageError> {
+    let specs: Vec<FlagSpec> = all_flags().copied().collect();
+    let mut positional = Vec::new();
+    let mut flags = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--" {
+            positional.extend(args[i..].iter().cloned());
+            break;
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let written = format!("--{name}");
+            match find_long(&specs, name) {
+                Some(spec) => {
+                    let value = match (spec.arity, inline) {
+                        (_, Some(v)) => Some(v),
+                        (Arity::Bool, None) => None,
+                        (Arity::Value, None) => {
+                            let v = args.get(i).cloned().ok_or_else(|| {
+                                UsageError(format!("flag needs an argument: {written}"))
+                            })?;
+                            i += 1;
+                            Some(v)
+                        }
+                    };
+                    flags.push(FlagUse {
+                        written,
+                        name: spec.long.to_string(),
+                        known: true,
+                        value,
+                    });
+                }
+                None => flags.push(FlagUse {
+                    written,
+                    name: name.to_string(),
+                    known: false,
+                    value: inline,
+                }),
+            }
+        } else if arg.len() > 1 && arg.starts_with('-') {
+            let body = &arg[1..];
+            let c = body.chars().next().expect("non-empty");
+            let rest = &body[c.len_utf8()..];
+            let Some(spec) = find_short(&specs, c) else {
+                return Err(UsageError(format!(
+                    "unknown shorthand flag: '{c}' in {arg}"
+                )));
+            };
+            let value = match spec.arity {
+                Arity::Bool => match rest.strip_prefix('=') {
+                    Some(v) => Some(v.to_string()),
+                    None if rest.is_empty() => None,
+                    // Combined shorthands (`-hx`) are not used by minikube's users.
+                    None => {
+                        return Err(UsageError(format!(
+                            "unknown shorthand flag: '{}' in {arg}",
+                            rest.chars().next().unwrap_or('?')
+                        )))
+                    }
+                },
+                Arity::Value => {
+                    if let Some(v) = rest.strip_prefix('=') {
+                        Some(v.to_string())
+                    } else if !rest.is_empty() {
+                        Some(rest.to_string())
+                    } else {
+                        let v = args.get(i).cloned().ok_or_else(|| {
+                            UsageError(format!("flag needs an argument: '{c}' in -{c}"))
+                        })?;
+                        i += 1;
+                        Some(v)
+                    }
+                }
+            };
+            flags.push(FlagUse {
+                written: format!("-{c}"),
+                name: spec.long.to_string(),
+                known: true,
+                value,
+            });
+        } else {
+            positional.push(arg.clone());
+        }
+    }
+    Ok((positional, flags))
+}
+
+fn parse_bool(flag: &FlagUse) -> Result<bool, UsageError> {
+    match flag.value.as_deref() {
+        None => Ok(true),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(other) => Err(UsageError(format!(
+            "invalid argument \"{other}\" for \"{}\" flag: strconv.ParseBool: parsing \"{other}\": invalid syntax",
+            flag.written
+        ))),
+    }
+}
+
+/// A size as minikube reads `--memory` and `--disk-size`: a plain number is MB; suffixes
+/// b, k/kb, m/mb, g/gb, t/tb (case-insensitive, binary multiples). Returns MiB.
+pub fn parse_size_mib(text: &str) -> Option<u32> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let n: u64 = num.parse().ok()?;
+    let mib = match unit.trim() {
+        "" | "m" | "mb" | "mib" => n,
+        "b" => n / (1024 * 1024),
+        "k" | "kb" | "kib" => n / 1024,
+        "g" | "gb" | "gib" => n.checked_mul(1024)?,
+        "t" | "tb" | "tib" => n.checked_mul(1024 * 1024)?,
+        _ => return None,
+    };
+    u32::try_from(mib).ok().filter(|&m| m > 0)
+}
+
+fn value_of(flag: &FlagUse) -> String {
+    flag.value.clone().unwrap_or_default()
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
+    let (positional, flags) = tokenize(args)?;
+    let mut profile = DEFAULT_PROFILE.to_string();
+    let mut help = false;
+
+    let (command_name, command_specs, rest): (&str, &[FlagSpec], &[String]) =
+        match positional.first().map(String::as_str) {
+            None => ("", &[], &[]),
+            Some("start") => ("start", START_FLAGS, &positional[1..]),
+            Some("stop") => ("stop", &[], &positional[1..]),
+            Some("delete") => ("delete", &[], &positional[1..]),
+            Some("ip") => ("ip", &[], &positional[1..]),
+            Some("status") => ("status", OUTPUT_FLAGS, &positional[1..]),
+            Some("ssh-key") => ("ssh-key", &[], &positional[1..]),
+            Some("logs") => ("logs", LOGS_FLAGS, &positional[1..]),
+            Some("version") => ("version", VERSION_FLAGS, &positional[1..]),
+            Some("profile") => match positional.get(1).map(String::as_str) {
+                Some("list") => ("profile list", OUTPUT_FLAGS, &positional[2..]),
+                Some(other) => {
+                    return Err(UsageError(format!(
+                        "the minikube stand-in supports only \"minikube profile list\", not \"minikube profile {other}\""
+                    )))
+                }
+                None => {
+                    return Err(UsageError(
+                        "the minikube stand-in supports only \"minikube profile list\"".into(),
+                    ))
+                }
+            },
+            Some("help") => ("help", &[], &[]),
+            Some(other) => {
+                return Err(UsageError(format!(
+                    "unknown command \"{other}\" for \"minikube\""
+                )))
+            }
+        };
+
+    let mut start = StartOptions::default();
+    let mut output = Output::Text;
+    let mut file = None;
+    let mut length = 60usize;
+    let mut short = false;
+
+    for f in &flags {
+        let global = find_long(GLOBAL_FLAGS, &f.name).is_some();
+        if !f.known || (!global && find_long(command_specs, &f.name).is_none()) {
+            return Err(UsageError(format!("unknown flag: {}", f.written)));
+        }
+        match f.name.as_str() {
+            "profile" => {
+                profile = value_of(f);
+                if profile.is_empty() {
+                    return Err(UsageError("profile name cannot be empty".into()));
+                }
+            }
+            "alsologtostderr" | "logtostderr" => {
+                parse_bool(f)?;
+            }
+            "v" => {}
+            "help" => help = parse_bool(f)?,
+            "driver" => start.driver = Some(value_of(f)),
+            "kvm-network" => start.kvm_network = Some(value_of(f)),
+            "network" => start.network = Some(value_of(f)),
+            "memory" => {
+                let v = value_of(f);
+                start.memory_mib = Some(parse_size_mib(&v).ok_or_else(|| {
+                    UsageError(format!(
+                        "invalid memory size {v:?} for --memory: use a number of MB or a size such as 2g"
+                    ))
+                })?);
+            }
+            "cpus" => {
+                let v = value_of(f);
+                start.cpus = Some(v.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    UsageError(format!("invalid number of CPUs {v:?} for --cpus"))
+                })?);
+            }
+            "disk-size" => {
+                let v = value_of(f);
+                start.disk_size_mb = Some(parse_size_mib(&v).ok_or_else(|| {
+                    UsageError(format!("invalid disk size {v:?} for --disk-size"))
+                })?);
+            }
+            "kubernetes-version" => start.kubernetes_version = Some(value_of(f)),
+            "container-runtime" => start.container_runtime = Some(value_of(f)),
+            "embed-certs" => start.embed_certs = parse_bool(f)?,
+            "keep-context" => start.keep_context = parse_bool(f)?,
+            "wait" => start.wait.extend(
+                value_of(f)
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
+            "output" => {
+                output = match value_of(f).as_str() {
+                    "json" => Output::Json,
+                    "text" | "" => Output::Text,
+                    other => {
+                        return Err(UsageError(format!(
+                            "invalid output format {other:?}: use text or json"
+                        )))
+                    }
+                }
+            }
+            "file" => file = Some(PathBuf::from(value_of(f))),
+            "length" => {
+                let v = value_of(f);
+                length = v.parse().map_err(|_| {
+                    UsageError(format!("invalid argument {v:?} for \"{}\" flag", f.written))
+                })?;
+            }
+            "short" => short = parse_bool(f)?,
+            other => unreachable!("flag {other} is in a table but not handled"),
+        }
+    }
+
+    if help || command_name.is_empty() || command_name == "help" {
+        return Ok(Invocation {
+            profile,
+            command: Command::Help,
+        });
+    }
+    if !rest.is_empty() {
+        return Err(UsageError(format!(
+            "\"minikube {command_name}\" accepts no arguments, received {}: {}",
+            rest.len(),
+            rest.join(" ")
+        )));
+    }
+    let command = match command_name {
+        "start" => Command::Start(start),
+        "stop" => Command::Stop,
+        "delete" => Command::Delete,
+        "ip" => Command::Ip,
+        "status" => Command::Status { output },
+        "ssh-key" => Command::SshKey,
+        "logs" => Command::Logs { file, length },
+        "profile list" => Command::ProfileList { output },
+        "version" => Command::Version { short, output },
+        other => unreachable!("command {other} parsed but not mapped"),
+    };
+    Ok(Invocation { profile, command })
+}
+
+pub const USAGE: &str = "\
+minikube (stand-in for tests of mkh: kvm2 driver only)
+
+Usage: minikube [-p PROFILE] COMMAND [flags]
+
+Commands:
+  start     --driver=kvm2 [--kvm-network=NAME] [--network=NAME] [--memory=MiB] [--cpus=N]
+            [--disk-size=SIZE] [--kubernetes-version=V] [--container-runtime=R]
+            [--embed-certs] [--keep-context] [--wait=LIST]
+  stop      ACPI shutdown of the VM, stops the profile's API server
+  delete    removes the VM, its private network (unless `default` or in use), the profile
+  ip        the VM's private IP (asks libvirt; fails with exit 83 when the VM is stopped)
+  status    [-o json]   exit 0 running, 7 stopped, 85 no such profile
+  ssh-key   path of the machine's SSH private key
+  logs      [--file=PATH] [-n LINES]
+  profile list [-o json]
+  version   [--short] [-o json]
+
+Global flags: -p, --profile NAME (default \"minikube\"), --alsologtostderr, -v N
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Result<Invocation, UsageError> {
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn profile_is_accepted_anywhere_and_in_every_form() {
+        for line in [
+            "-p NAME ip",
+            "ip -p NAME",
+            "--profile=NAME ip",
+            "ip --profile NAME",
+            "-pNAME ip",
+            "ip -p=NAME",
+        ] {
+            let inv = p(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(inv.profile, "NAME", "{line}");
+            assert_eq!(inv.command, Command::Ip, "{line}");
+        }
+        assert_eq!(p("ip").unwrap().profile, "minikube");
+    }
+
+    #[test]
+    fn start_flags_in_both_forms() {
+        let inv = p(
+            "start -p x --driver=kvm2 --kvm-network nat1 --network=priv1 --memory 512 \
+                     --cpus=2 --embed-certs --keep-context=false --wait=apiserver,system_pods \
+                     --wait all --disk-size=20g --kubernetes-version v1.20.2 \
+                     --container-runtime=docker",
+        )
+        .unwrap();
+        let Command::Start(o) = inv.command else {
+            panic!("not start")
+        };
+        assert_eq!(o.driver.as_deref(), Some("kvm2"));
+        assert_eq!(o.kvm_network.as_deref(), Some("nat1"));
+        assert_eq!(o.network.as_deref(), Some("priv1"));
+        assert_eq!(o.memory_mib, Some(512));
+        assert_eq!(o.cpus, Some(2));
+        assert!(o.embed_certs);
+        assert!(!o.keep_context);
+        assert_eq!(o.wait, ["apiserver", "system_pods", "all"]);
+        assert_eq!(o.disk_size_mb, Some(20480));
+        assert_eq!(o.kubernetes_version.as_deref(), Some("v1.20.2"));
+        assert_eq!(o.container_runtime.as_deref(), Some("docker"));
+    }
+
+    #[test]
+    fn a_boolean_never_swallows_the_next_word() {
+        // `--embed-certs start` : `start` is the command, not the flag's value.
+        let inv = p("--embed-certs start").unwrap();
+        assert!(matches!(
+            inv.command,
+            Command::Start(StartOptions {
+                embed_certs: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_flags_and_commands_are_errors() {
+        assert_eq!(
+            p("start --driver=kvm2 --bogus=1").unwrap_err().0,
+            "unknown flag: --bogus"
+        );
+        assert_eq!(p("start --x").unwrap_err().0, "unknown flag: --x");
+        // A start flag on another command is unknown there.
+        assert_eq!(p("ip --memory=1").unwrap_err().0, "unknown flag: --memory");
+        assert_eq!(
+            p("frobnicate").unwrap_err().0,
+            "unknown command \"frobnicate\" for \"minikube\""
+        );
+        assert!(p("-z ip")
+            .unwrap_err()
+            .0
+            .contains("unknown shorthand flag: 'z'"));
+        assert!(p("start --memory")
+            .unwrap_err()
+            .0
+            .contains("needs an argument"));
+        assert!(p("start --memory=lots").is_err());
+        assert!(p("start --cpus=0").is_err());
+        assert!(p("ip extra")
+            .unwrap_err()
+            .0
+            .contains("accepts no arguments"));
+        assert!(p("start --embed-certs=maybe").is_err());
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(
+            p("status -o json").unwrap().command,
+            Command::Status {
+                output: Output::Json
+            }
+        );
+        assert_eq!(
+            p("profile list --output=json").unwrap().command,
+            Command::ProfileList {
+                output: Output::Json
+            }
+        );
+        assert_eq!(
+            p("logs --file=/tmp/x -n 5").unwrap().command,
+            Command::Logs {
+                file: Some("/tmp/x".into()),
+                length: 5
+            }
+        );
+        assert_eq!(p("-p a delete").unwrap().command, Command::Delete);
+        assert_eq!(p("stop").unwrap().command, Command::Stop);
+        assert_eq!(p("ssh-key").unwrap().command, Command::SshKey);
+        assert_eq!(p("").unwrap().command, Command::Help);
+        assert_eq!(p("start --help").unwrap().command, Command::Help);
+        assert_eq!(p("ip --alsologtostderr -v=3").unwrap().command, Command::Ip);
+        assert_eq!(
+            p("version --short").unwrap().command,
+            Command::Version {
+                short: true,
+                output: Output::Text
+            }
+        );
+    }
+
+    #[test]
+    fn sizes_read_like_minikube() {
+        assert_eq!(parse_size_mib("2048"), Some(2048));
+        assert_eq!(parse_size_mib("2048mb"), Some(2048));
+        assert_eq!(parse_size_mib("2g"), Some(2048));
+        assert_eq!(parse_size_mib("2GB"), Some(2048));
+        assert_eq!(parse_size_mib("1048576k"), Some(1024));
+        assert_eq!(parse_size_mib("0"), None);
+        assert_eq!(parse_size_mib("lots"), None);
+        assert_eq!(parse_size_mib("2x"), None);
+    }
+}

@@ -1,0 +1,1259 @@
+//! The commands: what each one does, in kvm2's order, with minikube's messages and exit codes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::cli::{self, Command, Invocation, Output, StartOptions};
+use crate::config::{self, AuthOptions, ClusterConfig, HostOptions, Kvm2Driver, MachineConfig};
+use crate::control_plane::{self, APISERVER, APISERVER_PORT, ETCD, SERVICE_CIDR};
+use crate::kubeconfig::{self, Material, ProfileEntry};
+use crate::libvirt::{DomState, Libvirt, URI};
+use crate::paths::{Env, Profile};
+use crate::subnet;
+use crate::xml::{self, Accel, DomainSpec};
+use crate::{
+    certs, keys, step, warn, Failure, EX_DRIVER_UNSUPPORTED, EX_GUEST_ERROR, EX_GUEST_NOT_FOUND,
+    EX_GUEST_NOT_RUNNING, EX_GUEST_TIMEOUT, EX_PROGRAM_USAGE, VERSION, VERSION_BASE,
+};
+
+/// Every minikube VM's hostname.
+const GUEST_HOSTNAME: &str = "minikube";
+const SSH_USER: &str = "docker";
+/// kvm2's deadlines (x4 under TCG).
+const RUNNING_WAIT: Duration = Duration::from_secs(30);
+const IP_WAIT: Duration = Duration::from_secs(90);
+const IP_POLL: Duration = Duration::from_secs(2);
+const SSH_WAIT: Duration = Duration::from_secs(60);
+const STOP_WAIT: Duration = Duration::from_secs(90);
+/// The host-side API server does not run under TCG: not scaled.
+const APISERVER_WAIT: Duration = Duration::from_secs(120);
+
+pub fn run(inv: &Invocation) -> Result<u8, Failure> {
+    if let Command::Help = inv.command {
+        print!("{}", cli::USAGE);
+        return Ok(0);
+    }
+    if let Command::Version { short, output } = inv.command {
+        return Ok(version(short, output));
+    }
+    let env = Env::from_process().map_err(|e| Failure::exit(EX_GUEST_ERROR, "HOST_HOME", e))?;
+    let name = inv.profile.as_str();
+    match &inv.command {
+        Command::Start(opts) => {
+            start(&env, name, opts).map_err(|f| f.in_command("GUEST_PROVISION"))
+        }
+        Command::Stop => stop(&env, name).map_err(|f| f.in_command("GUEST_STOP")),
+        Command::Delete => delete(&env, name).map_err(|f| f.in_command("GUEST_DELETION")),
+        Command::Ip => ip(&env, name).map_err(|f| f.in_command("GUEST_STATUS")),
+        Command::Status { output } => {
+            status(&env, name, *output).map_err(|f| f.in_command("GUEST_STATUS"))
+        }
+        Command::SshKey => ssh_key(&env, name),
+        Command::Logs { file, length } => logs(&env, name, file.as_ref(), *length),
+        Command::ProfileList { output } => profile_list(&env, *output),
+        Command::Help | Command::Version { .. } => unreachable!("handled above"),
+    }
+}
+
+fn version(short: bool, output: Output) -> u8 {
+    match (output, short) {
+        (Output::Json, _) => println!(
+            "{}",
+            json!({"commit": "stand-in", "minikubeVersion": VERSION})
+        ),
+        (Output::Text, true) => println!("{VERSION}"),
+        (Output::Text, false) => println!("minikube version: {VERSION}\ncommit: stand-in"),
+    }
+    0
+}
+
+fn start_command(name: &str) -> String {
+    if name == cli::DEFAULT_PROFILE {
+        "minikube start".into()
+    } else {
+        format!("minikube start -p {name}")
+    }
+}
+
+fn profile_not_found(name: &str) -> Failure {
+    Failure::styled(
+        EX_GUEST_NOT_FOUND,
+        vec![
+            format!("🤷  Profile \"{name}\" not found. Run \"minikube profile list\" to view all profiles."),
+            format!("👉  To start a cluster, run: \"{}\"", start_command(name)),
+        ],
+    )
+}
+
+/// minikube's rule for profile names (they become libvirt domain and network names).
+fn validate_profile_name(name: &str) -> Result<(), Failure> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.len() <= 63;
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            format!("profile name \"{name}\" is not valid: use letters, digits, '-', '_' and '.', starting with a letter or digit"),
+        ))
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn os_name() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// `--wait` as minikube maps it to VerifyComponents.
+fn verify_components(wait: &[String]) -> BTreeMap<String, bool> {
+    const ALL: &[&str] = &[
+        "apiserver",
+        "apps_running",
+        "default_sa",
+        "extra",
+        "kubelet",
+        "node_ready",
+        "system_pods",
+    ];
+    let names: Vec<&str> = if wait.is_empty() {
+        vec!["apiserver", "system_pods"]
+    } else if wait.iter().any(|w| w == "all" || w == "true") {
+        ALL.to_vec()
+    } else if wait.iter().any(|w| w == "none" || w == "false") {
+        Vec::new()
+    } else {
+        wait.iter().map(String::as_str).collect()
+    };
+    names.into_iter().map(|n| (n.to_string(), true)).collect()
+}
+
+/// The settings of this start: the flags for a new profile, the saved config for an existing
+/// one (as minikube, changed flags are ignored with a warning).
+#[derive(Debug, Clone)]
+struct Settings {
+    memory: u32,
+    cpus: u32,
+    disk: u32,
+    k8s_version: String,
+    runtime: String,
+    nat: String,
+    private: String,
+    network_flag: String,
+}
+
+fn settings(
+    name: &str,
+    opts: &StartOptions,
+    old: Option<&ClusterConfig>,
+    machine: Option<&MachineConfig>,
+) -> Settings {
+    let fresh = Settings {
+        memory: opts.memory_mib.unwrap_or(cli::DEFAULT_MEMORY_MIB),
+        cpus: opts.cpus.unwrap_or(cli::DEFAULT_CPUS),
+        disk: opts.disk_size_mb.unwrap_or(cli::DEFAULT_DISK_MB),
+        k8s_version: opts
+            .kubernetes_version
+            .clone()
+            .unwrap_or_else(|| cli::DEFAULT_K8S_VERSION.into()),
+        runtime: opts
+            .container_runtime
+            .clone()
+            .unwrap_or_else(|| "docker".into()),
+        nat: opts.kvm_network.clone().unwrap_or_else(|| "default".into()),
+        private: opts.network.clone().unwrap_or_else(|| format!("mk-{name}")),
+        network_flag: opts.network.clone().unwrap_or_default(),
+    };
+    let Some(old) = old else {
+        return fresh;
+    };
+    let kept = Settings {
+        memory: old.memory,
+        cpus: old.cpus,
+        disk: old.disk_size,
+        k8s_version: old.kubernetes_config.kubernetes_version.clone(),
+        runtime: old.kubernetes_config.container_runtime.clone(),
+        nat: machine
+            .map(|m| m.driver.network.clone())
+            .unwrap_or_else(|| old.kvm_network.clone()),
+        private: machine
+            .map(|m| m.driver.private_network.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                if old.network.is_empty() {
+                    format!("mk-{name}")
+                } else {
+                    old.network.clone()
+                }
+            }),
+        network_flag: old.network.clone(),
+    };
+    let mut ignored = Vec::new();
+    if opts.memory_mib.is_some_and(|m| m != kept.memory) {
+        ignored.push("--memory");
+    }
+    if opts.cpus.is_some_and(|c| c != kept.cpus) {
+        ignored.push("--cpus");
+    }
+    if opts.kvm_network.as_ref().is_some_and(|n| *n != kept.nat) {
+        ignored.push("--kvm-network");
+    }
+    if opts.network.as_ref().is_some_and(|n| *n != kept.private) {
+        ignored.push("--network");
+    }
+    if !ignored.is_empty() {
+        warn(format!(
+            "You cannot change {} of an existing minikube cluster: ignored. Run \"minikube delete -p {name}\" first.",
+            ignored.join(", ")
+        ));
+    }
+    kept
+}
+
+fn cluster_config(
+    name: &str,
+    s: &Settings,
+    opts: &StartOptions,
+    old: Option<&ClusterConfig>,
+    vm_ip: Option<Ipv4Addr>,
+) -> ClusterConfig {
+    ClusterConfig {
+        name: name.into(),
+        keep_context: opts.keep_context,
+        embed_certs: opts.embed_certs,
+        minikube_iso: format!(
+            "https://storage.googleapis.com/minikube/iso/minikube-{VERSION_BASE}-amd64.iso"
+        ),
+        memory: s.memory,
+        cpus: s.cpus,
+        disk_size: s.disk,
+        driver: cli::DRIVER.into(),
+        kvm_network: s.nat.clone(),
+        kvm_qemu_uri: URI.into(),
+        kvm_gpu: false,
+        kvm_hidden: false,
+        kvm_numa_count: 1,
+        api_server_port: APISERVER_PORT,
+        kubernetes_config: config::KubernetesConfig {
+            kubernetes_version: s.k8s_version.clone(),
+            cluster_name: name.into(),
+            namespace: "default".into(),
+            api_server_ha_vip: String::new(),
+            api_server_name: "minikubeCA".into(),
+            api_server_names: None,
+            api_server_ips: None,
+            dns_domain: "cluster.local".into(),
+            container_runtime: s.runtime.clone(),
+            cri_socket: String::new(),
+            network_plugin: "cni".into(),
+            feature_gates: String::new(),
+            service_cidr: SERVICE_CIDR.into(),
+            image_repository: String::new(),
+            extra_options: None,
+            should_load_cached_images: true,
+            enable_default_cni: false,
+            cni: String::new(),
+        },
+        nodes: vec![config::Node {
+            name: String::new(),
+            ip: vm_ip.map(|i| i.to_string()).unwrap_or_default(),
+            port: APISERVER_PORT,
+            kubernetes_version: s.k8s_version.clone(),
+            container_runtime: s.runtime.clone(),
+            control_plane: true,
+            worker: true,
+        }],
+        addons: old.map(|o| o.addons.clone()).unwrap_or_default(),
+        verify_components: if opts.wait.is_empty() {
+            old.map(|o| o.verify_components.clone())
+                .unwrap_or_else(|| verify_components(&[]))
+        } else {
+            verify_components(&opts.wait)
+        },
+        start_host_timeout: 360_000_000_000,
+        network: s.network_flag.clone(),
+        subnet: String::new(),
+        multi_node_requested: false,
+    }
+}
+
+struct Macs {
+    private: String,
+    nat: String,
+}
+
+fn machine_config(
+    env: &Env,
+    p: &Profile,
+    s: &Settings,
+    macs: &Macs,
+    ip: Option<Ipv4Addr>,
+) -> MachineConfig {
+    let path = |x: PathBuf| x.to_string_lossy().into_owned();
+    let home = path(env.home.clone());
+    MachineConfig {
+        config_version: 3,
+        driver: Kvm2Driver {
+            ip_address: ip.map(|i| i.to_string()).unwrap_or_default(),
+            machine_name: p.name.clone(),
+            ssh_user: SSH_USER.into(),
+            ssh_port: 22,
+            ssh_key_path: path(p.id_rsa()),
+            store_path: home.clone(),
+            swarm_master: false,
+            swarm_host: String::new(),
+            swarm_discovery: String::new(),
+            memory: s.memory,
+            cpu: s.cpus,
+            network: s.nat.clone(),
+            private_network: s.private.clone(),
+            disk_size: s.disk,
+            disk_path: path(p.disk()),
+            boot2docker_url: format!(
+                "file://{}",
+                env.home
+                    .join("cache/iso/amd64")
+                    .join(format!("minikube-{VERSION_BASE}-amd64.iso"))
+                    .display()
+            ),
+            iso: path(p.iso()),
+            mac: macs.nat.clone(),
+            private_mac: macs.private.clone(),
+            gpu: false,
+            hidden: false,
+            devices_xml: String::new(),
+            connection_uri: URI.into(),
+            numa_node_count: 1,
+            extra_disks: 0,
+        },
+        driver_name: cli::DRIVER.into(),
+        host_options: HostOptions {
+            driver: String::new(),
+            memory: 0,
+            disk: 0,
+            engine_options: config::engine_options(SERVICE_CIDR),
+            swarm_options: config::swarm_options(),
+            auth_options: AuthOptions::for_home(&env.home),
+        },
+        name: p.name.clone(),
+    }
+}
+
+fn save<T: serde::Serialize>(path: &std::path::Path, v: &T) -> Result<(), Failure> {
+    config::save(path, v).map_err(Failure::error)
+}
+
+fn ensure_home_dirs(env: &Env, p: &Profile) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dirs = [
+        "config", "logs", "cache", "certs", "files", "addons", "profiles", "machines",
+    ]
+    .iter()
+    .map(|d| env.home.join(d))
+    .chain([p.dir(), p.machine_dir()]);
+    for d in dirs {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&d)
+            .map_err(|e| Failure::error(format!("create {}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
+/// Klog-style info line on stderr, like minikube's `--alsologtostderr` output.
+fn info(file_line: &str, msg: impl std::fmt::Display) {
+    eprintln!("I {file_line}] {msg}");
+}
+
+/// Ensures the private network: found (used as it is) or created from kvm2's template on a free
+/// subnet. Returns its host-side address.
+fn ensure_private_network(
+    env: &Env,
+    lv: &Libvirt,
+    name: &str,
+    reservations: &mut Vec<subnet::Reservation>,
+) -> Result<Ipv4Addr, Failure> {
+    if let Some(net) = lv.network(name)? {
+        info(
+            "network.go:107",
+            format!("found existing private KVM network {name}, skipping creation"),
+        );
+        if lv.ensure_active(&net, name)? {
+            info(
+                "network.go:121",
+                format!("started inactive private KVM network {name}"),
+            );
+        }
+        let xml = lv.network_xml(&net)?;
+        return xml::network_facts(&xml)
+            .map_err(Failure::error)?
+            .host_addr
+            .ok_or_else(|| Failure::error(format!("network {name} has no IPv4 address")));
+    }
+    let host = subnet::host_ipv4_addrs();
+    let mut tried: Vec<Ipv4Addr> = Vec::new();
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let Some((sub, reservation)) = subnet::choose(&host, |net| {
+            if tried.contains(&net) {
+                None
+            } else {
+                subnet::reserve(&env.lock_dir, net)
+            }
+        }) else {
+            break;
+        };
+        tried.push(sub.network);
+        reservations.push(reservation);
+        info(
+            "network.go:210",
+            format!(
+                "using free private subnet {}/24 for network {name}",
+                sub.network
+            ),
+        );
+        match lv.create_network(name, &xml::private_network(name, &sub)) {
+            Ok(()) => return Ok(sub.gateway),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(Failure::exit(
+        EX_GUEST_ERROR,
+        "GUEST_PROVISION",
+        if last_error.is_empty() {
+            "no free private network subnets found".to_string()
+        } else {
+            format!("creating private network {name}: {last_error}")
+        },
+    ))
+}
+
+/// The stand-in serves a profile's API server on its private network's host-side address, port
+/// 8443: two profiles on one private network cannot both run (with real minikube they can, each
+/// VM has its own address). Refuses before anything is created.
+fn check_apiserver_address(
+    env: &Env,
+    lv: &Libvirt,
+    p: &Profile,
+    private: &str,
+) -> Result<(), Failure> {
+    let Some(net) = lv.network(private)? else {
+        return Ok(());
+    };
+    if !net.is_active().unwrap_or(false) {
+        return Ok(());
+    }
+    let Some(addr) = xml::network_facts(&lv.network_xml(&net)?)
+        .map_err(Failure::error)?
+        .host_addr
+    else {
+        return Ok(());
+    };
+    if control_plane::running(p, APISERVER) || !control_plane::port_in_use(addr) {
+        return Ok(());
+    }
+    let users = control_plane::apiservers_on(env, addr);
+    let who = if users.is_empty() {
+        "another process (another MINIKUBE_HOME's profile?)".to_string()
+    } else {
+        format!("the API server of profile {}", users.join(", "))
+    };
+    Err(Failure::exit(
+        EX_GUEST_ERROR,
+        "GUEST_PROVISION",
+        format!(
+            "{addr}:{APISERVER_PORT} (the host side of private network {private}) is already used by {who}: \
+             the minikube stand-in runs each profile's API server there, so profiles sharing a private \
+             network cannot run at the same time (real minikube can): give each profile its own --network"
+        ),
+    ))
+}
+
+fn wait_until(
+    deadline: Instant,
+    poll: Duration,
+    mut f: impl FnMut() -> Result<bool, Failure>,
+) -> Result<bool, Failure> {
+    loop {
+        if f()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// Waits for the domain to run, then for its private IP (leases by PrivateMAC, every 2 s), and
+/// pins that IP with a DHCP host entry.
+fn wait_for_guest(
+    lv: &Libvirt,
+    p: &Profile,
+    s: &Settings,
+    macs: &Macs,
+    scale: u32,
+) -> Result<Ipv4Addr, Failure> {
+    let name = p.name.as_str();
+    let running = wait_until(
+        Instant::now() + RUNNING_WAIT * scale,
+        Duration::from_millis(200),
+        || Ok(lv.domain_state(name)? == DomState::Running),
+    )?;
+    if !running {
+        return Err(Failure::exit(
+            EX_GUEST_TIMEOUT,
+            "GUEST_PROVISION",
+            format!("domain {name} did not reach the running state in time"),
+        ));
+    }
+    let mut vm_ip = None;
+    let found = wait_until(Instant::now() + IP_WAIT * scale, IP_POLL, || {
+        vm_ip = lv.lease_ip(&s.private, &macs.private)?;
+        Ok(vm_ip.is_some())
+    })?;
+    let Some(vm_ip) = vm_ip.filter(|_| found) else {
+        return Err(Failure::exit(
+            EX_GUEST_TIMEOUT,
+            "GUEST_PROVISION",
+            format!(
+                "machine {name} didn't return an IP: no DHCP lease for MAC {} on network {} (console: {})",
+                macs.private,
+                s.private,
+                p.console_log().display()
+            ),
+        ));
+    };
+    lv.pin_dhcp_host(&s.private, &macs.private, vm_ip)?;
+    Ok(vm_ip)
+}
+
+fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
+    if let Some(driver) = opts.driver.as_deref() {
+        if driver != cli::DRIVER {
+            return Err(Failure::exit(
+                EX_DRIVER_UNSUPPORTED,
+                "DRV_UNSUPPORTED",
+                format!("the minikube stand-in supports only --driver=kvm2, not --driver={driver}"),
+            ));
+        }
+    }
+    validate_profile_name(name)?;
+    // Fail before creating anything if the control plane cannot run.
+    control_plane::apiserver_binary()?;
+    control_plane::etcd_binary()?;
+
+    let p = env.profile(name);
+    let old_cluster: Option<ClusterConfig> = config::load(&p.config_json())?;
+    let old_machine: Option<MachineConfig> = config::load(&p.machine_json())?;
+    let existing = old_cluster.is_some() || old_machine.is_some();
+
+    step(
+        "😄",
+        format!(
+            "[{name}] minikube {VERSION_BASE} (stand-in) on {}",
+            os_name()
+        ),
+    );
+    let accel = Accel::detect();
+    let scale = accel.scale();
+    let lv = Libvirt::open()?;
+    step(
+        "✨",
+        if existing {
+            "Using the kvm2 driver based on existing profile"
+        } else {
+            "Using the kvm2 driver based on user configuration"
+        },
+    );
+    let s = settings(name, opts, old_cluster.as_ref(), old_machine.as_ref());
+    if s.k8s_version != cli::DEFAULT_K8S_VERSION {
+        warn(format!(
+            "Kubernetes {} requested: recorded, but the stand-in's API server is {}",
+            s.k8s_version,
+            cli::DEFAULT_K8S_VERSION
+        ));
+    }
+
+    // Checks before anything is created.
+    let Some(nat) = lv.network(&s.nat)? else {
+        return Err(Failure::exit(
+            EX_GUEST_ERROR,
+            "GUEST_PROVISION",
+            format!(
+                "error provisioning guest: ensuring active networks: network {} (--kvm-network) not found: minikube never creates it",
+                s.nat
+            ),
+        ));
+    };
+    let state = lv.domain_state(name)?;
+    if state != DomState::Missing && !existing {
+        return Err(Failure::exit(
+            EX_GUEST_ERROR,
+            "GUEST_PROVISION",
+            format!("a libvirt domain named \"{name}\" already exists but is no profile of {}: not touching it", env.home.display()),
+        ));
+    }
+
+    check_apiserver_address(env, &lv, &p, &s.private)?;
+
+    ensure_home_dirs(env, &p)?;
+    save(
+        &p.config_json(),
+        &cluster_config(name, &s, opts, old_cluster.as_ref(), None),
+    )?;
+    step(
+        "👍",
+        format!("Starting \"{name}\" primary control-plane node in \"{name}\" cluster"),
+    );
+
+    // Networks: NAT must exist (checked), is started if inactive; private found or created.
+    if lv.ensure_active(&nat, &s.nat)? {
+        info(
+            "network.go:95",
+            format!("started inactive NAT network {}", s.nat),
+        );
+    }
+    let mut reservations = Vec::new();
+    let host_addr = ensure_private_network(env, &lv, &s.private, &mut reservations)?;
+
+    // Keys, guest image, domain.
+    let pubkey = keys::ensure_machine_key(&p.id_rsa())?;
+    let host_key = keys::ensure_host_key(&p.host_key())?;
+    let macs = match state {
+        DomState::Missing => match &old_machine {
+            Some(m) if !m.driver.mac.is_empty() && !m.driver.private_mac.is_empty() => Macs {
+                private: m.driver.private_mac.clone(),
+                nat: m.driver.mac.clone(),
+            },
+            _ => Macs {
+                private: xml::random_mac(),
+                nat: xml::random_mac(),
+            },
+        },
+        // An existing domain: its XML is the truth (as released kvm2 reads it back).
+        DomState::Running | DomState::Stopped => {
+            let dom_xml = lv.domain_xml(name)?.unwrap_or_default();
+            let nics = xml::domain_nics(&dom_xml).map_err(Failure::error)?;
+            let mac_on = |net: &str| nics.iter().find(|(n, _)| n == net).map(|(_, m)| m.clone());
+            Macs {
+                private: mac_on(&s.private).ok_or_else(|| {
+                    Failure::error(format!("domain {name} has no NIC on network {}", s.private))
+                })?,
+                nat: mac_on(&s.nat).unwrap_or_default(),
+            }
+        }
+    };
+    save(&p.machine_json(), &machine_config(env, &p, &s, &macs, None))?;
+
+    match state {
+        DomState::Missing => {
+            let image = mkh::machine::image::ensure_guest_image(&mkh::config::cache_dir())
+                .map_err(|e| Failure::error(format!("guest image: {e}")))?;
+            let cmdline = mkh::machine::image::kernel_cmdline(&mkh::machine::image::BootParams {
+                hostname: GUEST_HOSTNAME,
+                authorized_key: &pubkey,
+                host_key: Some(&host_key),
+            })
+            .map_err(|e| Failure::error(format!("kernel command line: {e}")))?;
+            step(
+                "🔥",
+                format!(
+                    "Creating kvm2 VM (CPUs={}, Memory={}MB, Disk={}MB) ...",
+                    s.cpus, s.memory, s.disk
+                ),
+            );
+            let console = p.console_log();
+            let dom = xml::domain(&DomainSpec {
+                name,
+                memory_mib: s.memory,
+                cpus: s.cpus,
+                accel,
+                kernel: &image.kernel,
+                initrd: &image.initrd,
+                cmdline: &cmdline,
+                private_network: &s.private,
+                private_mac: &macs.private,
+                nat_network: &s.nat,
+                nat_mac: &macs.nat,
+                console_log: &console,
+            });
+            lv.define_domain(name, &dom)?;
+            lv.start_domain(name)?;
+        }
+        DomState::Stopped => {
+            step(
+                "🔄",
+                format!("Restarting existing kvm2 VM for \"{name}\" ..."),
+            );
+            lv.start_domain(name)?;
+        }
+        DomState::Running => {
+            step("🏃", format!("Updating the running kvm2 \"{name}\" VM ..."));
+        }
+    }
+
+    let etcd_deadline = Instant::now() + APISERVER_WAIT;
+    std::thread::scope(|scope| -> Result<(), Failure> {
+        // While the guest boots: the certificates that do not name its address, and etcd.
+        let prep = scope.spawn(|| -> Result<control_plane::Etcd, Failure> {
+            certs::ensure_ca(env)?;
+            certs::ensure_client(env, &p)?;
+            certs::ensure_service_account(&p)?;
+            certs::ensure_apiserver_key(&p)?;
+            control_plane::start_etcd(&p, etcd_deadline)
+        });
+        let vm_ip = wait_for_guest(&lv, &p, &s, &macs, scale);
+        let etcd = prep.join().expect("control-plane preparation thread");
+        let vm_ip = vm_ip?;
+        let etcd = etcd?;
+        save(
+            &p.machine_json(),
+            &machine_config(env, &p, &s, &macs, Some(vm_ip)),
+        )?;
+        let cluster = cluster_config(name, &s, opts, old_cluster.as_ref(), Some(vm_ip));
+        save(&p.config_json(), &cluster)?;
+
+        // SSH (in the VM) and the API server (on the host) come up in parallel.
+        step(
+            "🐳",
+            format!(
+                "Preparing Kubernetes {} (stand-in: kube-apiserver {} + etcd on the host) ...",
+                s.k8s_version,
+                cli::DEFAULT_K8S_VERSION
+            ),
+        );
+        let ssh_deadline = Instant::now() + SSH_WAIT * scale;
+        let id_rsa = p.id_rsa();
+        let ssh = scope.spawn(move || keys::wait_for_ssh(vm_ip, &id_rsa, ssh_deadline));
+        step("    ▪", "Generating certificates and keys ...");
+        certs::write_apiserver(
+            env,
+            &p,
+            &[host_addr, vm_ip, Ipv4Addr::LOCALHOST, certs::SERVICE_IP],
+        )?;
+        step("    ▪", "Booting up control plane ...");
+        let mut starting = control_plane::start_apiserver(env, &p, etcd, host_addr)?;
+        starting.wait_ready(env, &p, host_addr, Instant::now() + APISERVER_WAIT)?;
+        ssh.join()
+            .expect("ssh wait thread")
+            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))
+    })?;
+
+    // Kubeconfig.
+    step("    ▪", "Configuring RBAC rules ...");
+    let entry = ProfileEntry {
+        name: name.into(),
+        server: format!("https://{host_addr}:{APISERVER_PORT}"),
+        certificate_authority: Material::read(&env.ca_cert(), opts.embed_certs)?,
+        client_certificate: Material::read(&p.client_cert(), opts.embed_certs)?,
+        client_key: Material::read(&p.client_key(), opts.embed_certs)?,
+        last_update: kubeconfig::rfc1123(now_unix()),
+        version: VERSION_BASE.into(),
+    };
+    kubeconfig::update(&env.kubeconfig, &env.lock_dir, |doc| {
+        kubeconfig::upsert(doc, &entry, !opts.keep_context);
+        true
+    })?;
+    step("🔎", "Verifying Kubernetes components...");
+    drop(reservations);
+    if opts.keep_context {
+        step(
+            "💗",
+            format!("To connect to this cluster, use:  --context={name}"),
+        );
+    } else {
+        step(
+            "🏄",
+            format!("Done! kubectl is now configured to use \"{name}\" cluster and \"default\" namespace by default"),
+        );
+    }
+    Ok(0)
+}
+
+fn load_existing(p: &Profile) -> Result<(Option<ClusterConfig>, Option<MachineConfig>), Failure> {
+    Ok((
+        config::load(&p.config_json())?,
+        config::load(&p.machine_json())?,
+    ))
+}
+
+fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    if !p.exists() {
+        return Err(profile_not_found(name));
+    }
+    let lv = Libvirt::open()?;
+    step("✋", format!("Stopping node \"{name}\"  ..."));
+    let was_running = lv.domain_state(name)? == DomState::Running;
+    if was_running {
+        lv.shutdown(name)?;
+    }
+    // The host-side control plane goes down while the guest powers off.
+    control_plane::stop(&p);
+    if was_running {
+        let off = wait_until(
+            Instant::now() + STOP_WAIT,
+            Duration::from_millis(250),
+            || Ok(lv.domain_state(name)? != DomState::Running),
+        )?;
+        if !off {
+            warn(format!(
+                "{name} did not power off after ACPI shutdown in {STOP_WAIT:?}: destroying it"
+            ));
+            lv.destroy(name)?;
+        }
+    }
+    step("🛑", "1 node stopped.");
+    Ok(0)
+}
+
+fn delete(env: &Env, name: &str) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    let remove_kubeconfig = || {
+        kubeconfig::update(&env.kubeconfig, &env.lock_dir, |doc| {
+            kubeconfig::remove(doc, name)
+        })
+    };
+    if !p.exists() {
+        step(
+            "🤷",
+            format!(
+                "Profile \"{name}\" not found. Run \"minikube profile list\" to view all profiles."
+            ),
+        );
+        remove_kubeconfig()?;
+        step(
+            "💀",
+            format!("Removed all traces of the \"{name}\" cluster."),
+        );
+        return Ok(0);
+    }
+    let (cluster, machine) = load_existing(&p)?;
+    let lv = Libvirt::open()?;
+    step("🔥", format!("Deleting \"{name}\" in kvm2 ..."));
+    control_plane::stop(&p);
+
+    // kvm2's Remove(): the private network first (unless `default` or used by another
+    // domain), then the domain.
+    let private = machine
+        .as_ref()
+        .map(|m| m.driver.private_network.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            cluster
+                .as_ref()
+                .map(|c| c.network.clone())
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| format!("mk-{name}"));
+    if private == "default" {
+        info(
+            "kvm.go:450",
+            "private network is \"default\": not deleting it",
+        );
+    } else {
+        let users = lv.other_domains_on(&private, name)?;
+        if users.is_empty() {
+            lv.delete_network(&private)?;
+        } else {
+            warn(format!(
+                "Deleting of networks failed: network {private} is still in use by other domains ({}): not deleting it",
+                users.join(", ")
+            ));
+        }
+    }
+    lv.destroy(name)?;
+    lv.undefine(name)?;
+
+    for dir in [p.dir(), p.machine_dir()] {
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::error(format!("remove {}: {e}", dir.display()))),
+        }
+    }
+    remove_kubeconfig()?;
+    step(
+        "💀",
+        format!("Removed all traces of the \"{name}\" cluster."),
+    );
+    Ok(0)
+}
+
+fn not_running(name: &str) -> Failure {
+    Failure::styled(
+        EX_GUEST_NOT_RUNNING,
+        vec![
+            "🤷  The control plane node must be running for this command".into(),
+            format!("👉  To fix this, run: \"{}\"", start_command(name)),
+        ],
+    )
+}
+
+fn ip(env: &Env, name: &str) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    let (_, machine) = load_existing(&p)?;
+    let Some(machine) = machine else {
+        return Err(profile_not_found(name));
+    };
+    let lv = Libvirt::open()?;
+    match lv.domain_state(name)? {
+        DomState::Running => {}
+        DomState::Stopped => return Err(not_running(name)),
+        DomState::Missing => {
+            return Err(Failure::styled(
+                EX_GUEST_NOT_FOUND,
+                vec![
+                    format!("🤷  The control-plane node {name} host does not exist"),
+                    format!("👉  To start a cluster, run: \"{}\"", start_command(name)),
+                ],
+            ))
+        }
+    }
+    match lv.lease_ip(&machine.driver.private_network, &machine.driver.private_mac)? {
+        Some(ip) => {
+            println!("{ip}");
+            Ok(0)
+        }
+        None => Err(Failure::exit(
+            EX_GUEST_NOT_RUNNING,
+            "GUEST_IP_NOT_FOUND",
+            format!(
+                "Error getting IP: IP not found: no lease for MAC {} on network {}",
+                machine.driver.private_mac, machine.driver.private_network
+            ),
+        )),
+    }
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct State {
+    host: &'static str,
+    kubelet: &'static str,
+    apiserver: &'static str,
+    kubeconfig: &'static str,
+}
+
+impl State {
+    /// minikube's bits: 1 host, 2 kubelet, 4 apiserver. No kubelet ever runs in the stand-in's
+    /// guest, so its bit follows the host.
+    fn exit_code(&self) -> u8 {
+        let host_down = self.host != "Running";
+        u8::from(host_down)
+            | (u8::from(host_down) << 1)
+            | (u8::from(self.apiserver != "Running") << 2)
+    }
+}
+
+fn host_addr_of(lv: &Libvirt, network: &str) -> Result<Option<Ipv4Addr>, Failure> {
+    let Some(net) = lv.network(network)? else {
+        return Ok(None);
+    };
+    Ok(xml::network_facts(&lv.network_xml(&net)?)
+        .map_err(Failure::error)?
+        .host_addr)
+}
+
+fn state_of(
+    env: &Env,
+    lv: &Libvirt,
+    p: &Profile,
+    machine: &MachineConfig,
+) -> Result<State, Failure> {
+    let host = match lv.domain_state(&p.name)? {
+        DomState::Running => "Running",
+        DomState::Stopped => "Stopped",
+        DomState::Missing => "Nonexistent",
+    };
+    if host != "Running" {
+        let down = if host == "Nonexistent" {
+            "Nonexistent"
+        } else {
+            "Stopped"
+        };
+        let apiserver = if control_plane::running(p, APISERVER) {
+            "Running"
+        } else {
+            down
+        };
+        return Ok(State {
+            host,
+            kubelet: down,
+            apiserver,
+            kubeconfig: down,
+        });
+    }
+    let addr = host_addr_of(lv, &machine.driver.private_network)?;
+    let apiserver = match addr {
+        Some(a)
+            if control_plane::running(p, APISERVER)
+                && control_plane::curl(env, p, &control_plane::readyz_url(a))
+                    .is_ok_and(|b| b.trim() == "ok") =>
+        {
+            "Running"
+        }
+        _ => "Stopped",
+    };
+    let expected = addr.map(|a| format!("https://{a}:{APISERVER_PORT}"));
+    let kc = kubeconfig::read(&env.kubeconfig)?;
+    let kubeconfig = if expected.is_some() && kubeconfig::server_of(&kc, &p.name) == expected {
+        "Configured"
+    } else {
+        "Misconfigured"
+    };
+    Ok(State {
+        host,
+        kubelet: "Stopped",
+        apiserver,
+        kubeconfig,
+    })
+}
+
+fn status(env: &Env, name: &str, output: Output) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    let (_, machine) = load_existing(&p)?;
+    let Some(machine) = machine else {
+        if output == Output::Json {
+            println!(
+                "{}",
+                json!({"Name": name, "Host": "Nonexistent", "Kubelet": "Nonexistent",
+                       "APIServer": "Nonexistent", "Kubeconfig": "Nonexistent", "Worker": false})
+            );
+            return Ok(EX_GUEST_NOT_FOUND);
+        }
+        return Err(profile_not_found(name));
+    };
+    let lv = Libvirt::open()?;
+    let st = state_of(env, &lv, &p, &machine)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({"Name": name, "Host": st.host, "Kubelet": st.kubelet,
+                   "APIServer": st.apiserver, "Kubeconfig": st.kubeconfig, "Worker": false})
+        ),
+        Output::Text => println!(
+            "{name}\ntype: Control Plane\nhost: {}\nkubelet: {}\napiserver: {}\nkubeconfig: {}\n",
+            st.host, st.kubelet, st.apiserver, st.kubeconfig
+        ),
+    }
+    Ok(st.exit_code())
+}
+
+fn ssh_key(env: &Env, name: &str) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    if !p.exists() {
+        return Err(profile_not_found(name));
+    }
+    println!("{}", p.id_rsa().display());
+    Ok(0)
+}
+
+fn logs(env: &Env, name: &str, file: Option<&PathBuf>, length: usize) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    if !p.exists() {
+        return Err(profile_not_found(name));
+    }
+    let mut text = String::new();
+    for (title, path) in [
+        ("kube-apiserver", p.log(APISERVER)),
+        ("etcd", p.log(ETCD)),
+        ("console (machines/<p>/console.log)", p.console_log()),
+    ] {
+        text.push_str(&format!(
+            "==> {title} <==\n{}\n\n",
+            control_plane::tail(&path, length)
+        ));
+    }
+    match file {
+        Some(path) => fs::write(path, text)
+            .map_err(|e| Failure::error(format!("write {}: {e}", path.display())))?,
+        None => print!("{text}"),
+    }
+    Ok(0)
+}
+
+fn profile_list(env: &Env, output: Output) -> Result<u8, Failure> {
+    let mut names: Vec<String> = fs::read_dir(env.profiles_dir())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let lv = if names.is_empty() {
+        None
+    } else {
+        Some(Libvirt::open()?)
+    };
+    let kc = kubeconfig::read(&env.kubeconfig).unwrap_or_else(|_| kubeconfig::empty());
+    let current = kubeconfig::current_context(&kc);
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    for name in names {
+        let p = env.profile(&name);
+        let cluster: Option<ClusterConfig> = config::load(&p.config_json()).ok().flatten();
+        let machine: Option<MachineConfig> = config::load(&p.machine_json()).ok().flatten();
+        let (Some(cluster), Some(lv)) = (cluster, lv.as_ref()) else {
+            invalid.push(json!({"Name": name, "Status": "", "Config": null}));
+            continue;
+        };
+        let status = match &machine {
+            Some(m) => match state_of(env, lv, &p, m)? {
+                st if st.host == "Running" && st.apiserver == "Running" => "Running",
+                st if st.host == "Running" => "Degraded",
+                st if st.host == "Nonexistent" => "Unknown",
+                _ => "Stopped",
+            },
+            None => "Unknown",
+        };
+        valid.push((
+            name.clone(),
+            status,
+            cluster,
+            current.as_deref() == Some(name.as_str()),
+        ));
+    }
+    match output {
+        Output::Json => {
+            let valid: Vec<_> = valid
+                .into_iter()
+                .map(|(name, status, cluster, active_ctx)| {
+                    json!({"Name": name, "Status": status, "Config": cluster,
+                           "Active": name == cli::DEFAULT_PROFILE, "ActiveKubeContext": active_ctx})
+                })
+                .collect();
+            println!("{}", json!({"invalid": invalid, "valid": valid}));
+        }
+        Output::Text => {
+            if valid.is_empty() {
+                return Err(Failure::exit(
+                    EX_PROGRAM_USAGE,
+                    "MK_USAGE_NO_PROFILE",
+                    "No minikube profile was found.",
+                ));
+            }
+            println!("| Profile | Driver | IP | Port | Version | Status | Nodes |");
+            for (name, status, c, _) in &valid {
+                let ip = c.nodes.first().map(|n| n.ip.as_str()).unwrap_or("");
+                println!(
+                    "| {name} | {} | {ip} | {} | {} | {status} | {} |",
+                    c.driver,
+                    c.api_server_port,
+                    c.kubernetes_config.kubernetes_version,
+                    c.nodes.len()
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_exit_codes() {
+        let running = State {
+            host: "Running",
+            kubelet: "Stopped",
+            apiserver: "Running",
+            kubeconfig: "Configured",
+        };
+        assert_eq!(running.exit_code(), 0);
+        let stopped = State {
+            host: "Stopped",
+            kubelet: "Stopped",
+            apiserver: "Stopped",
+            kubeconfig: "Stopped",
+        };
+        assert_eq!(stopped.exit_code(), 7);
+        let degraded = State {
+            apiserver: "Stopped",
+            ..running
+        };
+        assert_eq!(degraded.exit_code(), 4);
+    }
+
+    #[test]
+    fn wait_maps_to_verify_components() {
+        let v = verify_components(&[]);
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["apiserver", "system_pods"]);
+        assert_eq!(verify_components(&["all".into()]).len(), 7);
+        assert!(verify_components(&["none".into()]).is_empty());
+        assert_eq!(
+            verify_components(&["apiserver".into(), "node_ready".into()]).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn profile_names() {
+        for ok in ["minikube", "sitest", "a-b_c.d", "p1"] {
+            assert!(validate_profile_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "a/b", "a b", "é"] {
+            assert!(validate_profile_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn existing_profiles_keep_their_settings() {
+        let opts = StartOptions::default();
+        let fresh = settings("p", &opts, None, None);
+        assert_eq!(fresh.private, "mk-p");
+        assert_eq!(fresh.nat, "default");
+        assert_eq!((fresh.memory, fresh.cpus), (256, 1));
+        let given = StartOptions {
+            network: Some("priv".into()),
+            kvm_network: Some("nat".into()),
+            memory_mib: Some(512),
+            ..StartOptions::default()
+        };
+        let s = settings("p", &given, None, None);
+        assert_eq!(
+            (s.private.as_str(), s.nat.as_str(), s.memory),
+            ("priv", "nat", 512)
+        );
+        let cc = cluster_config("p", &s, &given, None, Some(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(cc.network, "priv");
+        assert_eq!(cc.nodes[0].ip, "10.1.2.3");
+        // A later start without flags keeps them.
+        let again = settings("p", &opts, Some(&cc), None);
+        assert_eq!(
+            (again.private.as_str(), again.nat.as_str(), again.memory),
+            ("priv", "nat", 512)
+        );
+    }
+
+    #[test]
+    fn start_hint_names_the_profile_unless_default() {
+        assert_eq!(start_command("minikube"), "minikube start");
+        assert_eq!(start_command("x"), "minikube start -p x");
+    }
+}
