@@ -117,17 +117,28 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
 
     let home = env.home().to_owned();
     env.teardown().await.unwrap();
-    assert!(
-        objects_of_env(&name).is_empty(),
-        "{:?} left",
-        objects_of_env(&name)
+    assert_cluster_gone(&name, &home);
+}
+
+#[test]
+fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_process() {
+    let mut child = ChildEnv::start_with(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mkh-test-child"))
+            .arg("hold-minikube")
+            .env("MKH_MINIKUBE", STANDIN),
     );
-    assert!(!home.exists(), "{} left", home.display());
-    let leftovers = processes_mentioning(&home);
+    let name = child.env_name();
+    let home = PathBuf::from(child.description["home"].as_str().unwrap());
     assert!(
-        leftovers.is_empty(),
-        "processes of the cluster survived: {leftovers:?}"
+        !processes_mentioning(&home).is_empty(),
+        "the stand-in's API server should run"
     );
+    child.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = child.child.wait();
+
+    let mut next = ChildEnv::start(env!("CARGO_BIN_EXE_mkh-test-child"), "once");
+    assert!(next.child.wait().unwrap().success());
+    assert_cluster_gone(&name, &home);
 }
 
 #[tokio::test]
@@ -281,6 +292,18 @@ fn real_minikube() -> Option<PathBuf> {
         .ok()?;
     let text = String::from_utf8_lossy(&version.stdout);
     (!text.contains("standin") && !text.contains("stand-in")).then_some(found)
+}
+
+/// Nothing of environment `name` is left: no libvirt object, no home, no process of its own.
+fn assert_cluster_gone(name: &str, home: &std::path::Path) {
+    let left = objects_of_env(name);
+    assert!(left.is_empty(), "{left:?} left");
+    assert!(!home.exists(), "{} left", home.display());
+    let leftovers = processes_mentioning(home);
+    assert!(
+        leftovers.is_empty(),
+        "processes of the cluster survived: {leftovers:?}"
+    );
 }
 
 fn processes_mentioning(dir: &std::path::Path) -> Vec<String> {

@@ -4,22 +4,28 @@
 //! - `hold`: keep the environment until a signal ends the process.
 //! - `hold-cli`: create a CLI-owned environment, detach it and exit.
 //! - `once`: tear the environment down and exit (0 when nothing was left).
+//! - `hold-minikube`: like `hold`, with a minikube cluster (binary from `MKH_MINIKUBE`).
 
 use std::io::Write;
 
+use mkh::minikube::MinikubeOptions;
 use mkh::{Env, OwnerKind};
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let kind = match mode.as_str() {
         "hold-cli" => OwnerKind::Cli,
-        "hold" | "once" => OwnerKind::Process,
+        "hold" | "once" | "hold-minikube" => OwnerKind::Process,
         other => {
-            eprintln!("usage: mkh-test-child hold|hold-cli|once (got {other:?})");
+            eprintln!("usage: mkh-test-child hold|hold-cli|hold-minikube|once (got {other:?})");
             std::process::exit(2);
         }
     };
-    let mut env = match Env::builder().owner_kind(kind).up_blocking() {
+    let mut builder = Env::builder().owner_kind(kind);
+    if mode == "hold-minikube" {
+        builder = builder.minikube(MinikubeOptions::default());
+    }
+    let mut env = match builder.up_blocking() {
         Ok(env) => env,
         Err(e) => {
             eprintln!("mkh-test-child: {e}");
@@ -30,7 +36,7 @@ fn main() {
     println!("{line}");
     std::io::stdout().flush().expect("stdout");
     match mode.as_str() {
-        "hold" => loop {
+        "hold" | "hold-minikube" => loop {
             std::thread::park();
         },
         "hold-cli" => {

@@ -53,9 +53,13 @@ pub fn run(inv: &Invocation) -> Result<u8, Failure> {
         Command::Status { output } => {
             status(&env, name, *output).map_err(|f| f.in_command("GUEST_STATUS"))
         }
-        Command::SshKey => ssh_key(&env, name),
-        Command::Logs { file, length } => logs(&env, name, file.as_ref(), *length),
-        Command::ProfileList { output } => profile_list(&env, *output),
+        Command::SshKey => ssh_key(&env, name).map_err(|f| f.in_command("GUEST_STATUS")),
+        Command::Logs { file, length } => {
+            logs(&env, name, file.as_ref(), *length).map_err(|f| f.in_command("GUEST_STATUS"))
+        }
+        Command::ProfileList { output } => {
+            profile_list(&env, *output).map_err(|f| f.in_command("GUEST_STATUS"))
+        }
         Command::Help | Command::Version { .. } => unreachable!("handled above"),
     }
 }

@@ -56,9 +56,22 @@
 //!   the VM at its private IP. The kubeconfig's server is that host-side address; the serving
 //!   certificate also names the VM's IP. There is no scheduler, controller manager, CoreDNS or
 //!   kube-proxy: namespaces never finish terminating, Services have no endpoints.
+//! - Because of that, two profiles whose VMs share one private network cannot run at the same
+//!   time (both API servers would need `<gateway>:8443`): `start` refuses with a clear message
+//!   before creating anything. Real minikube runs them side by side (each VM has its own IP).
+//!   Clients of the stand-in pin the profile's serving key (`profiles/<p>/apiserver.pub`), since
+//!   all profiles of a home share the CA.
 //! - Host-side processes are detached (setsid) and outlive the `minikube` process, as the real
-//!   VM's do; they are stopped by `stop`/`delete` (pid + start time checked) and name files in
+//!   VM's do; they are stopped by `stop`/`delete` (pid + start time checked, plus any etcd or
+//!   kube-apiserver whose command line names the profile's directory) and name files in
 //!   MINIKUBE_HOME on their command lines (`processes.json` records pid, start time, command).
+//!   While the guest boots, etcd and the certificates that do not name the guest's address are
+//!   already being prepared; the API server starts once the address is known, in parallel with
+//!   the wait for SSH.
+//! - Progress lines are minikube's (emoji + text, stdout); klog-style `I file.go:N] ...` lines
+//!   (found existing private network, chosen subnet) go to stderr always, not only with
+//!   `--alsologtostderr`. Error reasons and exit codes follow minikube's table, but the exact
+//!   wording of minikube's messages is not reproduced everywhere.
 //! - `status` prints `kubelet: Stopped` (true: none runs); its exit code counts the kubelet bit
 //!   only when the host is down (0 running, 7 stopped), where real minikube would add 2.
 //! - Under TCG the domain is `type='qemu'` without host-passthrough (kvm2 always asks for KVM
