@@ -24,8 +24,9 @@ use crate::teardown::Registration;
 /// Where a failed environment keeps what explains the failure.
 pub const POSTMORTEM_DIR: &str = "postmortem";
 
-/// How long Drop waits for teardown before leaving the rest to the reaper. nextest's default
-/// grace period after SIGTERM is 10 s; a network pair goes in well under one.
+/// How long Drop waits for teardown before leaving the rest to the reaper. A network pair goes
+/// in well under a second, a machine in two, a minikube cluster (with `minikube delete`) in a
+/// few more.
 pub const DROP_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
@@ -165,8 +166,17 @@ impl EnvBuilder {
             owner.minikube = Some(binary.to_string_lossy().into_owned());
             MinikubeCluster::at(&home, &name, binary)
         });
+        // A minikube profile names a libvirt domain: refuse one that exists already (the user's
+        // own cluster), so mkh never claims, let alone deletes, a domain it did not create.
+        if minikube.is_some() && lv.domain_state(&name)? != crate::libvirt::DomainState::Missing {
+            return Err(Error::InvalidInput {
+                what: "environment name",
+                value: name,
+                problem: "libvirt already has a domain of that name (a minikube profile?)".into(),
+                fix: "choose another name",
+            });
+        }
         let registration = Registration::new(&uri, &name);
-        registration.add_dir(&home);
         let mut env = Env {
             id,
             name,
@@ -185,12 +195,8 @@ impl EnvBuilder {
             Ok(()) => Ok(env),
             Err(e) => {
                 let registration = env.registration.take().expect("registered");
-                // Logs tell why a guest did not come up: keep the home for a post-mortem.
-                let console = env.home.join(format!("{}.console.log", env.name));
-                if console.exists() || env.home.join(POSTMORTEM_DIR).exists() {
-                    registration.keep_dirs();
-                    tracing::warn!(home = %env.home.display(), "creation failed; kept the environment's files");
-                }
+                // Logs tell why a guest did not come up: keep them for a post-mortem.
+                let e = env.keep_post_mortem(e);
                 let problems = registration.run();
                 if !problems.is_empty() {
                     tracing::warn!(env = %env.name, "cleanup after failed creation: {}", problems.join("; "));
@@ -203,11 +209,7 @@ impl EnvBuilder {
 
 impl Env {
     fn create(&mut self, lv: &Libvirt, pool: &SubnetPool) -> Result<()> {
-        config::ensure_dir(&self.home)?;
-        // The local record of who owns this home, for the reaper (see `reaper::sweep_homes`).
-        let record = self.home.join(crate::reaper::OWNER_RECORD);
-        let json = serde_json::to_string_pretty(&self.owner).expect("serialisable");
-        std::fs::write(&record, json).map_err(|e| Error::io(&record, e))?;
+        self.make_home()?;
         let registration = self.registration.as_ref().expect("registered");
         let started = Instant::now();
         let networks = create_pair(lv, &self.id, &self.owner, pool, &mut |net| {
@@ -223,6 +225,72 @@ impl Env {
             Backend::Minikube(options) => self.start_minikube(lv, &options)?,
         }
         Ok(())
+    }
+
+    /// Creates the home (it must not exist: two environments never share one), registers it
+    /// for removal and writes the owner record the reaper reads.
+    fn make_home(&mut self) -> Result<()> {
+        config::ensure_dir(self.home.parent().expect("envs/<name>"))?;
+        std::fs::create_dir(&self.home).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::InvalidInput {
+                    what: "environment name",
+                    value: self.name.clone(),
+                    problem: format!("its home {} exists already", self.home.display()),
+                    fix: "choose another name, or remove the directory if nothing uses it (`mkh reap --all`)",
+                }
+            } else {
+                Error::io(&self.home, e)
+            }
+        })?;
+        self.registration
+            .as_ref()
+            .expect("registered")
+            .add_dir(&self.home);
+        self.write_owner_record()
+    }
+
+    /// The local record of who owns this home, for the reaper (see `reaper::sweep_homes`).
+    fn write_owner_record(&self) -> Result<()> {
+        let record = self.home.join(crate::reaper::OWNER_RECORD);
+        let json = serde_json::to_string_pretty(&self.owner).expect("serialisable");
+        std::fs::write(&record, json).map_err(|e| Error::io(&record, e))
+    }
+
+    /// After a failed creation: keeps the console logs and minikube's post-mortem in
+    /// `<home>/postmortem/` (the rest of the home goes), and says where.
+    fn keep_post_mortem(&self, error: Error) -> Error {
+        if let Error::PostMortem { .. } = error {
+            if let Some(r) = &self.registration {
+                r.keep_dirs();
+            }
+            return error;
+        }
+        let consoles: Vec<PathBuf> = std::fs::read_dir(&self.home)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".console.log"))
+            .collect();
+        if consoles.is_empty() {
+            return error;
+        }
+        let dir = self.home.join(POSTMORTEM_DIR);
+        if config::ensure_dir(&dir).is_err() {
+            return error;
+        }
+        for c in consoles {
+            let _ = std::fs::copy(&c, dir.join(c.file_name().expect("a file")));
+        }
+        let _ = std::fs::write(dir.join("error.txt"), error.to_string());
+        if let Some(r) = &self.registration {
+            r.keep_dirs();
+        }
+        Error::PostMortem {
+            source: Box::new(error),
+            bundle: dir,
+        }
     }
 
     fn start_minikube(&mut self, lv: &Libvirt, options: &MinikubeOptions) -> Result<()> {
@@ -246,7 +314,7 @@ impl Env {
         registration.add_command(cluster.delete_command(timeouts.minikube_delete()));
 
         let started = Instant::now();
-        let args = cluster.start_args(self.networks(), options);
+        let args = cluster.start_args(&self.uri, self.networks(), options);
         let result = self.run_minikube_start(lv, &cluster, &args, timeouts.minikube_start());
         self.timings.define_start = Some(started.elapsed());
         if let Err(e) = result {
@@ -354,14 +422,7 @@ impl Env {
         };
         write("error.txt", &error.to_string());
         let _ = std::fs::copy(&cluster.log, dir.join("minikube.log"));
-        let mut logs = cluster.command(["logs", "-p", &cluster.profile]);
-        let _ = crate::process::run_logged(
-            "minikube logs",
-            std::mem::replace(&mut logs, std::process::Command::new("true")),
-            &dir.join("minikube-logs.txt"),
-            Duration::from_secs(60),
-            &mut |_| {},
-        );
+        let _ = cluster.write_logs(&dir.join("minikube-logs.txt"), Duration::from_secs(60));
         if let Ok(xml) = lv.domain_xml(&cluster.profile) {
             write("domain.xml", &xml);
         }
@@ -373,12 +434,7 @@ impl Env {
                 );
             }
         }
-        let console = cluster
-            .files()
-            .root
-            .join("machines")
-            .join(&cluster.profile)
-            .join("console.log");
+        let console = cluster.machine_files(&self.home).console_log;
         let _ = std::fs::copy(console, dir.join("console.log"));
         Error::PostMortem {
             source: Box::new(error),
@@ -557,6 +613,10 @@ impl Env {
         self.networks.as_ref().expect("an Env has its networks")
     }
 
+    pub fn libvirt_uri(&self) -> &str {
+        &self.uri
+    }
+
     /// The environment's directory: SSH keys, known hosts, console logs.
     pub fn home(&self) -> &Path {
         &self.home
@@ -617,7 +677,7 @@ impl Env {
         };
         if let (Some(cluster), Backend::Minikube(options)) = (&self.minikube, &self.backend) {
             let lv = Libvirt::connect_to(&self.uri)?;
-            let args = cluster.start_args(self.networks(), options);
+            let args = cluster.start_args(&self.uri, self.networks(), options);
             self.run_minikube_start(
                 &lv,
                 cluster,
@@ -634,10 +694,15 @@ impl Env {
     }
 
     /// Describes the environment; with a machine, reads its current IPs from the leases.
+    /// A stopped machine has no IPs to show (`ips` is then `None`).
     pub fn describe(&self) -> Result<EnvDescription> {
         let (ips, ssh) = match self.machine() {
             Some(m) => (
-                Some(m.ips()?),
+                match m.ips() {
+                    Ok(ips) => Some(ips),
+                    Err(Error::MachineNotRunning { .. }) => None,
+                    Err(e) => return Err(e),
+                },
                 Some(SshDescription {
                     user: SSH_USER,
                     key: m.key().to_owned(),
@@ -704,12 +769,9 @@ impl Env {
         for machine in &self.machines {
             lv.tag_domain(machine.name(), &owner_xml)?;
         }
-        let record = self.home.join(crate::reaper::OWNER_RECORD);
-        let json = serde_json::to_string_pretty(&self.owner).expect("serialisable");
-        std::fs::write(&record, json).map_err(|e| Error::io(&record, e))?;
-        let description = self.describe();
+        self.write_owner_record()?;
         self.registration = None;
-        description
+        self.describe()
     }
 
     /// Leaves the environment in place when this value goes (for CLI-owned environments, which

@@ -31,6 +31,8 @@ pub enum Removal {
     Removed,
     /// Someone else (another reaper, a concurrent teardown) removed it first: fine.
     AlreadyGone,
+    /// It no longer is what the caller judged (another owner now): left alone.
+    Changed,
 }
 
 pub struct Libvirt {
@@ -124,11 +126,29 @@ impl Libvirt {
 
     /// Destroys (if active) and undefines a network. Gone already is not an error.
     pub fn remove_network(&self, name: &str) -> Result<Removal> {
+        self.remove_network_if(name, |_| true)
+    }
+
+    /// [`Libvirt::remove_network`] if `still_wanted` approves the network's current
+    /// (persistent) XML, read on the same handle that removes it.
+    pub fn remove_network_if(
+        &self,
+        name: &str,
+        still_wanted: impl Fn(&str) -> bool,
+    ) -> Result<Removal> {
         let net = match self.conn.lookup_network_by_name(name) {
             Ok(net) => net,
             Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
             Err(source) => return Err(failed("look up network", name, source)),
         };
+        let xml = net
+            .xml_desc(sys::VIR_NETWORK_XML_INACTIVE)
+            .or_else(|_| net.xml_desc(0));
+        match xml {
+            Ok(xml) if !still_wanted(&xml) => return Ok(Removal::Changed),
+            Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
+            _ => {}
+        }
         match net.destroy() {
             Ok(()) => {}
             Err(e) if is_gone(&e) || is_not_running(&e) => {}
@@ -165,11 +185,26 @@ impl Libvirt {
 
     /// Destroys (if running) and undefines a domain. Gone already is not an error.
     pub fn remove_domain(&self, name: &str) -> Result<Removal> {
+        self.remove_domain_if(name, |_| true)
+    }
+
+    /// [`Libvirt::remove_domain`] if `still_wanted` approves the domain's current XML, read on
+    /// the same handle that removes it.
+    pub fn remove_domain_if(
+        &self,
+        name: &str,
+        still_wanted: impl Fn(&str) -> bool,
+    ) -> Result<Removal> {
         let dom = match self.conn.lookup_domain_by_name(name) {
             Ok(dom) => dom,
             Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
             Err(source) => return Err(failed("look up domain", name, source)),
         };
+        match dom.xml_desc(0) {
+            Ok(xml) if !still_wanted(&xml) => return Ok(Removal::Changed),
+            Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
+            _ => {}
+        }
         match dom.destroy() {
             Ok(()) => {}
             Err(e) if is_gone(&e) || is_not_running(&e) => {}

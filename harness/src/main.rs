@@ -79,6 +79,9 @@ enum Command {
         /// Also remove CLI-owned environments, live or not.
         #[arg(long)]
         all: bool,
+        /// Only objects of this run id (MKH_RUN_ID or NEXTEST_RUN_ID of a run).
+        #[arg(long)]
+        run: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -150,7 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Image => image(),
         Command::Ls { json } => ls(json),
         Command::Down { name } => down(&name),
-        Command::Reap { all, json } => reap(all, json),
+        Command::Reap { all, run, json } => reap(all, run.as_deref(), json),
         Command::Audit { run, json } => audit(run.as_deref(), json),
     }
 }
@@ -229,7 +232,7 @@ fn ssh(name: &str, network: &str, command: &[String]) -> Result<ExitCode> {
     let machine = machine_of(name)?;
     let session = machine.ssh(role(network))?;
     if !command.is_empty() {
-        let out = session.exec(&command.join(" "))?;
+        let out = session.exec(&mkh::ssh::shell_join(command))?;
         print!("{}", out.stdout);
         eprint!("{}", out.stderr);
         return Ok(ExitCode::from(out.status.clamp(0, 255) as u8));
@@ -323,14 +326,14 @@ fn down(name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn reap(all: bool, json: bool) -> Result<ExitCode> {
+fn reap(all: bool, run: Option<&str>, json: bool) -> Result<ExitCode> {
     let lv = Libvirt::connect()?;
     let scope = if all {
         ReapScope::IncludingCli
     } else {
         ReapScope::DeadOwners
     };
-    let report = reaper::sweep(&lv, scope)?;
+    let report = reaper::sweep_run(&lv, scope, run)?;
     if json {
         println!(
             "{}",

@@ -1,5 +1,6 @@
-//! Names of the things mkh creates. Every libvirt object is named from a short random id, so
-//! names never collide between tests, runs or users on one libvirt host.
+//! Names of the things mkh creates. Networks are named from a short random id, and so are
+//! environments (and with them their machines and minikube profiles) unless the user names one
+//! (`mkh up --name`), so names do not collide between tests, runs or users on one libvirt host.
 
 use rand::Rng;
 

@@ -34,6 +34,12 @@ pub fn verdict(
     here: &HostIdentity,
     start_time_of: impl Fn(u32) -> Option<u64>,
 ) -> Verdict {
+    if obj.owner.process.host != here.host {
+        return Verdict::Keep(format!(
+            "owner is on host {:?}: only mkh there may remove it",
+            obj.owner.process.host
+        ));
+    }
     match (obj.owner.kind, scope) {
         (OwnerKind::Cli, ReapScope::IncludingCli) => {
             return Verdict::Reap("CLI-owned environment, `reap --all`".into())
@@ -74,7 +80,7 @@ pub const OWNER_RECORD: &str = "owner.json";
 /// (by the same rule as libvirt objects) loses the processes started for it — any process
 /// whose command line names a file inside it, such as a minikube stand-in's etcd and API
 /// server — and then the home itself.
-pub fn sweep_homes(scope: ReapScope, report: &mut ReapReport) {
+pub fn sweep_homes(scope: ReapScope, run: Option<&str>, report: &mut ReapReport) {
     let here = HostIdentity::current();
     let envs = crate::config::state_dir().join("envs");
     let Ok(entries) = std::fs::read_dir(&envs) else {
@@ -88,6 +94,9 @@ pub fn sweep_homes(scope: ReapScope, report: &mut ReapReport) {
         let Ok(owner) = serde_json::from_str::<Owner>(&text) else {
             continue;
         };
+        if run.is_some_and(|r| owner.run_id != r) {
+            continue;
+        }
         let obj = ClaimedObject {
             kind: ObjectKind::Home,
             name: home.display().to_string(),
@@ -151,8 +160,14 @@ fn kill_process(pid: i32) {
 /// One sweep over libvirt's objects (domains first, then the networks they sit on) and, for a
 /// local libvirt, over this user's environment homes.
 pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
+    sweep_run(lv, scope, None)
+}
+
+/// [`sweep`] limited to the objects of one run id (`mkh reap --run ID`), when given.
+pub fn sweep_run(lv: &Libvirt, scope: ReapScope, run: Option<&str>) -> Result<ReapReport> {
     let here = HostIdentity::current();
     let mut objects = claimed_objects(lv)?;
+    objects.retain(|o| run.is_none_or(|r| o.owner.run_id == r));
     objects.sort_by_key(|o| o.kind);
     let mut report = ReapReport::default();
     for obj in objects {
@@ -165,21 +180,28 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
         match verdict(&obj, scope, &here, process_start_time) {
             Verdict::Keep(why) => report.kept.push(entry(why)),
             Verdict::Reap(why) => {
+                // Judged from a listing: remove only if the object still has the owner it
+                // was judged by (a name may have been reused since).
+                let unchanged = |xml: &str| match Owner::from_object_xml(xml) {
+                    Some(owner) => owner == obj.owner,
+                    // A minikube domain claimed by the profile rule carries no record.
+                    None => obj.kind == ObjectKind::Domain,
+                };
                 let removal = match obj.kind {
-                    ObjectKind::Domain => lv.remove_domain(&obj.name),
-                    ObjectKind::Network => lv.remove_network(&obj.name),
+                    ObjectKind::Domain => lv.remove_domain_if(&obj.name, unchanged),
+                    ObjectKind::Network => lv.remove_network_if(&obj.name, unchanged),
                     ObjectKind::Home => continue,
                 };
                 match removal {
                     Ok(Removal::Removed) => report.removed.push(entry(why)),
-                    Ok(Removal::AlreadyGone) => {}
+                    Ok(Removal::AlreadyGone | Removal::Changed) => {}
                     Err(e) => report.errors.push(e.to_string()),
                 }
             }
         }
     }
     if lv.is_local() {
-        sweep_homes(scope, &mut report);
+        sweep_homes(scope, run, &mut report);
     }
     Ok(report)
 }
@@ -275,14 +297,16 @@ mod tests {
 
     #[test]
     fn owners_on_other_hosts_are_never_judged() {
-        let o = obj(OwnerKind::Process, 10, 5);
         let elsewhere = HostIdentity {
             host: "other".into(),
             boot_id: "x".into(),
         };
-        assert!(matches!(
-            verdict(&o, ReapScope::IncludingCli, &elsewhere, |_| None),
-            Verdict::Keep(_)
-        ));
+        for kind in [OwnerKind::Process, OwnerKind::Cli] {
+            let o = obj(kind, 10, 5);
+            assert!(matches!(
+                verdict(&o, ReapScope::IncludingCli, &elsewhere, |_| None),
+                Verdict::Keep(_)
+            ));
+        }
     }
 }

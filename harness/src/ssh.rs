@@ -136,6 +136,8 @@ pub fn try_connect(target: &SshTarget, timeout: Duration) -> Result<SshSession> 
     session
         .userauth_pubkey_file(&target.user, None, &target.key, None)
         .map_err(|e| fail(format!("key login with {}: {e}", target.key.display())))?;
+    // The timeout guards the connection; commands may run as long as they need.
+    session.set_timeout(0);
     Ok(SshSession {
         session,
         target: target.clone(),
@@ -199,6 +201,24 @@ pub fn openssh_known_hosts_line(known_hosts: &Path, machine: &str, ip: Ipv4Addr)
     Ok(format!("{ip} {kind} {encoded}\n"))
 }
 
+/// Quotes words for a POSIX shell, so `mkh ssh NAME -- sh -c 'a b'` runs what was typed.
+pub fn shell_join(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// OpenSSH-style `SHA256:...` fingerprint of a base64 key blob.
 pub fn fingerprint(encoded_key: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -213,7 +233,9 @@ pub fn fingerprint(encoded_key: &str) -> String {
 }
 
 impl SshSession {
-    /// Runs a command through the user's shell; collects exit status, stdout and stderr.
+    /// Runs a command through the user's shell; collects exit status, stdout and stderr. Reads
+    /// stdout to its end before stderr: a command writing megabytes to stderr alone can stall
+    /// (the channel window is 2 MiB).
     pub fn exec(&self, command: &str) -> Result<ExecOutput> {
         let fail = |problem: String| Error::Ssh {
             target: format!("{}@{}", self.target.user, self.target.ip),
@@ -263,6 +285,24 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("m1") && text.contains("SHA256:"), "{text}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        let words: Vec<String> = ["sh", "-c", "echo 'a b'; exit 3", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(shell_join(&words), r#"sh -c 'echo '\''a b'\''; exit 3' ''"#);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s|' {}", shell_join(&words)))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "sh|-c|echo 'a b'; exit 3||"
+        );
     }
 
     #[test]

@@ -185,6 +185,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+fn hooks() -> &'static Mutex<HashMap<u64, Hook>> {
+    static HOOKS: OnceLock<Mutex<HashMap<u64, Hook>>> = OnceLock::new();
+    HOOKS.get_or_init(Default::default)
+}
+
+/// Something to do when a signal ends the process, before its environments are torn down (for
+/// example keeping a timed-out test's logs). Removed when the guard drops.
+pub struct SignalHook(u64);
+
+impl SignalHook {
+    pub fn new(hook: impl Fn() + Send + Sync + 'static) -> SignalHook {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        install_signal_handler();
+        let key = NEXT.fetch_add(1, Ordering::Relaxed);
+        lock(hooks()).insert(key, Box::new(hook));
+        SignalHook(key)
+    }
+}
+
+impl Drop for SignalHook {
+    fn drop(&mut self) {
+        lock(hooks()).remove(&self.0);
+    }
+}
+
 /// Tears down every registered environment (in this process). Used by the signal handler.
 pub fn run_all() -> Vec<String> {
     let lists: Vec<Shared> = lock(registry()).values().cloned().collect();
@@ -207,6 +234,9 @@ fn install_signal_handler() {
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     eprintln!("mkh: signal {sig} received, tearing down this process's environments");
+                    for hook in lock(hooks()).values() {
+                        hook();
+                    }
                     for problem in run_all() {
                         eprintln!("mkh: teardown: {problem}");
                     }

@@ -84,7 +84,7 @@ fn a_stopped_machine_has_no_ip_and_comes_back_after_start() {
     );
 
     let after = m.start().unwrap();
-    // Same MAC, same lease: dnsmasq hands the address back.
+    // The same MACs keep their addresses (dnsmasq remembers them).
     assert_eq!(after, before);
     // The host key survived the restart: the recorded key still matches.
     assert_eq!(ssh_run(&env, NetworkRole::Private, "id -un"), "docker");
@@ -105,6 +105,11 @@ fn link_down_cuts_one_network_and_link_up_restores_it() {
         ips.private
     );
     assert_eq!(ssh_run(&env, NetworkRole::Nat, "id -un"), "docker");
+    // Commands may outlast the connection timeout (10 s).
+    assert_eq!(
+        ssh_run(&env, NetworkRole::Nat, "sleep 12; echo done"),
+        "done"
+    );
 
     m.set_link(NetworkRole::Private, true).unwrap();
     assert_eq!(ssh_run(&env, NetworkRole::Private, "id -un"), "docker");
@@ -145,13 +150,19 @@ fn a_stale_lease_with_the_same_hostname_is_not_taken_for_the_new_machine() {
         second_ip, first_ip,
         "the new machine was given the old machine's address"
     );
+    // The guest answering at the new address is the new machine: it has the new MAC.
     let m = &env.machines()[0];
-    let out = m
-        .ssh(NetworkRole::Private)
-        .unwrap()
-        .exec("hostname")
-        .unwrap();
-    assert_eq!(out.stdout.trim(), "twin");
+    let new_mac = m.nics()[0].mac.clone();
+    assert_ne!(new_mac, first_mac);
+    let ssh = m.ssh(NetworkRole::Private).unwrap();
+    let out = ssh.exec("cat /sys/class/net/*/address").unwrap();
+    assert!(
+        out.stdout.contains(&new_mac),
+        "{new_mac} not in {}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(&first_mac));
+    assert_eq!(ssh.exec("hostname").unwrap().stdout.trim(), "twin");
     env.teardown_blocking().unwrap();
 }
 

@@ -144,8 +144,17 @@ fn both_networks_come_up_with_bridges_and_dhcp() {
 
 #[test]
 fn two_processes_started_at_once_get_different_subnets() {
-    let a = std::thread::spawn(|| ChildEnv::start(CHILD, "hold"));
-    let b = std::thread::spawn(|| ChildEnv::start(CHILD, "hold"));
+    // A pool of exactly four subnets for four networks: any overlap would show.
+    let start = || {
+        ChildEnv::start_with(
+            Command::new(CHILD)
+                .arg("hold")
+                .env("MKH_SUBNET_POOL", "10.207.240.0/22")
+                .env("MKH_SUBNET_PREFIX", "24"),
+        )
+    };
+    let a = std::thread::spawn(start);
+    let b = std::thread::spawn(start);
     let (mut a, mut b) = (a.join().unwrap(), b.join().unwrap());
     let mut all = a.subnets();
     all.extend(b.subnets());
@@ -217,8 +226,11 @@ fn a_panicking_test_still_removes_its_networks() {
 
 #[test]
 fn a_decoy_named_like_mkh_survives_reap_all() {
-    // A CLI-owned environment, which `reap --all` must remove...
-    let cli = ChildEnv::start(CHILD, "hold-cli");
+    // The decoy is not mkh's, whatever run is asked for: only metadata makes an object mkh's.
+    // A CLI-owned environment, which `reap --all` must remove, under a run id of its own: the
+    // reap is limited to it, so the developers' and other runs' environments on this host stay.
+    let run = format!("decoy-test-{}", std::process::id());
+    let cli = ChildEnv::start_with(Command::new(CHILD).arg("hold-cli").env("MKH_RUN_ID", &run));
     let cli_names = cli.network_names();
     // ...and a network that only looks like mkh's: no metadata.
     let lv = libvirt();
@@ -233,7 +245,7 @@ fn a_decoy_named_like_mkh_survives_reap_all() {
     );
     lv.define_and_start_network(&decoy, &xml).unwrap();
 
-    let (code, out, err) = mkh(&["reap", "--all"]);
+    let (code, out, err) = mkh(&["reap", "--all", "--run", &run]);
     let decoy_survived = network_exists(&decoy);
     let _ = lv.remove_network(&decoy); // the test's own object: the test removes it
     assert_eq!(code, 0, "{out}{err}");

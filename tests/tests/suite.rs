@@ -85,6 +85,11 @@ fn a_test_that_panics_leaves_its_console_log_and_nothing_in_libvirt() {
         );
     }
     assert_run_left_nothing(&run_id, &log);
+    assert_console_log_kept(&got, &log);
+}
+
+/// The failed test's artifact directory holds its machine's console log (then it is removed).
+fn assert_console_log_kept(got: &Value, log: &str) {
     let artifacts = Path::new(got["artifacts"].as_str().unwrap());
     let console = std::fs::read_dir(artifacts)
         .unwrap_or_else(|e| panic!("no artifact directory {}: {e}\n{log}", artifacts.display()))
@@ -100,7 +105,7 @@ fn a_test_that_panics_leaves_its_console_log_and_nothing_in_libvirt() {
 }
 
 #[test]
-fn a_test_that_nextest_times_out_is_torn_down_within_the_grace_period() {
+fn a_test_that_nextest_times_out_is_torn_down_within_the_grace_period_and_keeps_its_console_log() {
     let (output, run_id, dir) = nested_run("mkh-selftest-timeout", "test(=deliberately_slow)", "1");
     let log = text(&output);
     assert!(
@@ -121,6 +126,7 @@ fn a_test_that_nextest_times_out_is_torn_down_within_the_grace_period() {
         );
     }
     assert_run_left_nothing(&run_id, &log);
+    assert_console_log_kept(&got, &log);
 }
 
 #[test]

@@ -20,13 +20,14 @@ pub use home::{MachineConfig, MinikubeFiles, ProfileConfig};
 
 /// Flags that would take the cluster out of mkh's hands: its profile, driver and networks are
 /// mkh's to choose.
-pub const RESERVED_FLAGS: [&str; 6] = [
+pub const RESERVED_FLAGS: [&str; 7] = [
     "-p",
     "--profile",
     "--driver",
     "--vm-driver",
     "--network",
     "--kvm-network",
+    "--kvm-qemu-uri",
 ];
 
 /// What a test may choose about its minikube cluster.
@@ -46,7 +47,9 @@ pub struct MinikubeOptions {
 pub fn check_extra_args(args: &[String]) -> Result<()> {
     for arg in args {
         let flag = arg.split('=').next().unwrap_or(arg);
-        if RESERVED_FLAGS.contains(&flag) {
+        // `-pNAME` is the short profile flag with its value attached.
+        let short_profile = arg.starts_with("-p") && !arg.starts_with("--");
+        if RESERVED_FLAGS.contains(&flag) || short_profile {
             return Err(Error::InvalidInput {
                 what: "minikube start argument",
                 value: arg.clone(),
@@ -163,12 +166,19 @@ impl MinikubeCluster {
     }
 
     /// The `minikube start` arguments: mkh's networks and profile, then the user's.
-    pub fn start_args(&self, networks: &NetworkPair, options: &MinikubeOptions) -> Vec<String> {
+    pub fn start_args(
+        &self,
+        libvirt_uri: &str,
+        networks: &NetworkPair,
+        options: &MinikubeOptions,
+    ) -> Vec<String> {
         let mut args = vec![
             "start".to_owned(),
             "-p".to_owned(),
             self.profile.clone(),
             "--driver=kvm2".to_owned(),
+            // The libvirt mkh made the networks on, not minikube's default.
+            format!("--kvm-qemu-uri={libvirt_uri}"),
             format!("--kvm-network={}", networks.nat.name),
             format!("--network={}", networks.private.name),
         ];
@@ -216,18 +226,20 @@ impl MinikubeCluster {
         ProfileConfig::read(&self.files().profile_config(&self.profile))
     }
 
-    /// Output of `minikube logs` (for a post-mortem), or why there is none.
-    pub fn logs(&self, deadline: Duration) -> String {
-        let out = self.command(["logs", "-p", &self.profile]).output();
-        let _ = deadline; // `minikube logs` ends by itself; a hung one is cut by the caller's group
-        match out {
-            Ok(o) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => format!("could not run minikube logs: {e}"),
+    /// Where the machine's key and console log are (the recorded host keys stay in `home`).
+    pub fn machine_files(&self, home: &Path) -> crate::machine::MachineFiles {
+        let machine_dir = self.files().root.join("machines").join(&self.profile);
+        crate::machine::MachineFiles {
+            key: self.files().ssh_key(&self.profile),
+            known_hosts: home.join("known_hosts"),
+            console_log: machine_dir.join("console.log"),
         }
+    }
+
+    /// `minikube logs` into `out`, in its own process group, cut at `deadline`.
+    pub fn write_logs(&self, out: &Path, deadline: Duration) -> Result<()> {
+        let cmd = self.command(["logs", "-p", &self.profile]);
+        crate::process::run_logged("minikube logs", cmd, out, deadline, &mut |_| {})
     }
 }
 
@@ -244,11 +256,13 @@ mod tests {
     fn isolation_breaking_flags_are_refused_in_every_form() {
         for bad in [
             "-p",
+            "-pother",
             "--profile=x",
             "--driver=docker",
             "--network",
             "--kvm-network=default",
             "--vm-driver=kvm2",
+            "--kvm-qemu-uri=qemu:///session",
         ] {
             let err = check_extra_args(&args(&["--wait=all", bad]))
                 .unwrap_err()
@@ -283,12 +297,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            c.start_args(&pair, &opts),
+            c.start_args("qemu:///system", &pair, &opts),
             args(&[
                 "start",
                 "-p",
                 "mkh-a",
                 "--driver=kvm2",
+                "--kvm-qemu-uri=qemu:///system",
                 "--kvm-network=mkh-a-nat",
                 "--network=mkh-a-priv",
                 "--memory=2048",

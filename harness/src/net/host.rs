@@ -1,6 +1,6 @@
 //! What this host already uses: interface addresses and routes. Only meaningful when libvirt runs
 //! on this host; for a remote libvirt, its own refusal to start a network on a used subnet is the
-//! check (see [`crate::net::allocate`]).
+//! check (see [`crate::net::create_pair`]).
 
 use std::net::Ipv4Addr;
 

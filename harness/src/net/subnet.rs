@@ -1,5 +1,5 @@
 //! Subnet choice: a pure function of the pool and what is taken. The allocator
-//! ([`crate::net::allocate`]) gathers what is taken and holds the lock.
+//! ([`crate::net::create_pair`]) gathers what is taken and holds the lock.
 
 use std::net::Ipv4Addr;
 

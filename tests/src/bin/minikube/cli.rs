@@ -62,6 +62,7 @@ pub enum Output {
 pub struct StartOptions {
     pub driver: Option<String>,
     pub kvm_network: Option<String>,
+    pub kvm_qemu_uri: Option<String>,
     pub network: Option<String>,
     pub memory_mib: Option<u32>,
     pub cpus: Option<u32>,
@@ -113,6 +114,7 @@ const GLOBAL_FLAGS: &[FlagSpec] = &[
 const START_FLAGS: &[FlagSpec] = &[
     flag("driver", Some('d'), Arity::Value),
     flag("kvm-network", None, Arity::Value),
+    flag("kvm-qemu-uri", None, Arity::Value),
     flag("network", None, Arity::Value),
     flag("memory", None, Arity::Value),
     flag("cpus", None, Arity::Value),
@@ -354,6 +356,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "help" => help = parse_bool(f)?,
             "driver" => start.driver = Some(value_of(f)),
             "kvm-network" => start.kvm_network = Some(value_of(f)),
+            "kvm-qemu-uri" => start.kvm_qemu_uri = Some(value_of(f)),
             "network" => start.network = Some(value_of(f)),
             "memory" => {
                 let v = value_of(f);

@@ -563,6 +563,15 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             ));
         }
     }
+    if let Some(uri) = opts.kvm_qemu_uri.as_deref() {
+        if uri != URI {
+            return Err(Failure::exit(
+                EX_DRIVER_UNSUPPORTED,
+                "DRV_UNSUPPORTED",
+                format!("the minikube stand-in supports only --kvm-qemu-uri={URI}, not {uri}"),
+            ));
+        }
+    }
     validate_profile_name(name)?;
     // Fail before creating anything if the control plane cannot run.
     control_plane::apiserver_binary()?;

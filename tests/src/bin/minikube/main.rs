@@ -75,7 +75,8 @@
 //! - `status` prints `kubelet: Stopped` (true: none runs); its exit code counts the kubelet bit
 //!   only when the host is down (0 running, 7 stopped), where real minikube would add 2.
 //! - Under TCG the domain is `type='qemu'` without host-passthrough (kvm2 always asks for KVM
-//!   and host-passthrough). The libvirt URI is always `qemu:///system`.
+//!   and host-passthrough). The libvirt URI is always `qemu:///system` (`--kvm-qemu-uri` with
+//!   another value is refused).
 //! - Not imitated: the machines lock that serialises parallel kvm2 starts in released versions,
 //!   ARP fallback for the IP, `events.json`, ISO/preload caches, `--subnet`, `--static-ip`,
 //!   multi-node, addons, `minikube ssh`, `delete --all/--purge`, klog output.
