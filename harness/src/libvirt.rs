@@ -375,11 +375,12 @@ impl Libvirt {
         Ok(true)
     }
 
-    /// The host's capabilities XML (guest architectures and domain types).
-    pub fn capabilities(&self) -> Result<String> {
+    /// The domain capabilities XML for x86_64 guests of `virttype` (`kvm`, `qemu`), or `None`
+    /// when the host offers no such domains.
+    pub fn domain_capabilities(&self, virttype: &str) -> Option<String> {
         self.conn
-            .capabilities()
-            .map_err(|source| failed("read capabilities of", &self.uri, source))
+            .domain_capabilities(None, Some("x86_64"), None, Some(virttype), 0)
+            .ok()
     }
 
     fn domain(&self, name: &str) -> Result<virt::domain::Domain> {

@@ -39,10 +39,21 @@ pub fn mkh_bin() -> PathBuf {
 
 /// Runs `mkh ARGS`, returning (exit code, stdout, stderr).
 pub fn mkh(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(mkh_bin())
-        .args(args)
-        .output()
-        .expect("mkh runs");
+    mkh_with_env(args, &[])
+}
+
+/// `mkh ARGS` with extra environment variables (an empty value removes the variable).
+pub fn mkh_with_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(mkh_bin());
+    cmd.args(args);
+    for (k, v) in envs {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().expect("mkh runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

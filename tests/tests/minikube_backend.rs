@@ -141,6 +141,46 @@ fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_pro
     assert_cluster_gone(&name, &home);
 }
 
+#[test]
+fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
+    let name = format!("mkrt-{}", std::process::id());
+    let (code, out, err) = mkh_with_env(
+        &["up", "--backend", "minikube", "--name", &name, "--json"],
+        &[("MKH_MINIKUBE", STANDIN)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["backend"], "minikube");
+    assert_eq!(d["profile"], name.as_str());
+    assert_eq!(d["context"], name.as_str());
+    let kubeconfig = std::fs::read_to_string(d["kubeconfig"].as_str().unwrap()).unwrap();
+    assert!(kubeconfig.contains(&name));
+    let minikube_home = PathBuf::from(d["minikube_home"].as_str().unwrap());
+    // The MINIKUBE_HOME to give the minikube binary: `minikube ip` agrees with mkh.
+    let ip = std::process::Command::new(STANDIN)
+        .args(["-p", &name, "ip"])
+        .env("MINIKUBE_HOME", &minikube_home)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ip.stdout).trim(),
+        d["ips"]["private"].as_str().unwrap()
+    );
+    let (code, out, _) = mkh(&["ip", &name, "--network", "nat"]);
+    assert_eq!((code, out.trim()), (0, d["ips"]["nat"].as_str().unwrap()));
+    let (code, out, err) = mkh(&["ssh", &name, "--", "id", "-un"]);
+    assert_eq!((code, out.trim()), (0, "docker"), "{err}");
+
+    // `down` needs nothing from the caller's environment: the binary is recorded.
+    let home = PathBuf::from(d["home"].as_str().unwrap());
+    let (code, out, err) = mkh_with_env(
+        &["down", &name],
+        &[("MKH_MINIKUBE", ""), ("MKH_KUBE_APISERVER", "")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_cluster_gone(&name, &home);
+}
+
 #[tokio::test]
 async fn arguments_that_break_isolation_are_refused_before_anything_is_made() {
     for bad in [

@@ -43,7 +43,7 @@ impl Accel {
 pub struct AccelFacts {
     /// `MKH_ACCEL`, when set.
     pub forced: Option<String>,
-    /// The libvirt host's capabilities list a `kvm` domain type for x86_64.
+    /// The libvirt host offers `kvm` domains for x86_64 (its domain capabilities).
     pub libvirt_offers_kvm: bool,
     /// For a local libvirt: whether /proc/cpuinfo shows vmx or svm. `None` for a remote host.
     pub cpu_has_virt_flags: Option<bool>,
@@ -83,24 +83,12 @@ pub fn decide(facts: &AccelFacts) -> Result<(Accel, String)> {
     }
 }
 
-/// Whether the capabilities XML lists a kvm domain type for an x86_64 guest.
-pub fn capabilities_offer_kvm(caps_xml: &str) -> bool {
-    let Ok(els) = crate::xml::elements(caps_xml) else {
-        return false;
-    };
-    let mut arch = String::new();
-    for e in &els {
-        if e.is_at(&["capabilities", "guest", "arch"]) {
-            arch = e.attr("name").unwrap_or_default().to_owned();
-        }
-        if e.is_at(&["capabilities", "guest", "arch", "domain"])
-            && arch == "x86_64"
-            && e.attr("type") == Some("kvm")
-        {
-            return true;
-        }
-    }
-    false
+/// Whether domain capabilities (asked for virttype kvm) describe kvm domains.
+pub fn domain_capabilities_offer_kvm(domcaps_xml: &str) -> bool {
+    crate::xml::elements(domcaps_xml).is_ok_and(|els| {
+        els.iter()
+            .any(|e| e.is_at(&["domainCapabilities", "domain"]) && e.text.trim() == "kvm")
+    })
 }
 
 /// Whether this host's CPU flags show hardware virtualisation.
@@ -150,14 +138,13 @@ mod tests {
 
     #[test]
     fn capabilities_and_cpuinfo_are_read() {
-        let caps = "<capabilities><guest><os_type>hvm</os_type><arch name='i686'><domain type='kvm'/></arch></guest>\
-                    <guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>";
-        assert!(!capabilities_offer_kvm(caps));
-        let caps = caps.replace(
-            "<domain type='qemu'/>",
-            "<domain type='qemu'/><domain type='kvm'/>",
-        );
-        assert!(capabilities_offer_kvm(&caps));
+        let caps = "<domainCapabilities><path>/usr/bin/qemu-system-x86_64</path>\
+                    <domain>kvm</domain><arch>x86_64</arch></domainCapabilities>";
+        assert!(domain_capabilities_offer_kvm(caps));
+        assert!(!domain_capabilities_offer_kvm(
+            &caps.replace(">kvm<", ">qemu<")
+        ));
+        assert!(!domain_capabilities_offer_kvm("not xml"));
         assert!(cpuinfo_has_virt_flags("flags\t\t: fpu vme vmx sse\n"));
         assert!(!cpuinfo_has_virt_flags(
             "flags\t\t: fpu vme sse\nvmx: none\n"

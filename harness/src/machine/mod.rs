@@ -101,7 +101,9 @@ impl MachineFiles {
 pub fn choose_accel(lv: &Libvirt) -> Result<Accel> {
     let facts = AccelFacts {
         forced: std::env::var("MKH_ACCEL").ok(),
-        libvirt_offers_kvm: accel::capabilities_offer_kvm(&lv.capabilities()?),
+        libvirt_offers_kvm: lv
+            .domain_capabilities("kvm")
+            .is_some_and(|xml| accel::domain_capabilities_offer_kvm(&xml)),
         cpu_has_virt_flags: lv.is_local().then(accel::local_cpu_has_virt_flags),
     };
     let (accel, why) = accel::decide(&facts)?;
