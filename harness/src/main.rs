@@ -192,7 +192,8 @@ fn up(name: Option<String>, backend: Backend, json: bool) -> Result<ExitCode> {
         println!("  kubeconfig {} (context {context})", kubeconfig.display());
     }
     println!("reach it:");
-    println!("  mkh ssh {} -- id -un", desc.name);
+    let mkh = invoked_as();
+    println!("  {mkh} ssh {} -- id -un", desc.name);
     println!(
         "  ssh -i {} {}@{}",
         ssh.key.display(),
@@ -200,8 +201,27 @@ fn up(name: Option<String>, backend: Backend, json: bool) -> Result<ExitCode> {
         ips.private
     );
     println!("remove it:");
-    println!("  mkh down {}", desc.name);
+    println!("  {mkh} down {}", desc.name);
     Ok(ExitCode::SUCCESS)
+}
+
+/// How to call this binary again in printed hints: `mkh` when that is what PATH finds, else the
+/// path it was started by (e.g. `target/debug/mkh` under `cargo run`).
+fn invoked_as() -> String {
+    let argv0 = std::env::args().next().unwrap_or_else(|| "mkh".into());
+    if !argv0.contains('/') {
+        return argv0;
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            std::fs::canonicalize(d.join("mkh")).ok() == std::fs::canonicalize(&argv0).ok()
+        })
+    });
+    if on_path {
+        "mkh".into()
+    } else {
+        argv0
+    }
 }
 
 /// The first machine of a named environment, read back from libvirt.
