@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::inventory;
 use crate::libvirt::{default_uri, Libvirt};
 use crate::machine::accel::Accel;
-use crate::machine::{choose_accel, Ips, Machine, MachineFiles, MachineOptions, SSH_USER};
+use crate::machine::{choose_accel, Ips, Machine, MachineOptions, SSH_USER};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
 use crate::names::{validate_env_name, EnvId};
 use crate::net::{create_pair, NetworkPair, SubnetPool};
@@ -257,6 +257,17 @@ impl Env {
         std::fs::write(&record, json).map_err(|e| Error::io(&record, e))
     }
 
+    /// Waits for both leases, then SSH on both networks, timing each phase.
+    fn wait_ready_timed(&mut self, machine: &Machine) -> Result<()> {
+        let started = Instant::now();
+        machine.ips()?;
+        self.timings.leases = Some(started.elapsed());
+        let started = Instant::now();
+        machine.wait_ready()?;
+        self.timings.ssh = Some(started.elapsed());
+        Ok(())
+    }
+
     /// After a failed creation: keeps the console logs and minikube's post-mortem in
     /// `<home>/postmortem/` (the rest of the home goes), and says where.
     fn keep_post_mortem(&self, error: Error) -> Error {
@@ -320,25 +331,9 @@ impl Env {
         if let Err(e) = result {
             return Err(self.post_mortem(lv, &cluster, e));
         }
-        let files = MachineFiles {
-            key: cluster.files().ssh_key(&cluster.profile),
-            known_hosts: self.home.join("known_hosts"),
-            console_log: cluster
-                .files()
-                .root
-                .join("machines")
-                .join(&cluster.profile)
-                .join("console.log"),
-        };
-        let ready = Machine::attach(lv, &cluster.profile, files).and_then(|machine| {
-            let started = Instant::now();
-            machine.ips()?;
-            self.timings.leases = Some(started.elapsed());
-            let started = Instant::now();
-            machine.wait_ready()?;
-            self.timings.ssh = Some(started.elapsed());
-            Ok(machine)
-        });
+        let files = cluster.machine_files(&self.home);
+        let ready = Machine::attach(lv, &cluster.profile, files)
+            .and_then(|machine| self.wait_ready_timed(&machine).map(|()| machine));
         match ready {
             Ok(machine) => {
                 self.machines.push(machine);
@@ -480,12 +475,7 @@ impl Env {
             &mut |dom| registration.add_domain(dom),
         )?;
         self.timings.define_start = Some(started.elapsed());
-        let started = Instant::now();
-        machine.ips()?;
-        self.timings.leases = Some(started.elapsed());
-        let started = Instant::now();
-        machine.wait_ready()?;
-        self.timings.ssh = Some(started.elapsed());
+        self.wait_ready_timed(&machine)?;
         self.machines.push(machine);
         Ok(self.machines.last().expect("just pushed"))
     }

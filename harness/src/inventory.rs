@@ -142,16 +142,7 @@ impl EnvSummary {
         };
         let home = Path::new(home);
         let files = match self.minikube_cluster() {
-            Some(c) => MachineFiles {
-                key: c.files().ssh_key(&c.profile),
-                known_hosts: home.join("known_hosts"),
-                console_log: c
-                    .files()
-                    .root
-                    .join("machines")
-                    .join(&c.profile)
-                    .join("console.log"),
-            },
+            Some(c) => c.machine_files(home),
             None => MachineFiles::builtin(home, domain),
         };
         Machine::attach(lv, domain, files)

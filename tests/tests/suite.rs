@@ -78,14 +78,19 @@ fn a_test_that_panics_leaves_its_console_log_and_nothing_in_libvirt() {
         "the deliberate failure passed:\n{log}"
     );
     let got = reported(dir.path(), "deliberately_panics");
+    assert_networks_gone(&got, &log);
+    assert_run_left_nothing(&run_id, &log);
+    assert_console_log_kept(&got, &log);
+}
+
+/// The networks the nested test reported are gone.
+fn assert_networks_gone(got: &Value, log: &str) {
     for net in got["networks"].as_array().unwrap() {
         assert!(
             !network_exists(net.as_str().unwrap()),
             "{net} left behind:\n{log}"
         );
     }
-    assert_run_left_nothing(&run_id, &log);
-    assert_console_log_kept(&got, &log);
 }
 
 /// The failed test's artifact directory holds its machine's console log (then it is removed).
@@ -119,12 +124,7 @@ fn a_test_that_nextest_times_out_is_torn_down_within_the_grace_period_and_keeps_
     // A SIGKILL after the grace period would show as such; teardown must finish before it.
     assert!(!log.contains("SIGKILL"), "the test needed SIGKILL:\n{log}");
     let got = reported(dir.path(), "deliberately_slow");
-    for net in got["networks"].as_array().unwrap() {
-        assert!(
-            !network_exists(net.as_str().unwrap()),
-            "{net} left behind:\n{log}"
-        );
-    }
+    assert_networks_gone(&got, &log);
     assert_run_left_nothing(&run_id, &log);
     assert_console_log_kept(&got, &log);
 }
