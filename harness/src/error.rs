@@ -3,9 +3,14 @@
 
 use std::path::PathBuf;
 
+/// mkh's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What went wrong, with the resource it concerns and what to do about it. New variants may be
+/// added: match with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+#[allow(missing_docs)] // Each variant's message documents it.
 pub enum Error {
     #[error("invalid {what} {value:?}: {problem}; {fix}")]
     InvalidInput {
@@ -13,6 +18,13 @@ pub enum Error {
         value: String,
         problem: String,
         fix: &'static str,
+    },
+
+    #[error("invalid {what} {value:?}: {problem}")]
+    Settings {
+        what: String,
+        value: String,
+        problem: String,
     },
 
     #[error("cannot connect to libvirt at {uri}: {source}; start libvirtd (and virtlogd), check that your user may use its socket, or set MKH_LIBVIRT_URI")]
@@ -72,15 +84,21 @@ pub enum Error {
     #[error("{source}\n  what explains it is kept in {}", .bundle.display())]
     PostMortem { source: Box<Error>, bundle: PathBuf },
 
-    #[error("no Kubernetes client for context {context:?} of {}: {problem}", .kubeconfig.display())]
+    #[error("no Kubernetes client for context {context:?} of {}: {source}", .kubeconfig.display())]
     Kube {
         kubeconfig: PathBuf,
         context: String,
-        problem: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     #[error("SSH to {target}: {problem}")]
-    Ssh { target: String, problem: String },
+    Ssh {
+        target: String,
+        problem: String,
+        #[source]
+        source: Option<SshCause>,
+    },
 
     #[error("the SSH host key of machine {machine} changed: {known} was recorded in {record}, the guest offered {offered}; a different machine may answer at that address (stale lease?). If the machine was rebuilt on purpose, remove its line from that file")]
     HostKeyChanged {
@@ -132,9 +150,22 @@ impl From<crate::machine::image::ImageError> for Error {
     }
 }
 
+/// The underlying failure of an SSH step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SshCause {
+    /// The network or a local file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The SSH protocol (libssh2).
+    #[error(transparent)]
+    Protocol(#[from] ssh2::Error),
+}
+
 /// A machine got no DHCP lease in time: what was asked and what was seen.
 #[derive(Debug, thiserror::Error)]
 #[error("no DHCP lease for machine {machine} on network {network} (MAC {mac}) within {after:?}; leases seen there: {seen}. Check the machine's console log: {}", .console.display())]
+#[allow(missing_docs)] // The message documents the fields.
 pub struct NoLease {
     pub machine: String,
     pub network: String,

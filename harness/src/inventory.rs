@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::libvirt::Libvirt;
@@ -19,18 +18,26 @@ use crate::teardown::Teardown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
+/// What kind of object mkh claims.
 pub enum ObjectKind {
+    /// A libvirt domain (a machine).
     Domain,
+    /// A libvirt network.
     Network,
     /// An environment's home directory on this host (reaper only).
     Home,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// An object whose owner record says it is mkh's.
 pub struct ClaimedObject {
+    /// Domain, network or home.
     pub kind: ObjectKind,
+    /// Its name (a path for a home).
     pub name: String,
+    /// Whether it runs.
     pub active: bool,
+    /// Its owner record.
     pub owner: Owner,
 }
 
@@ -87,6 +94,7 @@ fn owner_by_profile(name: &str, xml: &str, networks: &[ClaimedObject]) -> Option
 
 /// One environment as `mkh ls` shows it.
 #[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)] // The fields are the owner record's (see [`Owner`]).
 pub struct EnvSummary {
     pub name: String,
     pub kind: OwnerKind,
@@ -97,7 +105,9 @@ pub struct EnvSummary {
     pub home: Option<String>,
     pub profile: Option<String>,
     pub minikube: Option<String>,
+    /// Its domains in libvirt.
     pub domains: Vec<String>,
+    /// Its networks in libvirt.
     pub networks: Vec<String>,
 }
 
@@ -120,7 +130,7 @@ impl EnvSummary {
             env: self.name.clone(),
             commands: self
                 .minikube_cluster()
-                .map(|c| c.delete_command(Duration::from_secs(60)))
+                .map(|c| c.delete_command())
                 .into_iter()
                 .collect(),
             domains: self.domains.clone(),
@@ -131,7 +141,7 @@ impl EnvSummary {
     }
 
     /// A handle on the environment's first machine.
-    pub fn machine(&self, lv: &Libvirt) -> Result<Machine> {
+    pub fn machine(&self, lv: &std::sync::Arc<Libvirt>, timeout_scale: f64) -> Result<Machine> {
         let (Some(domain), Some(home)) = (self.domains.first(), self.home.as_ref()) else {
             return Err(Error::InvalidInput {
                 what: "environment",
@@ -145,7 +155,15 @@ impl EnvSummary {
             Some(c) => c.machine_files(home),
             None => MachineFiles::builtin(home, domain),
         };
-        Machine::attach(lv, domain, files)
+        let network = |suffix: &str| {
+            self.networks
+                .iter()
+                .find(|n| n.ends_with(suffix))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let networks = crate::net::NetworkPair::named(&network("-nat"), &network("-priv"));
+        Machine::attach(lv, domain, &networks, files, timeout_scale)
     }
 }
 
@@ -179,10 +197,13 @@ pub fn environments(objects: &[ClaimedObject]) -> Vec<EnvSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owner::OwnerKind;
 
     fn net(name: &str, env: &str, profile: Option<&str>) -> ClaimedObject {
-        let mut owner = Owner::for_new_object(OwnerKind::Process, env);
+        let mut owner = {
+            let mut o = crate::owner::tests::sample_owner();
+            o.env = env.to_owned();
+            o
+        };
         owner.profile = profile.map(str::to_owned);
         ClaimedObject {
             kind: ObjectKind::Network,
@@ -215,5 +236,56 @@ mod tests {
         assert!(owner_by_profile("p1", &domain_on(&["mkh-b-nat"]), &nets).is_none());
         // A name no mkh network records.
         assert!(owner_by_profile("other", &domain_on(&["mkh-a-nat"]), &nets).is_none());
+    }
+
+    use crate::libvirt::Removal;
+    use crate::net::{NetworkKind, NetworkSpec};
+    const TEST_URI: &str = "test:///default";
+
+    #[test]
+    fn objects_are_found_by_their_metadata_on_the_test_driver() {
+        let lv = Libvirt::connect_to(TEST_URI).unwrap();
+        let owner = {
+            let mut o = crate::owner::tests::sample_owner();
+            o.env = "mkh-tdrv01".into();
+            o
+        };
+        let spec = NetworkSpec::new(
+            "mkh-tdrv01-nat",
+            NetworkKind::Nat,
+            "mkh-tdrv01-nat",
+            "10.209.1.0/24".parse().unwrap(),
+            owner.clone(),
+        )
+        .unwrap();
+        lv.define_and_start_network(&spec.name, &spec.to_xml())
+            .unwrap();
+
+        let claimed = claimed_objects(&lv).unwrap();
+        let mine: Vec<_> = claimed
+            .iter()
+            .filter(|o| o.owner.env == "mkh-tdrv01")
+            .collect();
+        assert_eq!(mine.len(), 1, "{claimed:?}");
+        assert_eq!(mine[0].name, "mkh-tdrv01-nat");
+        assert_eq!(mine[0].kind, ObjectKind::Network);
+        assert!(mine[0].active);
+        assert_eq!(mine[0].owner, owner);
+        // The driver's own `default` network carries no mkh metadata and is not claimed.
+        assert!(claimed.iter().all(|o| o.name != "default"));
+
+        assert_eq!(
+            lv.remove_network("mkh-tdrv01-nat").unwrap(),
+            Removal::Removed
+        );
+        assert_eq!(
+            lv.remove_network("mkh-tdrv01-nat").unwrap(),
+            Removal::AlreadyGone
+        );
+        assert!(lv
+            .networks()
+            .unwrap()
+            .iter()
+            .all(|n| n.name != "mkh-tdrv01-nat"));
     }
 }

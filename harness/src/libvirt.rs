@@ -9,13 +9,6 @@ use virt::sys;
 
 use crate::error::{Error, Result};
 
-/// `MKH_LIBVIRT_URI`, else `LIBVIRT_DEFAULT_URI`, else `qemu:///system`.
-pub fn default_uri() -> String {
-    std::env::var("MKH_LIBVIRT_URI")
-        .or_else(|_| std::env::var("LIBVIRT_DEFAULT_URI"))
-        .unwrap_or_else(|_| "qemu:///system".to_owned())
-}
-
 /// Whether a URI reaches the libvirt of this host, so that host-side facts (interfaces, routes,
 /// processes) describe the same machine as libvirt's objects.
 pub fn uri_is_local(uri: &str) -> bool {
@@ -40,6 +33,12 @@ pub struct Libvirt {
     uri: String,
 }
 
+impl std::fmt::Debug for Libvirt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Libvirt({})", self.uri)
+    }
+}
+
 /// A libvirt object seen in a listing: its name and its full XML.
 #[derive(Debug, Clone)]
 pub struct ObjectXml {
@@ -49,10 +48,6 @@ pub struct ObjectXml {
 }
 
 impl Libvirt {
-    pub fn connect() -> Result<Libvirt> {
-        Libvirt::connect_to(&default_uri())
-    }
-
     pub fn connect_to(uri: &str) -> Result<Libvirt> {
         static QUIET: Once = Once::new();
         // libvirt's default handler prints every error to stderr, including the expected ones
@@ -74,6 +69,11 @@ impl Libvirt {
 
     pub fn is_local(&self) -> bool {
         uri_is_local(&self.uri)
+    }
+
+    /// libvirt's built-in `test:///` driver: objects in memory, no real networks or machines.
+    pub fn is_test_driver(&self) -> bool {
+        self.uri.starts_with("test:")
     }
 
     /// Every network, defined or transient, active or not, with its XML.

@@ -2,16 +2,35 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use mkh::env::Backend;
-use mkh::inventory::{claimed_objects, environments, EnvSummary};
-use mkh::libvirt::Libvirt;
-use mkh::machine::{Machine, MachineOptions, NetworkRole};
-use mkh::minikube::MinikubeOptions;
-use mkh::owner::OwnerKind;
-use mkh::reaper::{self, ReapScope};
-use mkh::{Error, Result};
+use mkh::admin::{self, OwnerKind, ReapScope};
+use mkh::{Backend, MachineOptions, MinikubeOptions, NetworkRole, Result, Settings};
+
+/// `--backend`.
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// mkh boots its own guest.
+    Builtin,
+    /// `minikube start --driver=kvm2`.
+    Minikube,
+}
+
+/// `--network`.
+#[derive(Clone, Copy, ValueEnum)]
+enum NetworkArg {
+    Nat,
+    Private,
+}
+
+impl From<NetworkArg> for NetworkRole {
+    fn from(n: NetworkArg) -> NetworkRole {
+        match n {
+            NetworkArg::Nat => NetworkRole::Nat,
+            NetworkArg::Private => NetworkRole::Private,
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +59,8 @@ enum Command {
         cpus: u32,
         /// `builtin` (mkh boots its own guest) or `minikube` (`minikube start --driver=kvm2`,
         /// binary from MKH_MINIKUBE or PATH).
-        #[arg(long, default_value = "builtin", value_parser = ["builtin", "minikube"])]
-        backend: String,
+        #[arg(long, value_enum, default_value_t = BackendArg::Builtin)]
+        backend: BackendArg,
         /// With `--backend minikube`: more `minikube start` arguments (after `--`).
         #[arg(last = true)]
         minikube_args: Vec<String>,
@@ -52,21 +71,27 @@ enum Command {
     /// Print a machine's IP on one network (leases matched by MAC).
     Ip {
         name: String,
-        #[arg(long, default_value = "private", value_parser = ["nat", "private"])]
-        network: String,
+        #[arg(long, value_enum, default_value_t = NetworkArg::Private)]
+        network: NetworkArg,
     },
     /// SSH into an environment's machine as `docker`; with a command, run it and exit with its
     /// status.
     Ssh {
         name: String,
         /// Connect over this network.
-        #[arg(long, default_value = "private", value_parser = ["nat", "private"])]
-        network: String,
+        #[arg(long, value_enum, default_value_t = NetworkArg::Private)]
+        network: NetworkArg,
         #[arg(last = true)]
         command: Vec<String>,
     },
     /// Build (once) or find the cached guest image; print its files.
     Image,
+    /// Time environments with the guest, phase by phase, beside a plain virsh+ssh script.
+    Bench {
+        /// Runs of each.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// List environments mkh owns in libvirt.
     Ls {
         #[arg(long)]
@@ -120,6 +145,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = Settings::current()?;
     match cli.command {
         Command::Up {
             name,
@@ -129,45 +155,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             minikube_args,
             json,
         } => {
-            let backend = match backend.as_str() {
-                "minikube" => Backend::Minikube(MinikubeOptions {
+            let backend = match backend {
+                BackendArg::Minikube => Backend::Minikube(MinikubeOptions {
                     extra_args: minikube_args,
                     memory_mib: Some(memory),
                     cpus: Some(cpus),
                     ..MinikubeOptions::default()
                 }),
-                _ => Backend::Builtin(MachineOptions {
-                    memory_mib: memory,
-                    vcpus: cpus,
-                    ..MachineOptions::default()
-                }),
+                BackendArg::Builtin => Backend::Builtin(
+                    MachineOptions::default()
+                        .with_memory_mib(memory)
+                        .with_vcpus(cpus),
+                ),
             };
-            up(name, backend, json)
+            up(settings, name, backend, json)
         }
-        Command::Ip { name, network } => ip(&name, &network),
+        Command::Ip { name, network } => {
+            println!("{}", admin::machine(&settings, &name)?.ip(network.into())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ssh {
             name,
             network,
             command,
-        } => ssh(&name, &network, &command),
-        Command::Image => image(),
-        Command::Ls { json } => ls(json),
-        Command::Down { name } => down(&name),
-        Command::Reap { all, run, json } => reap(all, run.as_deref(), json),
-        Command::Audit { run, json } => audit(run.as_deref(), json),
+        } => ssh(&settings, &name, network.into(), &command),
+        Command::Image => {
+            let image = admin::guest_image(&settings)?;
+            println!("kernel {}", image.kernel.display());
+            println!("initrd {}", image.initrd.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { runs } => {
+            admin::bench(&settings, runs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls { json } => ls(&settings, json),
+        Command::Down { name } => {
+            admin::down(&settings, &name)?;
+            println!("removed environment {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reap { all, run, json } => reap(&settings, all, run.as_deref(), json),
+        Command::Audit { run, json } => audit(&settings, run.as_deref(), json),
     }
 }
 
-fn up(name: Option<String>, backend: Backend, json: bool) -> Result<ExitCode> {
-    let mut builder = mkh::Env::builder()
-        .owner_kind(OwnerKind::Cli)
-        .backend(backend);
+fn up(settings: Settings, name: Option<String>, backend: Backend, json: bool) -> Result<ExitCode> {
+    let mut builder = mkh::Env::builder().settings(settings).backend(backend);
     if let Some(name) = name {
         builder = builder.name(name);
     }
-    let env = builder.up_blocking()?;
-    let desc = env.describe()?;
-    env.detach();
+    let desc = admin::up_for_cli(builder)?;
     if json {
         println!(
             "{}",
@@ -224,81 +262,32 @@ fn invoked_as() -> String {
     }
 }
 
-/// The first machine of a named environment, read back from libvirt.
-fn machine_of(name: &str) -> Result<Machine> {
-    let lv = Libvirt::connect()?;
-    find_env(&lv, name)?.machine(&lv)
-}
-
-fn find_env(lv: &Libvirt, name: &str) -> Result<EnvSummary> {
-    environments(&claimed_objects(lv)?)
-        .into_iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| Error::UnknownEnvironment {
-            name: name.to_owned(),
-        })
-}
-
-fn role(network: &str) -> NetworkRole {
-    NetworkRole::parse(network).expect("clap checked the value")
-}
-
-fn ip(name: &str, network: &str) -> Result<ExitCode> {
-    println!("{}", machine_of(name)?.ip(role(network))?);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn ssh(name: &str, network: &str, command: &[String]) -> Result<ExitCode> {
-    let machine = machine_of(name)?;
-    let session = machine.ssh(role(network))?;
-    if !command.is_empty() {
-        let out = session.exec(&mkh::ssh::shell_join(command))?;
-        print!("{}", out.stdout);
-        eprint!("{}", out.stderr);
-        return Ok(ExitCode::from(out.status.clamp(0, 255) as u8));
+fn ssh(settings: &Settings, name: &str, role: NetworkRole, command: &[String]) -> Result<ExitCode> {
+    let machine = admin::machine(settings, name)?;
+    if command.is_empty() {
+        // Interactive: OpenSSH, pinned to the host key mkh has just checked.
+        let status = admin::interactive_ssh(&machine, role)?;
+        return Ok(exit_code(status.code().unwrap_or(255)));
     }
-    // Interactive: hand over to OpenSSH, pinned to the host key mkh has just checked.
-    let target = session.target().clone();
-    let known = machine.pin_host_key_for_openssh(&target)?;
-    let status = std::process::Command::new("ssh")
-        .arg("-i")
-        .arg(&target.key)
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known.display()))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg(format!("{}@{}", target.user, target.ip))
-        .status()
-        .map_err(|e| Error::Ssh {
-            target: target.ip.to_string(),
-            problem: format!("cannot run ssh ({e}); install openssh-client"),
-        })?;
-    Ok(ExitCode::from(
-        status.code().unwrap_or(255).clamp(0, 255) as u8
-    ))
+    let out = admin::run_over_ssh(&machine, role, command)?;
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    Ok(exit_code(out.status))
 }
 
-fn image() -> Result<ExitCode> {
-    let image = mkh::machine::image::ensure_guest_image(&mkh::config::cache_dir())?;
-    println!("kernel {}", image.kernel.display());
-    println!("initrd {}", image.initrd.display());
-    Ok(ExitCode::SUCCESS)
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(status.clamp(0, 255) as u8)
 }
 
-fn ls(json: bool) -> Result<ExitCode> {
-    let lv = Libvirt::connect()?;
-    let envs = environments(&claimed_objects(&lv)?);
+fn ls(settings: &Settings, json: bool) -> Result<ExitCode> {
+    let envs = admin::environments(settings)?;
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&envs).expect("serialisable")
         );
     } else if envs.is_empty() {
-        println!("no mkh environments on {}", lv.uri());
+        println!("no mkh environments on {}", settings.libvirt_uri);
     } else {
         println!("{:<24} {:<8} {:>8}  OBJECTS", "NAME", "OWNER", "PID");
         for e in envs {
@@ -319,41 +308,13 @@ fn ls(json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn down(name: &str) -> Result<ExitCode> {
-    let lv = Libvirt::connect()?;
-    let env = find_env(&lv, name)?;
-    if env.kind == OwnerKind::Process {
-        return Err(Error::InvalidInput {
-            what: "environment",
-            value: name.to_owned(),
-            problem: format!(
-                "it belongs to process {} (test {}), not to the CLI",
-                env.pid,
-                env.test.as_deref().unwrap_or("-")
-            ),
-            fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
-        });
-    }
-    let problems = env.teardown(lv.uri()).run();
-    if !problems.is_empty() {
-        return Err(Error::Teardown {
-            env: env.name,
-            count: problems.len(),
-            problems,
-        });
-    }
-    println!("removed environment {name}");
-    Ok(ExitCode::SUCCESS)
-}
-
-fn reap(all: bool, run: Option<&str>, json: bool) -> Result<ExitCode> {
-    let lv = Libvirt::connect()?;
+fn reap(settings: &Settings, all: bool, run: Option<&str>, json: bool) -> Result<ExitCode> {
     let scope = if all {
         ReapScope::IncludingCli
     } else {
         ReapScope::DeadOwners
     };
-    let report = reaper::sweep_run(&lv, scope, run)?;
+    let report = admin::reap(settings, scope, run)?;
     if json {
         println!(
             "{}",
@@ -380,20 +341,16 @@ fn reap(all: bool, run: Option<&str>, json: bool) -> Result<ExitCode> {
     })
 }
 
-fn audit(run: Option<&str>, json: bool) -> Result<ExitCode> {
-    let lv = Libvirt::connect()?;
-    let objects = claimed_objects(&lv)?;
-    let (of_run, others): (Vec<_>, Vec<_>) = objects
-        .iter()
-        .partition(|o| run.is_some_and(|r| o.owner.run_id == r));
+fn audit(settings: &Settings, run: Option<&str>, json: bool) -> Result<ExitCode> {
+    let audit = admin::audit(settings, run)?;
+    let (of_run, others) = (&audit.left_by_run, &audit.others);
     if json {
-        let doc = serde_json::json!({ "run": run, "left_by_run": of_run, "others": others });
         println!(
             "{}",
-            serde_json::to_string_pretty(&doc).expect("serialisable")
+            serde_json::to_string_pretty(&audit).expect("serialisable")
         );
     } else {
-        for o in &of_run {
+        for o in of_run {
             println!(
                 "LEFT   {:?} {} env={} test={} pid={}",
                 o.kind,
@@ -403,7 +360,7 @@ fn audit(run: Option<&str>, json: bool) -> Result<ExitCode> {
                 o.owner.process.pid
             );
         }
-        for o in &others {
+        for o in others {
             println!(
                 "other  {:?} {} env={} kind={:?} run={} (reported, not removed)",
                 o.kind, o.name, o.owner.env, o.owner.kind, o.owner.run_id
@@ -412,7 +369,7 @@ fn audit(run: Option<&str>, json: bool) -> Result<ExitCode> {
         match run {
             Some(r) if of_run.is_empty() => println!("run {r} left nothing in libvirt"),
             Some(r) => println!("run {r} left {} object(s) in libvirt", of_run.len()),
-            None => println!("{} object(s) claimed by mkh", objects.len()),
+            None => println!("{} object(s) claimed by mkh", others.len()),
         }
     }
     Ok(if of_run.is_empty() {

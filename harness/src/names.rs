@@ -27,10 +27,6 @@ impl EnvId {
         EnvId(format!("{first}{rest}"))
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// `mkh-<id>`: the default environment name and the prefix of every object name.
     pub fn env_name(&self) -> String {
         format!("mkh-{}", self.0)
@@ -142,8 +138,8 @@ mod tests {
     fn derived_names_fit_linux_bridge_limits() {
         for _ in 0..200 {
             let id = EnvId::random();
-            assert_eq!(id.as_str().len(), 6);
-            assert!(id.as_str().starts_with(|c: char| c.is_ascii_lowercase()));
+            assert_eq!(id.to_string().len(), 6);
+            assert!(id.to_string().starts_with(|c: char| c.is_ascii_lowercase()));
             validate_bridge_name(&id.nat_network()).unwrap();
             validate_bridge_name(&id.private_network()).unwrap();
             validate_env_name(&id.env_name()).unwrap();

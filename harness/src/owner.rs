@@ -16,6 +16,7 @@ pub const OWNER_PREFIX: &str = "mkh";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Who removes an environment.
 pub enum OwnerKind {
     /// Lives as long as the process that made it; the reaper removes it once that process is gone.
     Process,
@@ -24,6 +25,7 @@ pub enum OwnerKind {
 }
 
 impl OwnerKind {
+    /// `process` or `cli`.
     pub fn as_str(self) -> &'static str {
         match self {
             OwnerKind::Process => "process",
@@ -43,15 +45,20 @@ impl OwnerKind {
 /// Identity of a process on a host, as far as liveness goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
+    /// The host name.
     pub host: String,
+    /// The host's boot id: a reboot ends every process.
     pub boot_id: String,
+    /// The process id.
     pub pid: u32,
     /// Start time of the process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
     pub start_time: u64,
 }
 
+/// The owner record every object of mkh's carries in its `<metadata>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
+    /// The process that owns it.
     #[serde(flatten)]
     pub process: ProcessIdentity,
     /// `MKH_RUN_ID`, else `NEXTEST_RUN_ID`, else an id of this process.
@@ -60,6 +67,7 @@ pub struct Owner {
     pub test: Option<String>,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// Process- or CLI-owned.
     pub kind: OwnerKind,
     /// The environment the object belongs to (its name, as `mkh ls` shows it).
     pub env: String,
@@ -238,13 +246,6 @@ pub fn this_process() -> ProcessIdentity {
     }
 }
 
-/// The run id recorded in new objects: `MKH_RUN_ID`, else nextest's run id, else this process.
-pub fn current_run_id() -> String {
-    std::env::var("MKH_RUN_ID")
-        .or_else(|_| std::env::var("NEXTEST_RUN_ID"))
-        .unwrap_or_else(|_| format!("pid-{}", std::process::id()))
-}
-
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -254,11 +255,11 @@ pub fn now_unix() -> u64 {
 
 impl Owner {
     /// An owner record for an object the calling process is about to create.
-    pub fn for_new_object(kind: OwnerKind, env: &str) -> Owner {
+    pub fn for_new_object(kind: OwnerKind, env: &str, settings: &crate::Settings) -> Owner {
         Owner {
             process: this_process(),
-            run_id: current_run_id(),
-            test: std::env::var("NEXTEST_TEST_NAME").ok(),
+            run_id: settings.run_id.clone(),
+            test: settings.test_name.clone(),
             created: now_unix(),
             kind,
             env: env.to_owned(),
@@ -270,8 +271,16 @@ impl Owner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An owner record of this process, for tests.
+    pub(crate) fn sample_owner() -> Owner {
+        let mut owner = sample();
+        owner.process = this_process();
+        owner.test = None;
+        owner
+    }
 
     fn sample() -> Owner {
         Owner {

@@ -3,8 +3,9 @@
 //! mkh's metadata does not claim, whatever its name, and never one whose owner it cannot judge
 //! (another host). Concurrent reapers do not fail each other: an object already gone is fine.
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -13,6 +14,7 @@ use crate::inventory::{claimed_objects, ClaimedObject, ObjectKind};
 use crate::libvirt::{Libvirt, Removal};
 use crate::owner::{process_start_time, HostIdentity, Liveness, Owner, OwnerKind};
 
+/// What a sweep may remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReapScope {
     /// Objects of dead process owners.
@@ -58,18 +60,27 @@ pub fn verdict(
     }
 }
 
+/// One object a sweep judged.
 #[derive(Debug, Clone, Serialize)]
 pub struct Reaped {
+    /// Domain, network or home.
     pub kind: ObjectKind,
+    /// Its name.
     pub name: String,
+    /// Its environment.
     pub env: String,
+    /// Why it was removed or kept.
     pub reason: String,
 }
 
+/// What a sweep did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ReapReport {
+    /// Removed objects.
     pub removed: Vec<Reaped>,
+    /// Objects kept, with why.
     pub kept: Vec<Reaped>,
+    /// Removals that failed.
     pub errors: Vec<String>,
 }
 
@@ -80,9 +91,9 @@ pub const OWNER_RECORD: &str = "owner.json";
 /// (by the same rule as libvirt objects) loses the processes started for it — any process
 /// whose command line names a file inside it, such as a minikube stand-in's etcd and API
 /// server — and then the home itself.
-pub fn sweep_homes(scope: ReapScope, run: Option<&str>, report: &mut ReapReport) {
+pub fn sweep_homes(state_dir: &Path, scope: ReapScope, run: Option<&str>, report: &mut ReapReport) {
     let here = HostIdentity::current();
-    let envs = crate::config::state_dir().join("envs");
+    let envs = state_dir.join("envs");
     let Ok(entries) = std::fs::read_dir(&envs) else {
         return;
     };
@@ -157,14 +168,16 @@ fn kill_process(pid: i32) {
     let _ = kill(pid, Signal::SIGKILL);
 }
 
-/// One sweep over libvirt's objects (domains first, then the networks they sit on) and, for a
-/// local libvirt, over this user's environment homes.
-pub fn sweep(lv: &Libvirt, scope: ReapScope) -> Result<ReapReport> {
-    sweep_run(lv, scope, None)
-}
-
-/// [`sweep`] limited to the objects of one run id (`mkh reap --run ID`), when given.
-pub fn sweep_run(lv: &Libvirt, scope: ReapScope, run: Option<&str>) -> Result<ReapReport> {
+/// One sweep over libvirt's objects (domains first, then the networks they sit on), limited to
+/// one run id (`mkh reap --run ID`) when given, and, for a local hypervisor, over this user's
+/// environment homes under `state_dir`. libvirt's `test:///` driver holds no real machines: a
+/// sweep over it never touches homes or processes.
+pub fn sweep(
+    lv: &Libvirt,
+    scope: ReapScope,
+    run: Option<&str>,
+    state_dir: &Path,
+) -> Result<ReapReport> {
     let here = HostIdentity::current();
     let mut objects = claimed_objects(lv)?;
     objects.retain(|o| run.is_none_or(|r| o.owner.run_id == r));
@@ -200,16 +213,23 @@ pub fn sweep_run(lv: &Libvirt, scope: ReapScope, run: Option<&str>) -> Result<Re
             }
         }
     }
-    if lv.is_local() {
-        sweep_homes(scope, run, &mut report);
+    if lv.is_local() && !lv.is_test_driver() {
+        sweep_homes(state_dir, scope, run, &mut report);
     }
     Ok(report)
 }
 
-/// The sweep every mkh process runs once before it creates objects.
-pub fn sweep_once(lv: &Libvirt) {
-    static SWEPT: Once = Once::new();
-    SWEPT.call_once(|| match sweep(lv, ReapScope::DeadOwners) {
+/// The sweep every mkh process runs once per libvirt URI before it creates objects there.
+pub fn sweep_once(lv: &Libvirt, state_dir: &Path) {
+    static SWEPT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let first = SWEPT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(lv.uri().to_owned());
+    if !first {
+        return;
+    }
+    match sweep(lv, ReapScope::DeadOwners, None, state_dir) {
         Ok(report) => {
             for r in &report.removed {
                 tracing::info!(object = %r.name, env = %r.env, reason = %r.reason, "reaped a dead owner's object");
@@ -219,7 +239,7 @@ pub fn sweep_once(lv: &Libvirt) {
             }
         }
         Err(e) => tracing::warn!("reaper could not sweep: {e}"),
-    });
+    }
 }
 
 #[cfg(test)]

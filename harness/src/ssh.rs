@@ -6,16 +6,29 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
-use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SshCause};
+use crate::wait::{off_thread, until};
+
+fn ssh_error(
+    target: impl Into<String>,
+    problem: impl Into<String>,
+    source: Option<SshCause>,
+) -> Error {
+    Error::Ssh {
+        target: target.into(),
+        problem: problem.into(),
+        source,
+    }
+}
 
 /// A key pair made for one environment; the private key file is mode 0600.
-#[derive(Debug, Clone, Serialize)]
-pub struct KeyPair {
+#[derive(Debug, Clone)]
+pub(crate) struct KeyPair {
     pub private: PathBuf,
     pub public: PathBuf,
 }
@@ -27,18 +40,22 @@ impl KeyPair {
             .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
             .arg(path)
             .output()
-            .map_err(|e| Error::Ssh {
-                target: path.display().to_string(),
-                problem: format!("cannot run ssh-keygen ({e}); install openssh-client"),
+            .map_err(|e| {
+                ssh_error(
+                    path.display().to_string(),
+                    "cannot run ssh-keygen; install openssh-client",
+                    Some(e.into()),
+                )
             })?;
         if !out.status.success() {
-            return Err(Error::Ssh {
-                target: path.display().to_string(),
-                problem: format!(
+            return Err(ssh_error(
+                path.display().to_string(),
+                format!(
                     "ssh-keygen failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 ),
-            });
+                None,
+            ));
         }
         Ok(KeyPair::at(path))
     }
@@ -65,7 +82,7 @@ impl KeyPair {
 
 /// Where and how to log in.
 #[derive(Debug, Clone)]
-pub struct SshTarget {
+pub(crate) struct SshTarget {
     /// The machine's name: host keys are recorded under it.
     pub machine: String,
     pub ip: Ipv4Addr,
@@ -76,16 +93,22 @@ pub struct SshTarget {
     pub known_hosts: PathBuf,
 }
 
-/// Output of one command.
+/// What one command did: its exit status and everything it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
+    /// The exit status (the shell's: 127 for an unknown command).
     pub status: i32,
+    /// Standard output, decoded lossily as UTF-8.
     pub stdout: String,
+    /// Standard error, decoded lossily as UTF-8.
     pub stderr: String,
 }
 
+/// A logged-in SSH session as `docker` on one machine over one network. Clones share the
+/// connection; commands on one session run one after the other.
+#[derive(Clone)]
 pub struct SshSession {
-    session: ssh2::Session,
+    session: Arc<Mutex<ssh2::Session>>,
     target: SshTarget,
 }
 
@@ -97,18 +120,19 @@ impl std::fmt::Debug for SshSession {
 
 /// Connects, retrying until sshd answers or `deadline` passes. A changed host key is final: no
 /// retry.
-pub fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSession> {
-    let start = Instant::now();
+pub(crate) fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSession> {
     let mut last = String::from("no attempt made");
-    while start.elapsed() < deadline {
+    let session = until(deadline, Duration::from_millis(300), || {
         match try_connect(target, Duration::from_secs(10)) {
-            Ok(s) => return Ok(s),
-            Err(e @ Error::HostKeyChanged { .. }) => return Err(e),
-            Err(e) => last = e.to_string(),
+            Ok(s) => Ok(Some(s)),
+            Err(e @ Error::HostKeyChanged { .. }) => Err(e),
+            Err(e) => {
+                last = e.to_string();
+                Ok(None)
+            }
         }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    Err(Error::Timeout {
+    })?;
+    session.ok_or_else(|| Error::Timeout {
         what: format!("SSH to {}@{} ({})", target.user, target.ip, target.machine),
         after: deadline,
         last,
@@ -116,30 +140,33 @@ pub fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSession> {
 }
 
 /// One attempt, with `timeout` on every blocking step.
-pub fn try_connect(target: &SshTarget, timeout: Duration) -> Result<SshSession> {
-    let fail = |problem: String| Error::Ssh {
-        target: format!("{}@{}:{}", target.user, target.ip, target.port),
-        problem,
-    };
+fn try_connect(target: &SshTarget, timeout: Duration) -> Result<SshSession> {
+    let where_ = format!("{}@{}:{}", target.user, target.ip, target.port);
+    let fail = |problem: &str, source: SshCause| ssh_error(&where_, problem, Some(source));
     let addr = SocketAddr::from((target.ip, target.port));
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail(e.to_string()))?;
-    let mut session = ssh2::Session::new().map_err(|e| fail(e.to_string()))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("connect", e.into()))?;
+    let mut session = ssh2::Session::new().map_err(|e| fail("new session", e.into()))?;
     session.set_timeout(timeout.as_millis() as u32);
     session.set_tcp_stream(tcp);
     session
         .handshake()
-        .map_err(|e| fail(format!("handshake: {e}")))?;
+        .map_err(|e| fail("handshake", e.into()))?;
     let (key, _) = session
         .host_key()
-        .ok_or_else(|| fail("no host key offered".into()))?;
+        .ok_or_else(|| ssh_error(&where_, "no host key offered", None))?;
     check_host_key(&target.known_hosts, &target.machine, key)?;
     session
         .userauth_pubkey_file(&target.user, None, &target.key, None)
-        .map_err(|e| fail(format!("key login with {}: {e}", target.key.display())))?;
+        .map_err(|e| {
+            fail(
+                &format!("key login with {}", target.key.display()),
+                e.into(),
+            )
+        })?;
     // The timeout guards the connection; commands may run as long as they need.
     session.set_timeout(0);
     Ok(SshSession {
-        session,
+        session: Arc::new(Mutex::new(session)),
         target: target.clone(),
     })
 }
@@ -182,11 +209,18 @@ fn recorded_key(text: &str, machine: &str) -> Option<String> {
 
 /// The recorded host key of `machine` as an OpenSSH known_hosts line for `ip`, so that OpenSSH
 /// can be pinned to the key mkh checked.
-pub fn openssh_known_hosts_line(known_hosts: &Path, machine: &str, ip: Ipv4Addr) -> Result<String> {
+pub(crate) fn openssh_known_hosts_line(
+    known_hosts: &Path,
+    machine: &str,
+    ip: Ipv4Addr,
+) -> Result<String> {
     let text = std::fs::read_to_string(known_hosts).map_err(|e| Error::io(known_hosts, e))?;
-    let encoded = recorded_key(&text, machine).ok_or_else(|| Error::Ssh {
-        target: machine.to_owned(),
-        problem: format!("no host key recorded in {}", known_hosts.display()),
+    let encoded = recorded_key(&text, machine).ok_or_else(|| {
+        ssh_error(
+            machine,
+            format!("no host key recorded in {}", known_hosts.display()),
+            None,
+        )
     })?;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(&encoded)
@@ -202,7 +236,7 @@ pub fn openssh_known_hosts_line(known_hosts: &Path, machine: &str, ip: Ipv4Addr)
 }
 
 /// Quotes words for a POSIX shell, so `mkh ssh NAME -- sh -c 'a b'` runs what was typed.
-pub fn shell_join(words: &[String]) -> String {
+pub(crate) fn shell_join(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {
@@ -220,7 +254,7 @@ pub fn shell_join(words: &[String]) -> String {
 }
 
 /// OpenSSH-style `SHA256:...` fingerprint of a base64 key blob.
-pub fn fingerprint(encoded_key: &str) -> String {
+pub(crate) fn fingerprint(encoded_key: &str) -> String {
     use sha2::{Digest, Sha256};
     let raw = base64::engine::general_purpose::STANDARD
         .decode(encoded_key)
@@ -233,39 +267,84 @@ pub fn fingerprint(encoded_key: &str) -> String {
 }
 
 impl SshSession {
-    /// Runs a command through the user's shell; collects exit status, stdout and stderr. Reads
-    /// stdout to its end before stderr: a command writing megabytes to stderr alone can stall
-    /// (the channel window is 2 MiB).
-    pub fn exec(&self, command: &str) -> Result<ExecOutput> {
-        let fail = |problem: String| Error::Ssh {
-            target: format!("{}@{}", self.target.user, self.target.ip),
-            problem: format!("{command:?}: {problem}"),
+    /// Runs a command through the user's shell and collects its exit status, stdout and
+    /// stderr. The runtime thread stays free while it runs (however long); both streams are
+    /// read as they come, so a command writing megabytes to either never stalls.
+    pub async fn exec(&self, command: &str) -> Result<ExecOutput> {
+        let session = self.clone();
+        let command = command.to_owned();
+        off_thread(move || session.exec_now(&command)).await
+    }
+
+    /// [`SshSession::exec`] on this thread.
+    pub(crate) fn exec_now(&self, command: &str) -> Result<ExecOutput> {
+        let fail = |problem: &str, source: ssh2::Error| {
+            ssh_error(
+                format!("{}@{}", self.target.user, self.target.ip),
+                format!("{command:?}: {problem}"),
+                Some(source.into()),
+            )
         };
-        let mut channel = self
-            .session
+        let session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channel = session
             .channel_session()
-            .map_err(|e| fail(e.to_string()))?;
-        channel.exec(command).map_err(|e| fail(e.to_string()))?;
-        let mut stdout = String::new();
-        channel
-            .read_to_string(&mut stdout)
-            .map_err(|e| fail(e.to_string()))?;
-        let mut stderr = String::new();
-        channel
-            .stderr()
-            .read_to_string(&mut stderr)
-            .map_err(|e| fail(e.to_string()))?;
-        channel.wait_close().map_err(|e| fail(e.to_string()))?;
-        let status = channel.exit_status().map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail("open channel", e))?;
+        channel.exec(command).map_err(|e| fail("exec", e))?;
+        // Non-blocking reads of both streams in turn: a blocking read of one while the command
+        // fills the other's window (2 MiB) would wait for ever.
+        session.set_blocking(false);
+        let streams = read_both(&mut channel);
+        session.set_blocking(true);
+        let (stdout, stderr) = streams.map_err(|e| {
+            ssh_error(
+                format!("{}@{}", self.target.user, self.target.ip),
+                format!("{command:?}: read output"),
+                Some(e.into()),
+            )
+        })?;
+        channel.wait_close().map_err(|e| fail("close", e))?;
+        let status = channel.exit_status().map_err(|e| fail("exit status", e))?;
         Ok(ExecOutput {
             status,
-            stdout,
-            stderr,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
     }
 
-    pub fn target(&self) -> &SshTarget {
-        &self.target
+    /// The machine's address this session is connected to.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.target.ip
+    }
+}
+
+/// Reads a non-blocking channel's stdout and stderr until both end.
+fn read_both(channel: &mut ssh2::Channel) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut progressed = false;
+        for stderr in [false, true] {
+            let read = if stderr {
+                channel.stderr().read(&mut buf)
+            } else {
+                channel.read(&mut buf)
+            };
+            match read {
+                Ok(0) => {}
+                Ok(n) => {
+                    progressed = true;
+                    if stderr { &mut err } else { &mut out }.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if channel.eof() && !progressed {
+            return Ok((out, err));
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub struct TeardownCommand {
 
 /// Objects of one environment, in creation order; removal runs in reverse kind order: domains
 /// before the networks they sit on.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Teardown {
     pub uri: String,
     pub env: String,
@@ -41,6 +41,14 @@ pub struct Teardown {
     pub dirs: Vec<std::path::PathBuf>,
     /// Set once everything is removed: later calls do nothing.
     pub done: bool,
+    /// Runs before removal when a signal ends the process (keeping a test's artifacts).
+    pub on_signal: Option<Hook>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registration")
+    }
 }
 
 impl Teardown {
@@ -108,9 +116,13 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn new(uri: &str, env: &str) -> Registration {
+    /// Registers an environment; `signals`: SIGTERM/SIGINT tear it down (the handler is
+    /// installed on first need, once per process).
+    pub fn new(uri: &str, env: &str, signals: bool) -> Registration {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        install_signal_handler();
+        if signals {
+            install_signal_handler();
+        }
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
         let list = Arc::new(Mutex::new(Teardown {
             uri: uri.to_owned(),
@@ -129,6 +141,16 @@ impl Registration {
         lock(&self.list).domains.push(name.to_owned());
     }
 
+    /// The domains registered so far.
+    pub fn domains(&self) -> Vec<String> {
+        lock(&self.list).domains.clone()
+    }
+
+    /// Replaces what runs first when a signal ends the process.
+    pub fn on_signal(&self, hook: Hook) {
+        lock(&self.list).on_signal = Some(hook);
+    }
+
     pub fn add_kill_group(&self, pgid: i32) {
         lock(&self.list).kill_groups.push(pgid);
     }
@@ -145,32 +167,9 @@ impl Registration {
         lock(&self.list).dirs.push(dir.to_owned());
     }
 
-    /// Forgets the home directories: they outlive the environment (kept for a post-mortem).
-    pub fn keep_dirs(&self) {
-        lock(&self.list).dirs.clear();
-    }
-
     /// Tears down now, on this thread.
     pub fn run(&self) -> Vec<String> {
         lock(&self.list).run()
-    }
-
-    /// Like [`Registration::run`], but gives up waiting after `deadline` (the work goes on in
-    /// the background). For Drop, which must neither hang nor need an async runtime.
-    pub fn run_with_deadline(&self, deadline: Duration) -> Vec<String> {
-        let list = self.list.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("mkh-teardown".into())
-            .spawn(move || {
-                let _ = tx.send(lock(&list).run());
-            });
-        if spawned.is_err() {
-            return self.run();
-        }
-        rx.recv_timeout(deadline).unwrap_or_else(|_| {
-            vec![format!("teardown did not finish within {deadline:?}; `mkh reap` removes what is left once this process is gone")]
-        })
     }
 }
 
@@ -185,36 +184,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-type Hook = Box<dyn Fn() + Send + Sync>;
-
-fn hooks() -> &'static Mutex<HashMap<u64, Hook>> {
-    static HOOKS: OnceLock<Mutex<HashMap<u64, Hook>>> = OnceLock::new();
-    HOOKS.get_or_init(Default::default)
-}
-
-/// Something to do when a signal ends the process, before its environments are torn down (for
-/// example keeping a timed-out test's logs). Removed when the guard drops.
-pub struct SignalHook(u64);
-
-impl SignalHook {
-    pub fn new(hook: impl Fn() + Send + Sync + 'static) -> SignalHook {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        install_signal_handler();
-        let key = NEXT.fetch_add(1, Ordering::Relaxed);
-        lock(hooks()).insert(key, Box::new(hook));
-        SignalHook(key)
-    }
-}
-
-impl Drop for SignalHook {
-    fn drop(&mut self) {
-        lock(hooks()).remove(&self.0);
-    }
-}
+/// Work for the signal handler to do before removal.
+pub type Hook = Box<dyn Fn() + Send + Sync>;
 
 /// Tears down every registered environment (in this process). Used by the signal handler.
-pub fn run_all() -> Vec<String> {
+fn run_all_after_signal() -> Vec<String> {
     let lists: Vec<Shared> = lock(registry()).values().cloned().collect();
+    for list in &lists {
+        if let Some(hook) = lock(list).on_signal.take() {
+            hook();
+        }
+    }
     lists.iter().flat_map(|l| lock(l).run()).collect()
 }
 
@@ -234,10 +214,7 @@ fn install_signal_handler() {
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     eprintln!("mkh: signal {sig} received, tearing down this process's environments");
-                    for hook in lock(hooks()).values() {
-                        hook();
-                    }
-                    for problem in run_all() {
+                    for problem in run_all_after_signal() {
                         eprintln!("mkh: teardown: {problem}");
                     }
                     std::process::exit(128 + sig);

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use mkh::inventory::claimed_objects;
-use mkh::libvirt::Libvirt;
 use serde_json::Value;
+use virt::connect::Connect;
 
 /// The `mkh` binary of this workspace, built if it is missing or stale.
 pub fn mkh_bin() -> PathBuf {
@@ -135,19 +134,21 @@ impl Drop for ChildEnv {
     }
 }
 
-pub fn libvirt() -> Libvirt {
-    Libvirt::connect().unwrap_or_else(|e| {
-        panic!("these tests need a running libvirtd: {e}\nrun `harness/scripts/test.sh`, which installs and starts it")
+/// A connection to the libvirt the tests use, as a user's own code would open it.
+pub fn libvirt() -> Connect {
+    let uri = mkh::Settings::current().expect("mkh settings").libvirt_uri;
+    Connect::open(Some(&uri)).unwrap_or_else(|e| {
+        panic!("these tests need a running libvirtd at {uri}: {e}\nrun `harness/scripts/setup-host.sh`, which installs and starts it")
     })
 }
 
 /// Names of every network libvirt has, active or not.
 pub fn network_names() -> Vec<String> {
     libvirt()
-        .networks()
+        .list_all_networks(0)
         .expect("list networks")
         .into_iter()
-        .map(|n| n.name)
+        .filter_map(|n| n.name().ok())
         .collect()
 }
 
@@ -157,8 +158,9 @@ pub fn network_exists(name: &str) -> bool {
 
 /// Names of the objects mkh's metadata claims for environment `env`.
 pub fn objects_of_env(env: &str) -> Vec<String> {
-    claimed_objects(&libvirt())
+    mkh::admin::audit(&mkh::Settings::current().expect("mkh settings"), None)
         .expect("inventory")
+        .others
         .into_iter()
         .filter(|o| o.owner.env == env)
         .map(|o| o.name)

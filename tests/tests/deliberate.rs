@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use mkh_fixtures::{cluster, Cluster};
 use rstest::rstest;
 
-fn report(name: &str, cluster: &Cluster) {
+async fn report(name: &str, cluster: &Cluster) {
     let dir = std::env::var("MKH_SELFTEST_OUT").expect("run by suite.rs");
-    let d = cluster.describe().unwrap();
+    let d = cluster.describe().await.unwrap();
     let doc = serde_json::json!({
         "env": d.name,
         "subnets": [d.networks.nat.subnet.to_string(), d.networks.private.subnet.to_string()],
@@ -37,7 +37,7 @@ fn meet(other: &str) {
 #[tokio::test]
 #[ignore = "fails on purpose; run by suite.rs"]
 async fn deliberately_panics(#[future(awt)] cluster: Cluster) {
-    report("deliberately_panics", &cluster);
+    report("deliberately_panics", &cluster).await;
     panic!("this test fails on purpose, mid-way, with its cluster up");
 }
 
@@ -45,7 +45,7 @@ async fn deliberately_panics(#[future(awt)] cluster: Cluster) {
 #[tokio::test]
 #[ignore = "times out on purpose; run by suite.rs"]
 async fn deliberately_slow(#[future(awt)] cluster: Cluster) {
-    report("deliberately_slow", &cluster);
+    report("deliberately_slow", &cluster).await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
 }
 
@@ -53,7 +53,7 @@ async fn deliberately_slow(#[future(awt)] cluster: Cluster) {
 #[tokio::test]
 #[ignore = "run by suite.rs, in parallel with parallel_b"]
 async fn parallel_a(#[future(awt)] cluster: Cluster) {
-    report("parallel_a", &cluster);
+    report("parallel_a", &cluster).await;
     meet("parallel_b");
 }
 
@@ -61,6 +61,6 @@ async fn parallel_a(#[future(awt)] cluster: Cluster) {
 #[tokio::test]
 #[ignore = "run by suite.rs, in parallel with parallel_a"]
 async fn parallel_b(#[future(awt)] cluster: Cluster) {
-    report("parallel_b", &cluster);
+    report("parallel_b", &cluster).await;
     meet("parallel_a");
 }

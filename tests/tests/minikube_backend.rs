@@ -8,11 +8,9 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, ListParams, PostParams};
-use mkh::machine::NetworkRole;
-use mkh::minikube::MinikubeOptions;
-use mkh::{Env, Error};
+use mkh::{Env, Error, Ips, MinikubeOptions, NetworkRole, Settings, SshSession};
 use mkh_fixtures::{
-    cluster, ips, kube as kube_fixture, kubeconfig, ssh, Cluster, Kubeconfig, Settings, With,
+    cluster, ips, kube as kube_fixture, kubeconfig, settings, ssh, Cluster, Kubeconfig, With,
 };
 use mkh_tests::*;
 use rstest::rstest;
@@ -27,7 +25,7 @@ fn standin() -> MinikubeOptions {
 }
 
 fn standin_settings() -> Settings {
-    Settings::minikube(Some(STANDIN.into()))
+    settings().minikube(Some(STANDIN.into()))
 }
 
 fn service_cidr() -> mkh::ipnet::Ipv4Net {
@@ -48,19 +46,15 @@ async fn create_service(client: &kube::Client, name: &str) -> Ipv4Addr {
 }
 
 async fn ssh_id(env: &Env, role: NetworkRole) -> String {
-    let machine = env.machine().unwrap().clone();
-    tokio::task::spawn_blocking(move || machine.ssh(role).unwrap().exec("id -un").unwrap().stdout)
-        .await
-        .unwrap()
-        .trim()
-        .to_owned()
+    let ssh = env.machine().unwrap().ssh(role).await.unwrap();
+    ssh.exec("id -un").await.unwrap().stdout.trim().to_owned()
 }
 
 #[tokio::test]
 async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_nothing() {
     let env = Env::builder().minikube(standin()).up().await.unwrap();
     let name = env.name().to_owned();
-    let d = env.describe().unwrap();
+    let d = env.describe().await.unwrap();
     assert_eq!(d.backend, "minikube");
     assert_eq!(d.context.as_deref(), Some(name.as_str()));
     let ips = d.ips.unwrap();
@@ -100,12 +94,17 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
         "{cluster_ip} outside 10.96.0.0/12"
     );
 
-    env.stop().unwrap();
-    let err = env.machine().unwrap().ip(NetworkRole::Private).unwrap_err();
+    env.stop().await.unwrap();
+    let err = env
+        .machine()
+        .unwrap()
+        .ip(NetworkRole::Private)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::MachineNotRunning { .. }), "{err}");
     assert!(err.to_string().contains("must be running"), "{err}");
 
-    let again = env.start().unwrap();
+    let again = env.start().await.unwrap();
     assert_eq!(again.private, ips.private);
     assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
     let client = env.kube_client().await.unwrap();
@@ -201,8 +200,9 @@ async fn arguments_that_break_isolation_are_refused_before_anything_is_made() {
             .to_string();
         assert!(err.contains(bad), "{err}");
     }
-    let mine: Vec<_> = mkh::inventory::claimed_objects(&libvirt())
+    let mine: Vec<_> = mkh::admin::audit(&settings(), None)
         .unwrap()
+        .others
         .into_iter()
         .filter(|o| o.owner.process.pid == std::process::id())
         .collect();
@@ -227,12 +227,15 @@ async fn the_cluster_fixture_on_minikube(
     #[with(standin_settings())]
     cluster: Cluster,
 ) {
-    let d = cluster.describe().unwrap();
+    let d = cluster.describe().await.unwrap();
     assert_eq!(d.backend, "minikube");
     let kubeconfig = cluster.kubeconfig().unwrap();
     assert!(kubeconfig.path.exists());
     let ssh = cluster.ssh(NetworkRole::Nat).await.unwrap();
-    assert_eq!(ssh.exec("hostname").unwrap().stdout.trim(), "minikube");
+    assert_eq!(
+        ssh.exec("hostname").await.unwrap().stdout.trim(),
+        "minikube"
+    );
 }
 
 #[rstest]
@@ -240,20 +243,30 @@ async fn the_cluster_fixture_on_minikube(
 async fn the_ips_fixture_on_minikube(
     #[future(awt)]
     #[with(standin_settings())]
-    ips: With<mkh::machine::Ips>,
+    ips: With<Ips>,
 ) {
     // minikube itself never reports the NAT address: mkh reads it from the NAT network's leases.
     let nets = ips.cluster().env().networks();
     assert!(nets.nat.subnet.contains(&ips.nat));
     assert!(nets.private.subnet.contains(&ips.private));
-    let recorded = ips
-        .cluster()
-        .env()
-        .minikube()
+    // minikube's own record of the control plane agrees with the private lease.
+    let d = ips.cluster().describe().await.unwrap();
+    let profile = d.profile.unwrap();
+    let config = d
+        .minikube_home
         .unwrap()
-        .profile_config()
+        .join("profiles")
+        .join(&profile)
+        .join("config.json");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let control_plane = config["Nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["ControlPlane"] == true)
         .unwrap();
-    assert_eq!(recorded.control_plane_ip(), Some(ips.private));
+    assert_eq!(control_plane["IP"], ips.private.to_string().as_str());
 }
 
 #[rstest]
@@ -261,9 +274,9 @@ async fn the_ips_fixture_on_minikube(
 async fn the_ssh_fixture_on_minikube(
     #[future(awt)]
     #[with(standin_settings())]
-    ssh: With<mkh::ssh::SshSession>,
+    ssh: With<SshSession>,
 ) {
-    assert_eq!(ssh.exec("id -un").unwrap().stdout.trim(), "docker");
+    assert_eq!(ssh.exec("id -un").await.unwrap().stdout.trim(), "docker");
     let key = ssh.cluster().env().machine().unwrap().key().to_owned();
     assert!(key.ends_with("id_rsa"), "{}", key.display());
 }
@@ -292,20 +305,16 @@ async fn the_kube_fixture_on_minikube(
 }
 
 #[tokio::test]
-async fn a_real_minikube_cluster_when_minikube_and_kvm_are_here() {
-    let Some(real) = real_minikube() else {
-        println!("SKIPPED: no real `minikube` on PATH (the stand-in does not count); this test needs minikube with the kvm2 driver");
-        return;
-    };
+#[ignore = "needs a real minikube on PATH and working KVM (vmx/svm): run with --run-ignored where they are"]
+async fn a_real_minikube_cluster() {
+    let real = real_minikube().expect("a real `minikube` on PATH (the stand-in does not count)");
     let kvm = std::path::Path::new("/dev/kvm").exists()
         && std::fs::read_to_string("/proc/cpuinfo")
             .is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"));
-    if !kvm {
-        println!(
-            "SKIPPED: minikube is here but KVM is not (no vmx/svm CPU flag): kvm2 would not boot"
-        );
-        return;
-    }
+    assert!(
+        kvm,
+        "KVM is not usable here (no vmx/svm CPU flag): kvm2 would not boot"
+    );
     let env = Env::builder()
         .minikube(MinikubeOptions {
             binary: Some(real),

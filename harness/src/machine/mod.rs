@@ -1,13 +1,14 @@
 //! Machines: the built-in test guest booted on an environment's networks, its IPs read from the
 //! DHCP leases (matched by MAC, never by hostname), SSH into it, and its lifecycle.
 
-pub mod accel;
-pub mod image;
-pub mod spec;
+pub(crate) mod accel;
+pub(crate) mod image;
+pub(crate) mod spec;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -17,15 +18,19 @@ use crate::libvirt::{DomainState, Lease, Libvirt};
 use crate::net::NetworkPair;
 use crate::owner::Owner;
 use crate::ssh::{self, KeyPair, SshSession, SshTarget};
+use crate::wait::{off_thread, until};
 use crate::xml::elements;
-use accel::{Accel, AccelFacts};
-pub use spec::{derive_mac, Boot, MachineSpec, NetworkRole, Nic};
+pub use accel::Accel;
+use accel::AccelFacts;
+pub use spec::NetworkRole;
+use spec::{derive_mac, Boot, MachineSpec, Nic};
 
 /// The guest's login user, as on minikube's ISO.
-pub const SSH_USER: &str = "docker";
+pub(crate) const SSH_USER: &str = "docker";
 
 /// What a test may choose about its machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MachineOptions {
     /// Domain names are global in libvirt, so a machine is always named after its environment:
     /// `<env>` by default (as minikube names the domain after the profile), `<env>-<suffix>`
@@ -33,7 +38,9 @@ pub struct MachineOptions {
     pub suffix: Option<String>,
     /// The guest's hostname; default: the machine's name.
     pub hostname: Option<String>,
+    /// Memory in MiB (default 256).
     pub memory_mib: u32,
+    /// vCPUs (default 1).
     pub vcpus: u32,
 }
 
@@ -48,14 +55,43 @@ impl Default for MachineOptions {
     }
 }
 
+impl MachineOptions {
+    /// A machine named `<env>-<suffix>`, for a second machine in one environment.
+    pub fn with_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.suffix = Some(suffix.into());
+        self
+    }
+
+    /// Memory in MiB.
+    pub fn with_memory_mib(mut self, memory_mib: u32) -> Self {
+        self.memory_mib = memory_mib;
+        self
+    }
+
+    /// vCPUs.
+    pub fn with_vcpus(mut self, vcpus: u32) -> Self {
+        self.vcpus = vcpus;
+        self
+    }
+
+    /// The guest's hostname.
+    pub fn with_hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+}
+
 /// A machine's address on each network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Ips {
+    /// On the NAT network.
     pub nat: Ipv4Addr,
+    /// On the isolated private network.
     pub private: Ipv4Addr,
 }
 
 impl Ips {
+    /// The address on the network of `role`.
     pub fn get(&self, role: NetworkRole) -> Ipv4Addr {
         match role {
             NetworkRole::Nat => self.nat,
@@ -64,11 +100,13 @@ impl Ips {
     }
 }
 
-/// A machine that exists in libvirt, and the files mkh uses to reach it.
+/// A machine of an environment: a libvirt domain on both of its networks, reached as `docker`
+/// over SSH. Every call that waits is `async` and leaves the runtime thread free;
+/// [`crate::blocking::Machine`] offers the same calls for code without a runtime.
 #[derive(Debug, Clone)]
 pub struct Machine {
     name: String,
-    uri: String,
+    lv: Arc<Libvirt>,
     accel: Accel,
     nics: Vec<Nic>,
     files: MachineFiles,
@@ -78,7 +116,7 @@ pub struct Machine {
 /// Where a machine's login key, recorded host key and console log are. The backends differ
 /// here: the built-in guest keeps them in the environment's home, minikube in its machine dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MachineFiles {
+pub(crate) struct MachineFiles {
     /// The private key for user `docker` (its `.pub` beside it).
     pub key: PathBuf,
     /// mkh's record of host keys (see [`crate::ssh`]).
@@ -98,17 +136,17 @@ impl MachineFiles {
 }
 
 /// Picks the accelerator for a libvirt host, logging the choice and the reason.
-pub fn choose_accel(lv: &Libvirt) -> Result<Accel> {
+pub(crate) fn choose_accel(lv: &Libvirt, forced: Option<Accel>) -> Accel {
     let facts = AccelFacts {
-        forced: std::env::var("MKH_ACCEL").ok(),
+        forced,
         libvirt_offers_kvm: lv
             .domain_capabilities("kvm")
             .is_some_and(|xml| accel::domain_capabilities_offer_kvm(&xml)),
         cpu_has_virt_flags: lv.is_local().then(accel::local_cpu_has_virt_flags),
     };
-    let (accel, why) = accel::decide(&facts)?;
+    let (accel, why) = accel::decide(&facts);
     tracing::info!(accel = accel.as_str(), "accelerator: {why}");
-    Ok(accel)
+    accel
 }
 
 fn existing_or_new_key(path: &Path, comment: &str) -> Result<KeyPair> {
@@ -129,109 +167,119 @@ fn host_key_path(home: &Path, machine: &str) -> PathBuf {
     home.join(format!("{machine}.host_ed25519"))
 }
 
-pub fn console_log_path(home: &Path, machine: &str) -> PathBuf {
+pub(crate) fn console_log_path(home: &Path, machine: &str) -> PathBuf {
     home.join(format!("{machine}.console.log"))
 }
 
+/// What booting the built-in guest needs besides its options.
+pub(crate) struct BootContext<'a> {
+    pub lv: &'a Arc<Libvirt>,
+    pub accel: Accel,
+    pub networks: &'a NetworkPair,
+    pub home: &'a Path,
+    pub owner: &'a Owner,
+    pub cache_dir: &'a Path,
+    pub timeouts: Timeouts,
+}
+
 impl Machine {
-    /// Defines and starts the built-in guest on `networks`. `on_defined` hears of the domain as
-    /// soon as libvirt has it (for teardown). Returns once the domain runs; see
-    /// [`Machine::wait_ready`].
-    #[allow(clippy::too_many_arguments)]
+    /// Defines and starts the built-in guest on the environment's networks. `on_defined` hears
+    /// of the domain as soon as libvirt has it (for teardown). Returns once the domain runs; see
+    /// [`Machine::wait_ready_now`].
     pub(crate) fn boot_builtin(
-        lv: &Libvirt,
-        accel: Accel,
+        ctx: &BootContext<'_>,
         options: &MachineOptions,
         name: &str,
-        networks: &NetworkPair,
-        home: &Path,
-        owner: &Owner,
         on_defined: &mut dyn FnMut(&str),
     ) -> Result<Machine> {
-        let image = image::ensure_guest_image(&crate::config::cache_dir())?;
-        let key = existing_or_new_key(&key_path(home), "mkh")?;
+        let image = image::ensure_guest_image(ctx.cache_dir)?;
+        let key = existing_or_new_key(&key_path(ctx.home), "mkh")?;
         // The same host key on every boot of this machine: its fingerprint survives restarts.
-        let host_key = existing_or_new_key(&host_key_path(home, name), name)?;
+        let host_key = existing_or_new_key(&host_key_path(ctx.home, name), name)?;
         let hostname = options.hostname.as_deref().unwrap_or(name);
         let cmdline = image::kernel_cmdline(&image::BootParams {
             hostname,
             authorized_key: &key.public_line()?,
             host_key: Some(&host_key.private_text()?),
         })?;
-        let nics = vec![
-            Nic {
-                role: NetworkRole::Private,
-                network: networks.private.name.clone(),
-                mac: derive_mac(name, NetworkRole::Private),
-            },
-            Nic {
-                role: NetworkRole::Nat,
-                network: networks.nat.name.clone(),
-                mac: derive_mac(name, NetworkRole::Nat),
-            },
-        ];
-        let console_log = console_log_path(home, name);
+        let nics: Vec<Nic> = NetworkRole::ALL
+            .iter()
+            .map(|&role| Nic {
+                role,
+                network: ctx.networks.get(role).name.clone(),
+                mac: derive_mac(name, role),
+            })
+            .collect();
+        let files = MachineFiles {
+            key: key.private,
+            ..MachineFiles::builtin(ctx.home, name)
+        };
         let spec = MachineSpec {
             name: name.to_owned(),
             memory_mib: options.memory_mib,
             vcpus: options.vcpus,
-            accel,
+            accel: ctx.accel,
             boot: Boot::Kernel {
                 kernel: image.kernel.clone(),
                 initrd: image.initrd.clone(),
                 cmdline,
             },
             nics: nics.clone(),
-            console_log: console_log.clone(),
-            owner: owner.clone(),
+            console_log: files.console_log.clone(),
+            owner: ctx.owner.clone(),
         };
         spec.validate()?;
-        lv.define_domain(name, &spec.to_xml())?;
+        ctx.lv.define_domain(name, &spec.to_xml())?;
         on_defined(name);
-        lv.start_domain(name)?;
-        let files = MachineFiles {
-            key: key.private,
-            ..MachineFiles::builtin(home, name)
-        };
-        debug_assert_eq!(files.console_log, console_log);
+        ctx.lv.start_domain(name)?;
         Ok(Machine {
             name: name.to_owned(),
-            uri: lv.uri().to_owned(),
-            accel,
+            lv: ctx.lv.clone(),
+            accel: ctx.accel,
             nics,
             files,
-            timeouts: Timeouts::new(accel)?,
+            timeouts: ctx.timeouts,
         })
     }
 
-    /// A handle on an existing machine (made by mkh or by minikube), its NICs and accelerator
-    /// read back from its domain XML.
-    pub fn attach(lv: &Libvirt, name: &str, files: MachineFiles) -> Result<Machine> {
+    /// A handle on an existing machine (made by mkh or by minikube) on `networks`: its
+    /// accelerator and NICs read back from its domain XML, each NIC's role from the network it
+    /// sits on.
+    pub(crate) fn attach(
+        lv: &Arc<Libvirt>,
+        name: &str,
+        networks: &NetworkPair,
+        files: MachineFiles,
+        timeout_scale: f64,
+    ) -> Result<Machine> {
         let xml = lv.domain_xml(name)?;
-        let (accel, nics) = parse_domain(&xml).map_err(|problem| Error::BadXml {
+        let (accel, nics) = parse_domain(&xml, networks).map_err(|problem| Error::BadXml {
             object: format!("domain {name}"),
             problem,
         })?;
         Ok(Machine {
             name: name.to_owned(),
-            uri: lv.uri().to_owned(),
+            lv: lv.clone(),
             accel,
             nics,
             files,
-            timeouts: Timeouts::new(accel)?,
+            timeouts: Timeouts::new(accel, timeout_scale),
         })
     }
 
+    /// The domain's name in libvirt.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The accelerator it runs under.
     pub fn accel(&self) -> Accel {
         self.accel
     }
 
-    pub fn nics(&self) -> &[Nic] {
-        &self.nics
+    /// The MAC address of its NIC on the network of `role`.
+    pub fn mac(&self, role: NetworkRole) -> &str {
+        &self.nic(role).mac
     }
 
     /// The private key that logs in as `docker`.
@@ -239,16 +287,9 @@ impl Machine {
         &self.files.key
     }
 
+    /// The serial console's log file.
     pub fn console_log(&self) -> &Path {
         &self.files.console_log
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        self.timeouts
-    }
-
-    fn libvirt(&self) -> Result<Libvirt> {
-        Libvirt::connect_to(&self.uri)
     }
 
     fn nic(&self, role: NetworkRole) -> &Nic {
@@ -258,12 +299,61 @@ impl Machine {
             .expect("a machine has a NIC per role")
     }
 
-    pub fn state(&self) -> Result<DomainState> {
-        self.libvirt()?.domain_state(&self.name)
+    /// Whether the machine runs.
+    pub async fn is_running(&self) -> Result<bool> {
+        let m = self.clone();
+        off_thread(move || Ok(m.state_now()? == DomainState::Running)).await
     }
 
-    fn require_running(&self, lv: &Libvirt) -> Result<()> {
-        match lv.domain_state(&self.name)? {
+    /// The machine's address on one network, waiting for its lease up to the lease deadline.
+    /// Fails at once when the machine is not running.
+    pub async fn ip(&self, role: NetworkRole) -> Result<Ipv4Addr> {
+        let m = self.clone();
+        off_thread(move || m.ip_now(role)).await
+    }
+
+    /// Both addresses (see [`Machine::ip`]).
+    pub async fn ips(&self) -> Result<Ips> {
+        let m = self.clone();
+        off_thread(move || m.ips_now()).await
+    }
+
+    /// An SSH session as `docker` over one network, retried until sshd answers (SSH deadline).
+    pub async fn ssh(&self, role: NetworkRole) -> Result<SshSession> {
+        let m = self.clone();
+        off_thread(move || m.ssh_now(role)).await
+    }
+
+    /// Stops the machine: ACPI shutdown, then power-off once the shutdown deadline passes.
+    pub async fn stop(&self) -> Result<()> {
+        let m = self.clone();
+        off_thread(move || m.stop_now()).await
+    }
+
+    /// Starts a stopped machine and waits until SSH answers on both networks (IPs re-read).
+    pub async fn start(&self) -> Result<Ips> {
+        let m = self.clone();
+        off_thread(move || m.start_now()).await
+    }
+
+    /// Stops, then starts the machine.
+    pub async fn restart(&self) -> Result<Ips> {
+        let m = self.clone();
+        off_thread(move || m.restart_now()).await
+    }
+
+    /// Sets one NIC's link up or down, as pulling a cable would.
+    pub async fn set_link(&self, role: NetworkRole, up: bool) -> Result<()> {
+        let m = self.clone();
+        off_thread(move || m.set_link_now(role, up)).await
+    }
+
+    pub(crate) fn state_now(&self) -> Result<DomainState> {
+        self.lv.domain_state(&self.name)
+    }
+
+    fn require_running(&self) -> Result<()> {
+        match self.state_now()? {
             DomainState::Running => Ok(()),
             DomainState::Stopped => Err(Error::MachineNotRunning {
                 machine: self.name.clone(),
@@ -276,43 +366,40 @@ impl Machine {
         }
     }
 
-    /// The machine's address on one network, waiting for its lease up to the lease deadline.
-    /// Fails at once when the machine is not running.
-    pub fn ip(&self, role: NetworkRole) -> Result<Ipv4Addr> {
-        let lv = self.libvirt()?;
-        self.require_running(&lv)?;
+    pub(crate) fn ip_now(&self, role: NetworkRole) -> Result<Ipv4Addr> {
+        self.require_running()?;
         let nic = self.nic(role);
         let deadline = self.timeouts.lease();
-        let start = Instant::now();
-        loop {
-            let leases = lv.network_leases(&nic.network)?;
-            if let Some(ip) = lease_for_mac(&leases, &nic.mac) {
-                return Ok(ip);
+        let mut seen = Vec::new();
+        let mut first = true;
+        let ip = until(deadline, Duration::from_millis(250), || {
+            if !std::mem::take(&mut first) {
+                self.require_running()?;
             }
-            if start.elapsed() >= deadline {
-                return Err(Error::NoLease(Box::new(NoLease {
-                    machine: self.name.clone(),
-                    network: nic.network.clone(),
-                    mac: nic.mac.clone(),
-                    after: deadline,
-                    seen: describe_leases(&leases),
-                    console: self.files.console_log.clone(),
-                })));
-            }
-            self.require_running(&lv)?;
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    pub fn ips(&self) -> Result<Ips> {
-        Ok(Ips {
-            private: self.ip(NetworkRole::Private)?,
-            nat: self.ip(NetworkRole::Nat)?,
+            seen = self.lv.network_leases(&nic.network)?;
+            Ok(lease_for_mac(&seen, &nic.mac))
+        })?;
+        ip.ok_or_else(|| {
+            Error::NoLease(Box::new(NoLease {
+                machine: self.name.clone(),
+                network: nic.network.clone(),
+                mac: nic.mac.clone(),
+                after: deadline,
+                seen: describe_leases(&seen),
+                console: self.files.console_log.clone(),
+            }))
         })
     }
 
-    pub fn ssh_target(&self, role: NetworkRole) -> Result<SshTarget> {
-        Ok(self.ssh_target_at(self.ip(role)?))
+    pub(crate) fn ips_now(&self) -> Result<Ips> {
+        Ok(Ips {
+            private: self.ip_now(NetworkRole::Private)?,
+            nat: self.ip_now(NetworkRole::Nat)?,
+        })
+    }
+
+    pub(crate) fn ssh_target(&self, role: NetworkRole) -> Result<SshTarget> {
+        Ok(self.ssh_target_at(self.ip_now(role)?))
     }
 
     fn ssh_target_at(&self, ip: Ipv4Addr) -> SshTarget {
@@ -326,14 +413,13 @@ impl Machine {
         }
     }
 
-    /// An SSH session over one network, retried until sshd answers (SSH deadline).
-    pub fn ssh(&self, role: NetworkRole) -> Result<SshSession> {
+    pub(crate) fn ssh_now(&self, role: NetworkRole) -> Result<SshSession> {
         ssh::connect(&self.ssh_target(role)?, self.timeouts.ssh())
     }
 
     /// Writes an OpenSSH known_hosts file holding the host key mkh recorded for this machine,
     /// for handing a session over to the `ssh` command.
-    pub fn pin_host_key_for_openssh(&self, target: &SshTarget) -> Result<PathBuf> {
+    pub(crate) fn pin_host_key_for_openssh(&self, target: &SshTarget) -> Result<PathBuf> {
         let line = ssh::openssh_known_hosts_line(&target.known_hosts, &self.name, target.ip)?;
         let path = target
             .known_hosts
@@ -345,50 +431,44 @@ impl Machine {
     /// Waits until the machine has both leases and SSH answers on both networks. The
     /// addresses are read once; the private network goes first (its connection records the host
     /// key, as minikube's does), and once sshd answers there the NAT one answers at once.
-    pub fn wait_ready(&self) -> Result<Ips> {
-        let ips = self.ips()?;
+    pub(crate) fn wait_ready_now(&self) -> Result<Ips> {
+        let ips = self.ips_now()?;
         let deadline = self.timeouts.ssh();
         ssh::connect(&self.ssh_target_at(ips.private), deadline)?;
         ssh::connect(&self.ssh_target_at(ips.nat), deadline)?;
         Ok(ips)
     }
 
-    /// Stops the machine: ACPI shutdown, then power-off once the shutdown deadline passes.
-    pub fn stop(&self) -> Result<()> {
-        let lv = self.libvirt()?;
-        if lv.domain_state(&self.name)? != DomainState::Running {
+    pub(crate) fn stop_now(&self) -> Result<()> {
+        if self.state_now()? != DomainState::Running {
             return Ok(());
         }
-        lv.shutdown_domain(&self.name)?;
-        let start = Instant::now();
-        while start.elapsed() < self.timeouts.shutdown() {
-            if lv.domain_state(&self.name)? != DomainState::Running {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        self.lv.shutdown_domain(&self.name)?;
+        let stopped = until(self.timeouts.shutdown(), Duration::from_millis(200), || {
+            Ok((self.state_now()? != DomainState::Running).then_some(()))
+        })?;
+        match stopped {
+            Some(()) => Ok(()),
+            None => self.lv.destroy_domain(&self.name),
         }
-        lv.destroy_domain(&self.name)
     }
 
-    /// Starts a stopped machine and waits until it is ready again (IPs re-read).
-    pub fn start(&self) -> Result<Ips> {
-        let lv = self.libvirt()?;
-        if lv.domain_state(&self.name)? != DomainState::Running {
-            lv.start_domain(&self.name)?;
+    pub(crate) fn start_now(&self) -> Result<Ips> {
+        if self.state_now()? != DomainState::Running {
+            self.lv.start_domain(&self.name)?;
         }
-        self.wait_ready()
+        self.wait_ready_now()
     }
 
-    pub fn restart(&self) -> Result<Ips> {
-        self.stop()?;
-        self.start()
+    pub(crate) fn restart_now(&self) -> Result<Ips> {
+        self.stop_now()?;
+        self.start_now()
     }
 
-    /// Sets one NIC's link up or down, as pulling a cable would.
-    pub fn set_link(&self, role: NetworkRole, up: bool) -> Result<()> {
-        let lv = self.libvirt()?;
-        self.require_running(&lv)?;
-        lv.update_live_device(&self.name, &spec::link_state_xml(self.nic(role), up))
+    pub(crate) fn set_link_now(&self, role: NetworkRole, up: bool) -> Result<()> {
+        self.require_running()?;
+        self.lv
+            .update_live_device(&self.name, &spec::link_state_xml(self.nic(role), up))
     }
 }
 
@@ -419,23 +499,20 @@ fn describe_leases(leases: &[Lease]) -> String {
         .join(", ")
 }
 
-/// Reads accelerator and NICs (with their roles) back from a domain's XML.
-fn parse_domain(xml: &str) -> Result<(Accel, Vec<Nic>), String> {
+/// Reads the accelerator and the NICs back from a domain's XML; a NIC's role is the role of the
+/// network it sits on (never its position). Both networks must have exactly one NIC.
+fn parse_domain(xml: &str, networks: &NetworkPair) -> Result<(Accel, Vec<Nic>), String> {
     let els = elements(xml)?;
     let accel = match els.first().and_then(|e| e.attr("type")) {
         Some("kvm") => Accel::Kvm,
         _ => Accel::Tcg,
     };
-    let mut nics = Vec::new();
-    let mut current: Option<(Option<String>, Option<String>)> = None;
+    let mut found: Vec<(Option<String>, Option<String>)> = Vec::new();
     for e in &els {
         if e.is_at(&["domain", "devices", "interface"]) {
-            if let Some((Some(network), Some(mac))) = current.take() {
-                nics.push((network, mac));
-            }
-            current = Some((None, None));
+            found.push((None, None));
         }
-        if let Some((network, mac)) = current.as_mut() {
+        if let Some((network, mac)) = found.last_mut() {
             if e.is_at(&["domain", "devices", "interface", "source"]) {
                 *network = e.attr("network").map(str::to_owned);
             }
@@ -444,24 +521,30 @@ fn parse_domain(xml: &str) -> Result<(Accel, Vec<Nic>), String> {
             }
         }
     }
-    if let Some((Some(network), Some(mac))) = current.take() {
-        nics.push((network, mac));
+    let mut nics = Vec::new();
+    for role in NetworkRole::ALL {
+        let net = &networks.get(role).name;
+        let on_it: Vec<&String> = found
+            .iter()
+            .filter(|(n, _)| n.as_deref() == Some(net.as_str()))
+            .filter_map(|(_, mac)| mac.as_ref())
+            .collect();
+        match on_it.as_slice() {
+            [mac] => nics.push(Nic {
+                role,
+                network: net.clone(),
+                mac: (*mac).clone(),
+            }),
+            [] => return Err(format!("no network interface on network {net} ({role})")),
+            _ => {
+                return Err(format!(
+                    "{} network interfaces on network {net} ({role}); expected one",
+                    on_it.len()
+                ))
+            }
+        }
     }
-    // The built-in guest has the private NIC first, as kvm2's template.
-    let roles = [NetworkRole::Private, NetworkRole::Nat];
-    if nics.len() != 2 {
-        return Err(format!(
-            "expected 2 network interfaces, found {}",
-            nics.len()
-        ));
-    }
-    Ok((
-        accel,
-        nics.into_iter()
-            .zip(roles)
-            .map(|((network, mac), role)| Nic { role, network, mac })
-            .collect(),
-    ))
+    Ok((accel, nics))
 }
 
 #[cfg(test)]
@@ -531,10 +614,20 @@ mod tests {
                 },
             ],
             console_log: "/c".into(),
-            owner: Owner::for_new_object(crate::owner::OwnerKind::Process, "e"),
+            owner: crate::owner::tests::sample_owner(),
         };
-        let (accel, nics) = parse_domain(&spec.to_xml()).unwrap();
+        let pair = crate::net::tests::pair("n", "p");
+        let (accel, nics) = parse_domain(&spec.to_xml(), &pair).unwrap();
         assert_eq!(accel, Accel::Tcg);
         assert_eq!(nics, spec.nics);
+        // Roles come from the networks, whatever the order of the interfaces.
+        let swapped = crate::net::tests::pair("p", "n");
+        let (_, nics) = parse_domain(&spec.to_xml(), &swapped).unwrap();
+        assert_eq!(nics[0].role, NetworkRole::Private);
+        assert_eq!(nics[0].network, "n");
+        assert_eq!(nics[0].mac, derive_mac("m", NetworkRole::Nat));
+        let other = crate::net::tests::pair("x", "p");
+        let err = parse_domain(&spec.to_xml(), &other).unwrap_err();
+        assert!(err.contains("network x"), "{err}");
     }
 }

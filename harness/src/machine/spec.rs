@@ -15,14 +15,17 @@ use crate::xml::escape;
 use super::accel::Accel;
 
 /// Which of an environment's networks a NIC sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkRole {
+    /// The NAT network, like minikube's `default`: the way out.
     Nat,
+    /// The isolated network, like minikube's `mk-<profile>`: between machines only.
     Private,
 }
 
 impl NetworkRole {
+    /// `nat` or `private`.
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkRole::Nat => "nat",
@@ -30,11 +33,18 @@ impl NetworkRole {
         }
     }
 
-    pub fn parse(s: &str) -> Option<NetworkRole> {
+    /// Both roles, the private network first (as kvm2 orders a domain's NICs).
+    pub const ALL: [NetworkRole; 2] = [NetworkRole::Private, NetworkRole::Nat];
+}
+
+impl std::str::FromStr for NetworkRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<NetworkRole, String> {
         match s {
-            "nat" => Some(NetworkRole::Nat),
-            "private" => Some(NetworkRole::Private),
-            _ => None,
+            "nat" => Ok(NetworkRole::Nat),
+            "private" => Ok(NetworkRole::Private),
+            _ => Err(format!("{s:?} is not a network role: use nat or private")),
         }
     }
 }
@@ -46,7 +56,7 @@ impl std::fmt::Display for NetworkRole {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Nic {
+pub(crate) struct Nic {
     pub role: NetworkRole,
     pub network: String,
     pub mac: String,
@@ -54,6 +64,7 @@ pub struct Nic {
 
 /// What the guest boots: a kernel with an initrd (the built-in guest) or a disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // A disk boots minikube's ISO; only tests render it so far.
 pub enum Boot {
     Kernel {
         kernel: PathBuf,
@@ -193,7 +204,6 @@ pub fn link_state_xml(nic: &Nic, up: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owner::OwnerKind;
     use crate::xml::elements;
 
     fn spec(accel: Accel) -> MachineSpec {
@@ -220,7 +230,7 @@ mod tests {
                 },
             ],
             console_log: "/var/tmp/console.log".into(),
-            owner: Owner::for_new_object(OwnerKind::Process, "mkh-abc123"),
+            owner: crate::owner::tests::sample_owner(),
         }
     }
 

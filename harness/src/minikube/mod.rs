@@ -30,6 +30,10 @@ pub const RESERVED_FLAGS: [&str; 7] = [
     "--kvm-qemu-uri",
 ];
 
+/// How long `minikube delete` may take in a teardown: it must fit nextest's grace period (30 s)
+/// with room for mkh's own removals after it.
+pub(crate) const DELETE_DEADLINE: Duration = Duration::from_secs(20);
+
 /// What a test may choose about its minikube cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MinikubeOptions {
@@ -37,7 +41,9 @@ pub struct MinikubeOptions {
     pub binary: Option<PathBuf>,
     /// Passed to `minikube start` after mkh's own flags (see [`RESERVED_FLAGS`]).
     pub extra_args: Vec<String>,
+    /// `--memory`, in MiB; default: minikube's.
     pub memory_mib: Option<u32>,
+    /// `--cpus`; default: minikube's.
     pub cpus: Option<u32>,
     /// The shared minikube cache (ISO, preload); default `<MKH_CACHE_DIR>/minikube`.
     pub cache_dir: Option<PathBuf>,
@@ -207,7 +213,8 @@ impl MinikubeCluster {
     }
 
     /// `minikube delete -p PROFILE`, as a step of teardown.
-    pub fn delete_command(&self, deadline: Duration) -> TeardownCommand {
+    pub fn delete_command(&self) -> TeardownCommand {
+        let deadline = DELETE_DEADLINE;
         TeardownCommand {
             what: format!("minikube delete -p {}", self.profile),
             program: self.binary.clone(),
@@ -227,7 +234,7 @@ impl MinikubeCluster {
     }
 
     /// Where the machine's key and console log are (the recorded host keys stay in `home`).
-    pub fn machine_files(&self, home: &Path) -> crate::machine::MachineFiles {
+    pub(crate) fn machine_files(&self, home: &Path) -> crate::machine::MachineFiles {
         let machine_dir = self.files().root.join("machines").join(&self.profile);
         crate::machine::MachineFiles {
             key: self.files().ssh_key(&self.profile),

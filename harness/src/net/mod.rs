@@ -8,7 +8,7 @@ pub mod subnet;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
@@ -25,9 +25,13 @@ pub use subnet::SubnetPool;
 /// A network mkh created, as fixtures and `mkh up --json` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkInfo {
+    /// The libvirt network's name.
     pub name: String,
+    /// NAT or isolated.
     pub kind: NetworkKind,
+    /// Its subnet, on which no other network of this host lies.
     pub subnet: Ipv4Net,
+    /// The host bridge.
     pub bridge: String,
     /// The host's address on the network.
     pub gateway: std::net::Ipv4Addr,
@@ -36,20 +40,46 @@ pub struct NetworkInfo {
 /// An environment's two networks, like minikube's `default` and `mk-<profile>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkPair {
+    /// The NAT network.
     pub nat: NetworkInfo,
+    /// The isolated network.
     pub private: NetworkInfo,
 }
 
-/// Where the allocator's lock lives: `MKH_LOCK_DIR`, else `/tmp`. The lock serialises subnet
-/// choice between mkh processes of every user on this host; processes on other hosts sharing a
-/// remote libvirt are kept apart by libvirt's own refusal of a subnet in use (and a retry).
-pub fn lock_path() -> PathBuf {
-    let dir = std::env::var_os("MKH_LOCK_DIR").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(dir).join("mkh-subnets.lock")
+impl NetworkPair {
+    /// A pair known only by name (an environment read back from libvirt).
+    pub(crate) fn named(nat: &str, private: &str) -> NetworkPair {
+        let info = |name: &str, kind| NetworkInfo {
+            name: name.into(),
+            kind,
+            subnet: Ipv4Net::default(),
+            bridge: String::new(),
+            gateway: std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        NetworkPair {
+            nat: info(nat, NetworkKind::Nat),
+            private: info(private, NetworkKind::Isolated),
+        }
+    }
+
+    /// The network of `role`.
+    pub fn get(&self, role: crate::NetworkRole) -> &NetworkInfo {
+        match role {
+            crate::NetworkRole::Nat => &self.nat,
+            crate::NetworkRole::Private => &self.private,
+        }
+    }
 }
 
-fn lock() -> Result<Flock<File>> {
-    let path = lock_path();
+/// Where the allocator's lock lives in `lock_dir` (`MKH_LOCK_DIR`). The lock serialises subnet
+/// choice between mkh processes of every user on this host; processes on other hosts sharing a
+/// remote libvirt are kept apart by libvirt's own refusal of a subnet in use (and a retry).
+pub(crate) fn lock_path(lock_dir: &Path) -> PathBuf {
+    lock_dir.join("mkh-subnets.lock")
+}
+
+fn lock(lock_dir: &Path) -> Result<Flock<File>> {
+    let path = lock_path(lock_dir);
     // Open without O_CREAT first: with fs.protected_regular, creating-opening another user's file
     // in sticky /tmp fails even though the file exists and is readable.
     let file = match File::open(&path) {
@@ -94,15 +124,16 @@ pub fn taken_subnets(lv: &Libvirt) -> Result<Vec<Ipv4Net>> {
 
 /// Creates the NAT and the isolated network of environment `id`. `on_created` hears of each
 /// network as soon as libvirt has it, so that a signal arriving mid-way still removes it.
-pub fn create_pair(
+pub(crate) fn create_pair(
     lv: &Libvirt,
     id: &EnvId,
     owner: &Owner,
     pool: &SubnetPool,
+    lock_dir: &Path,
     on_created: &mut dyn FnMut(&str),
 ) -> Result<NetworkPair> {
     const ATTEMPTS: usize = 8;
-    let _guard = lock()?;
+    let _guard = lock(lock_dir)?;
     let mut refused: Vec<Ipv4Net> = Vec::new();
     let mut created: Vec<NetworkInfo> = Vec::new();
     let wanted = [
@@ -142,4 +173,24 @@ pub fn create_pair(
     let private = created.pop().expect("two networks created");
     let nat = created.pop().expect("two networks created");
     Ok(NetworkPair { nat, private })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A pair of networks named `nat` and `private`, for tests of code that reads names.
+    pub(crate) fn pair(nat: &str, private: &str) -> NetworkPair {
+        let info = |name: &str, kind, subnet: &str| NetworkInfo {
+            name: name.into(),
+            kind,
+            subnet: subnet.parse().unwrap(),
+            bridge: name.into(),
+            gateway: "10.0.0.1".parse().unwrap(),
+        };
+        NetworkPair {
+            nat: info(nat, NetworkKind::Nat, "10.0.0.0/24"),
+            private: info(private, NetworkKind::Isolated, "10.0.1.0/24"),
+        }
+    }
 }

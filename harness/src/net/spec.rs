@@ -11,6 +11,7 @@ use crate::names::{validate_bridge_name, validate_object_name};
 use crate::owner::Owner;
 use crate::xml::escape;
 
+/// How a network reaches the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkKind {
@@ -175,10 +176,9 @@ impl NetworkFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owner::OwnerKind;
 
     fn owner() -> Owner {
-        Owner::for_new_object(OwnerKind::Process, "mkh-abc123")
+        crate::owner::tests::sample_owner()
     }
 
     fn spec(name: &str, kind: NetworkKind) -> NetworkSpec {

@@ -31,9 +31,12 @@ pub fn reserved() -> Vec<Ipv4Net> {
     out
 }
 
+/// Where an environment's subnets come from: `range` cut into subnets of length `prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetPool {
+    /// The range, e.g. 10.208.0.0/12.
     pub range: Ipv4Net,
+    /// Each subnet's prefix length, e.g. 24.
     pub prefix: u8,
 }
 
@@ -47,14 +50,8 @@ impl Default for SubnetPool {
 }
 
 impl SubnetPool {
-    /// `MKH_SUBNET_POOL` (a CIDR, e.g. `10.208.0.0/12`) and `MKH_SUBNET_PREFIX` (e.g. `24`).
-    pub fn from_env() -> Result<SubnetPool> {
-        let range = std::env::var("MKH_SUBNET_POOL").unwrap_or_else(|_| DEFAULT_POOL.into());
-        let prefix =
-            std::env::var("MKH_SUBNET_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.to_string());
-        SubnetPool::parse(&range, &prefix)
-    }
-
+    /// A pool from a CIDR and a prefix length, as `MKH_SUBNET_POOL` and `MKH_SUBNET_PREFIX`
+    /// write them.
     pub fn parse(range: &str, prefix: &str) -> Result<SubnetPool> {
         let range: Ipv4Net = range.trim().parse().map_err(|e| Error::InvalidInput {
             what: "subnet pool (MKH_SUBNET_POOL)",

@@ -682,9 +682,13 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
 
     match state {
         DomState::Missing => {
-            let image = mkh::machine::image::ensure_guest_image(&mkh::config::cache_dir())
-                .map_err(|e| Failure::error(format!("guest image: {e}")))?;
-            let cmdline = mkh::machine::image::kernel_cmdline(&mkh::machine::image::BootParams {
+            let image = mkh_guest_image::ensure_guest_image(
+                &mkh::Settings::current()
+                    .map_err(|e| Failure::error(e.to_string()))?
+                    .cache_dir,
+            )
+            .map_err(|e| Failure::error(format!("guest image: {e}")))?;
+            let cmdline = mkh_guest_image::kernel_cmdline(&mkh_guest_image::BootParams {
                 hostname: GUEST_HOSTNAME,
                 authorized_key: &pubkey,
                 host_key: Some(&host_key),

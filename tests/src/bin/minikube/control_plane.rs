@@ -1,5 +1,5 @@
 //! The real API server: etcd (Debian's etcd-server 3.4, from PATH) on loopback ports chosen
-//! free, and kube-apiserver (`$MKH_KUBE_APISERVER`) bound to the private network's host-side
+//! free, and kube-apiserver (`$MKH_KUBE_APISERVER`, else mkh's cache) bound to the private network's host-side
 //! address on port 8443, so that parallel profiles never collide and nothing listens on
 //! 0.0.0.0:8443. Both run on the host, detached in their own session (setsid), logging to
 //! `profiles/<p>/{etcd,kube-apiserver}.log`, with pid files `profiles/<p>/{etcd,kube-apiserver}.pid`
@@ -42,25 +42,53 @@ pub struct ProcessRecord {
 
 pub type Records = BTreeMap<String, ProcessRecord>;
 
-/// The kube-apiserver binary: `$MKH_KUBE_APISERVER`, required.
+/// The kube-apiserver binary: `$MKH_KUBE_APISERVER`, else the one cached by
+/// `harness/scripts/build-apiserver.sh` under mkh's cache directory, built there now (once, under
+/// the script's lock) if it is missing.
 pub fn apiserver_binary() -> Result<PathBuf, Failure> {
-    let Some(path) = std::env::var_os("MKH_KUBE_APISERVER").filter(|v| !v.is_empty()) else {
-        return Err(Failure::exit(
-            crate::EX_PROGRAM_CONFIG,
-            "MK_STANDIN_APISERVER",
-            "MKH_KUBE_APISERVER is not set: the minikube stand-in runs a real kube-apiserver \
-             and needs its path (harness/scripts/build-apiserver.sh builds it and prints the path)",
-        ));
-    };
-    let path = PathBuf::from(path);
-    if !path.is_file() {
-        return Err(Failure::exit(
-            crate::EX_PROGRAM_CONFIG,
-            "MK_STANDIN_APISERVER",
-            format!("MKH_KUBE_APISERVER={} is not a file", path.display()),
-        ));
+    let config =
+        |problem: String| Failure::exit(crate::EX_PROGRAM_CONFIG, "MK_STANDIN_APISERVER", problem);
+    if let Some(path) = std::env::var_os("MKH_KUBE_APISERVER").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(config(format!(
+                "MKH_KUBE_APISERVER={} is not a file",
+                path.display()
+            )));
+        }
+        return Ok(path);
     }
-    Ok(path)
+    let cache = mkh::Settings::current()
+        .map_err(|e| config(e.to_string()))?
+        .cache_dir;
+    let cached = cache.join("kube-apiserver").join("current");
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../harness/scripts/build-apiserver.sh"
+    );
+    eprintln!(
+        "minikube stand-in: no kube-apiserver in {}; building it once with {script} (5-10 minutes on 2 cores)",
+        cache.display()
+    );
+    let out = std::process::Command::new(script)
+        .arg(&cache)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| config(format!("cannot run {script}: {e}")))?;
+    let built = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    if !out.status.success() || !std::path::Path::new(&built).is_file() {
+        return Err(config(format!(
+            "{script} failed; run it by hand to see why"
+        )));
+    }
+    Ok(PathBuf::from(built))
 }
 
 /// etcd from PATH (Debian's etcd-server).

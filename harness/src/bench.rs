@@ -1,5 +1,5 @@
-//! `mkh-bench [RUNS]`: time from request to SSH-ready on both networks, by phase, and teardown,
-//! for mkh (`Env::builder().guest(..).up()`) and, in the same run, for `bench/baseline.sh`, which
+//! `mkh bench [--runs N]`: time from request to SSH-ready on both networks, by phase, and teardown,
+//! for mkh (`Env::builder().guest(..).up()`) and, in the same run, for `scripts/bench-baseline.sh`, which
 //! does the same steps by hand with virsh and ssh on the same guest. Prints medians and the ratio
 //! mkh / baseline. Runs alternate between the two so that load drifts hit both alike.
 
@@ -8,28 +8,29 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mkh::config::cache_dir;
-use mkh::libvirt::Libvirt;
-use mkh::machine::spec::{derive_mac, Boot, MachineSpec, NetworkRole, Nic};
-use mkh::machine::{choose_accel, image, MachineOptions};
-use mkh::names::EnvId;
-use mkh::net::{taken_subnets, NetworkKind, NetworkSpec, SubnetPool};
-use mkh::owner::{Owner, OwnerKind};
-use mkh::ssh::KeyPair;
-use mkh::Env;
+use crate::error::{Error, Result};
+use crate::libvirt::Libvirt;
+use crate::machine::image::{self, GuestImage};
+use crate::machine::spec::{derive_mac, Boot, MachineSpec, NetworkRole, Nic};
+use crate::machine::{choose_accel, Accel, MachineOptions};
+use crate::names::EnvId;
+use crate::net::{taken_subnets, NetworkKind, NetworkSpec};
+use crate::owner::{Owner, OwnerKind};
+use crate::ssh::KeyPair;
+use crate::{Env, Settings};
+
+/// The script doing by hand what mkh does, for the comparison.
+const BASELINE: &str = include_str!("../scripts/bench-baseline.sh");
 
 const PHASES: [&str; 5] = ["networks", "define_start", "leases", "ssh", "teardown"];
 
 type Sample = BTreeMap<&'static str, f64>;
 
-fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5);
-    let lv = Libvirt::connect().unwrap_or_else(|e| fail(&e.to_string()));
-    let accel = choose_accel(&lv).unwrap_or_else(|e| fail(&e.to_string()));
-    let image = image::ensure_guest_image(&cache_dir()).unwrap_or_else(|e| fail(&e.to_string()));
+/// Runs the benchmark `runs` times each and prints the table.
+pub(crate) fn run(settings: &Settings, runs: usize) -> Result<()> {
+    let lv = Libvirt::connect_to(&settings.libvirt_uri)?;
+    let accel = choose_accel(&lv, settings.accel);
+    let image = image::ensure_guest_image(&settings.cache_dir)?;
     println!(
         "mkh-bench: {runs} runs each, accelerator {}, libvirt {}",
         accel.as_str(),
@@ -39,8 +40,8 @@ fn main() {
     let mut mkh_samples = Vec::new();
     let mut base_samples = Vec::new();
     for run in 1..=runs {
-        mkh_samples.push(run_mkh());
-        base_samples.push(run_baseline(&lv, accel, &image));
+        mkh_samples.push(run_mkh(settings)?);
+        base_samples.push(run_baseline(settings, &lv, accel, &image)?);
         println!(
             "run {run}: mkh {:.2}s to SSH, baseline {:.2}s",
             ready(mkh_samples.last().unwrap()),
@@ -71,6 +72,7 @@ fn main() {
     for (phase, m, b) in rows {
         println!("{phase:<14} {m:>9.3} {b:>9.3} {:>8.2}", m / b);
     }
+    Ok(())
 }
 
 fn ready(s: &Sample) -> f64 {
@@ -91,11 +93,11 @@ fn median(samples: &[Sample], phase: &str) -> f64 {
     }
 }
 
-fn run_mkh() -> Sample {
-    let env = Env::builder()
+fn run_mkh(settings: &Settings) -> Result<Sample> {
+    let mut env = Env::builder()
+        .settings(settings.clone())
         .guest(MachineOptions::default())
-        .up_blocking()
-        .unwrap_or_else(|e| fail(&e.to_string()));
+        .up_now()?;
     let t = env.timings();
     let secs = |d: Option<Duration>| d.expect("phase timed").as_secs_f64();
     let mut s = Sample::from([
@@ -105,55 +107,43 @@ fn run_mkh() -> Sample {
         ("ssh", secs(t.ssh)),
     ]);
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(env.teardown())
-        .unwrap_or_else(|e| fail(&e.to_string()));
+    env.teardown_now()?;
     s.insert("teardown", started.elapsed().as_secs_f64());
-    s
+    Ok(s)
 }
 
 /// Prepares the same objects mkh would make (same XML renderers, same image, same command line)
 /// and lets the shell script create, wait for and remove them.
 fn run_baseline(
+    settings: &Settings,
     lv: &Libvirt,
-    accel: mkh::machine::accel::Accel,
-    img: &image::GuestImage,
-) -> Sample {
+    accel: Accel,
+    img: &GuestImage,
+) -> Result<Sample> {
     let id = EnvId::random();
     let env = format!("mkhb-{id}");
-    let owner = Owner::for_new_object(OwnerKind::Process, &env);
+    let owner = Owner::for_new_object(OwnerKind::Process, &env, settings);
     let dir = std::env::temp_dir().join(format!("mkh-bench-{id}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let key = KeyPair::generate(&dir.join("id_ed25519"), "bench")
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    let host_key =
-        KeyPair::generate(&dir.join("host"), "bench").unwrap_or_else(|e| fail(&e.to_string()));
+    let key = KeyPair::generate(&dir.join("id_ed25519"), "bench")?;
+    let host_key = KeyPair::generate(&dir.join("host"), "bench")?;
 
-    let taken = taken_subnets(lv).unwrap_or_else(|e| fail(&e.to_string()));
-    let pool = SubnetPool::from_env().unwrap_or_else(|e| fail(&e.to_string()));
-    let start = rand_start();
-    let subnets = pool
-        .choose(&taken, 2, start)
-        .unwrap_or_else(|e| fail(&e.to_string()));
+    let taken = taken_subnets(lv)?;
+    let subnets = settings.subnet_pool.choose(&taken, 2, rand_start())?;
     let (nat, private) = (format!("mkhb-{id}-nat"), format!("mkhb-{id}-prv"));
-    let nat_spec =
-        NetworkSpec::new(&nat, NetworkKind::Nat, &nat, subnets[0], owner.clone()).unwrap();
+    let nat_spec = NetworkSpec::new(&nat, NetworkKind::Nat, &nat, subnets[0], owner.clone())?;
     let priv_spec = NetworkSpec::new(
         &private,
         NetworkKind::Isolated,
         &private,
         subnets[1],
         owner.clone(),
-    )
-    .unwrap();
+    )?;
     let cmdline = image::kernel_cmdline(&image::BootParams {
         hostname: &env,
-        authorized_key: &key.public_line().unwrap(),
-        host_key: Some(&host_key.private_text().unwrap()),
-    })
-    .unwrap_or_else(|e| fail(&e.to_string()));
+        authorized_key: &key.public_line()?,
+        host_key: Some(&host_key.private_text()?),
+    })?;
     let nics = vec![
         Nic {
             role: NetworkRole::Private,
@@ -180,9 +170,9 @@ fn run_baseline(
         console_log: dir.join("console.log"),
         owner,
     };
-    write(&dir, "nat.xml", &nat_spec.to_xml());
-    write(&dir, "priv.xml", &priv_spec.to_xml());
-    write(&dir, "domain.xml", &domain.to_xml());
+    write(&dir, "nat.xml", &nat_spec.to_xml())?;
+    write(&dir, "priv.xml", &priv_spec.to_xml())?;
+    write(&dir, "domain.xml", &domain.to_xml())?;
     write(
         &dir,
         "names.env",
@@ -190,12 +180,14 @@ fn run_baseline(
             "NAT={nat}\nPRIV={private}\nDOMAIN={env}\nMAC_NAT={}\nMAC_PRIV={}\n",
             nics[1].mac, nics[0].mac
         ),
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/baseline.sh");
-    let out = Command::new(script)
+    )?;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(BASELINE)
+        .arg("bench-baseline.sh")
         .arg(&dir)
         .output()
-        .expect("baseline.sh runs");
+        .map_err(|e| Error::io("bash", e))?;
     let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -203,10 +195,11 @@ fn run_baseline(
         let _ = lv.remove_domain(&env);
         let _ = lv.remove_network(&nat);
         let _ = lv.remove_network(&private);
-        fail(&format!(
-            "baseline.sh failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(Error::BadFile {
+            path: "scripts/bench-baseline.sh".into(),
+            what: "the benchmark's baseline".into(),
+            problem: format!("it failed: {text}{}", String::from_utf8_lossy(&out.stderr)),
+        });
     }
     let line = text.lines().last().unwrap_or_default();
     let mut s = Sample::new();
@@ -215,18 +208,14 @@ fn run_baseline(
         let k = PHASES.iter().find(|p| **p == k).expect("known phase");
         s.insert(k, v.parse().expect("seconds"));
     }
-    s
+    Ok(s)
 }
 
 fn rand_start() -> usize {
     (std::process::id() as usize).wrapping_mul(2654435761) % 4000
 }
 
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).expect("write bench input");
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("mkh-bench: {msg}");
-    std::process::exit(1);
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
 }

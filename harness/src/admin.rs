@@ -1,0 +1,171 @@
+//! Administrative verbs over what libvirt holds of mkh's, for the `mkh` command: list
+//! environments, bring one up for the CLI, reach its machine, remove it, reap what dead owners
+//! left, audit a run. Test code does not need this module.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use crate::inventory::{ClaimedObject, EnvSummary, ObjectKind};
+pub use crate::owner::{Owner, OwnerKind, ProcessIdentity};
+pub use crate::reaper::{ReapReport, ReapScope, Reaped};
+
+use crate::blocking::Machine;
+use crate::error::{Error, Result};
+use crate::inventory::{claimed_objects, environments as group};
+use crate::libvirt::Libvirt;
+use crate::{EnvBuilder, EnvDescription, ExecOutput, NetworkRole, Settings};
+
+fn connect(settings: &Settings) -> Result<Arc<Libvirt>> {
+    Libvirt::connect_to(&settings.libvirt_uri).map(Arc::new)
+}
+
+/// Brings up an environment owned by the CLI: it outlives this process, and `mkh down NAME`
+/// removes it.
+pub fn up_for_cli(builder: EnvBuilder) -> Result<EnvDescription> {
+    // Owned by this process while it is being made: a half-made environment whose maker died
+    // is the reaper's. Only a complete one is handed over.
+    builder.up_now()?.hand_over_now()
+}
+
+/// The environments mkh owns in libvirt.
+pub fn environments(settings: &Settings) -> Result<Vec<EnvSummary>> {
+    Ok(group(&claimed_objects(&*connect(settings)?)?))
+}
+
+fn find(lv: &Libvirt, name: &str) -> Result<EnvSummary> {
+    group(&claimed_objects(lv)?)
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| Error::UnknownEnvironment {
+            name: name.to_owned(),
+        })
+}
+
+/// The first machine of a named environment, read back from libvirt.
+pub fn machine(settings: &Settings, name: &str) -> Result<Machine> {
+    let lv = connect(settings)?;
+    find(&lv, name)?
+        .machine(&lv, settings.timeout_scale)
+        .map(Machine)
+}
+
+/// Runs `words` (quoted for the guest's shell) on `machine` over `role`'s network.
+pub fn run_over_ssh(machine: &Machine, role: NetworkRole, words: &[String]) -> Result<ExecOutput> {
+    machine
+        .0
+        .ssh_now(role)?
+        .exec_now(&crate::ssh::shell_join(words))
+}
+
+/// An interactive OpenSSH session on `machine`, pinned to the host key mkh checked at its own
+/// connection just before.
+pub fn interactive_ssh(machine: &Machine, role: NetworkRole) -> Result<ExitStatus> {
+    let m = &machine.0;
+    let session = m.ssh_now(role)?;
+    let target = m.ssh_target(role)?;
+    drop(session);
+    let known = m.pin_host_key_for_openssh(&target)?;
+    std::process::Command::new("ssh")
+        .arg("-i")
+        .arg(&target.key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg(format!("{}@{}", target.user, target.ip))
+        .status()
+        .map_err(|e| Error::Ssh {
+            target: target.ip.to_string(),
+            problem: "cannot run ssh; install openssh-client".into(),
+            source: Some(e.into()),
+        })
+}
+
+/// Removes a CLI-owned environment; a process-owned one is refused (its process removes it).
+pub fn down(settings: &Settings, name: &str) -> Result<()> {
+    let lv = connect(settings)?;
+    let env = find(&lv, name)?;
+    if env.kind == OwnerKind::Process {
+        return Err(Error::InvalidInput {
+            what: "environment",
+            value: name.to_owned(),
+            problem: format!(
+                "it belongs to process {} (test {}), not to the CLI",
+                env.pid,
+                env.test.as_deref().unwrap_or("-")
+            ),
+            fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
+        });
+    }
+    let problems = env.teardown(lv.uri()).run();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Teardown {
+            env: env.name,
+            count: problems.len(),
+            problems,
+        })
+    }
+}
+
+/// Removes what dead owners left (and with [`ReapScope::IncludingCli`] CLI-owned environments
+/// too), limited to one run id when given.
+pub fn reap(settings: &Settings, scope: ReapScope, run: Option<&str>) -> Result<ReapReport> {
+    crate::reaper::sweep(&*connect(settings)?, scope, run, &settings.state_dir)
+}
+
+/// Every object mkh's metadata claims, split into those of `run` and the others.
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    /// The run asked about.
+    pub run: Option<String>,
+    /// Objects that run left.
+    pub left_by_run: Vec<ClaimedObject>,
+    /// Everything else of mkh's.
+    pub others: Vec<ClaimedObject>,
+}
+
+/// See [`Audit`].
+pub fn audit(settings: &Settings, run: Option<&str>) -> Result<Audit> {
+    let objects = claimed_objects(&*connect(settings)?)?;
+    let (left_by_run, others) = objects
+        .into_iter()
+        .partition(|o| run.is_some_and(|r| o.owner.run_id == r));
+    Ok(Audit {
+        run: run.map(str::to_owned),
+        left_by_run,
+        others,
+    })
+}
+
+/// The guest image's files.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestImageFiles {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+}
+
+/// Builds (once) or finds the built-in guest's image in the cache.
+pub fn guest_image(settings: &Settings) -> Result<GuestImageFiles> {
+    let image = crate::machine::image::ensure_guest_image(&settings.cache_dir)?;
+    Ok(GuestImageFiles {
+        kernel: image.kernel,
+        initrd: image.initrd,
+    })
+}
+
+/// Times bringing up and tearing down an environment with the guest, phase by phase, `runs`
+/// times, beside a plain virsh+ssh script doing the same steps; prints medians and ratios.
+pub fn bench(settings: &Settings, runs: usize) -> Result<()> {
+    crate::bench::run(settings, runs)
+}

@@ -1,0 +1,158 @@
+//! The same environments for code without an async runtime: sync tests, the CLI. Each call
+//! blocks the calling thread; they share the core of the async API.
+//!
+//! ```no_run
+//! use mkh::{Env, MachineOptions, NetworkRole};
+//!
+//! let env = Env::builder().guest(MachineOptions::default()).up_blocking()?;
+//! let machine = env.machine().expect("a guest was booted");
+//! let out = machine.ssh(NetworkRole::Nat)?.exec("id -un")?;
+//! assert_eq!(out.stdout.trim(), "docker");
+//! # Ok::<(), mkh::Error>(())
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::{EnvDescription, ExecOutput, Ips, MachineOptions, NetworkPair, NetworkRole, Result};
+
+/// A live environment (see [`crate::Env`]); dropping it removes everything it created.
+#[derive(Debug)]
+pub struct Env {
+    inner: crate::Env,
+}
+
+impl From<crate::Env> for Env {
+    fn from(inner: crate::Env) -> Self {
+        Env { inner }
+    }
+}
+
+impl Env {
+    /// The async handle on the same environment.
+    pub fn as_async(&self) -> &crate::Env {
+        &self.inner
+    }
+
+    /// The environment's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Its two networks.
+    pub fn networks(&self) -> &NetworkPair {
+        self.inner.networks()
+    }
+
+    /// The environment's directory.
+    pub fn home(&self) -> &Path {
+        self.inner.home()
+    }
+
+    /// The first machine, if the environment has one.
+    pub fn machine(&self) -> Option<Machine> {
+        self.inner.machine().cloned().map(Machine)
+    }
+
+    /// Every machine.
+    pub fn machines(&self) -> Vec<Machine> {
+        self.inner.machines().iter().cloned().map(Machine).collect()
+    }
+
+    /// See [`crate::Env::add_machine`].
+    pub fn add_machine(&mut self, options: &MachineOptions) -> Result<Machine> {
+        self.inner.add_machine_now(options).cloned().map(Machine)
+    }
+
+    /// See [`crate::Env::remove_machine`].
+    pub fn remove_machine(&mut self, name: &str) -> Result<()> {
+        self.inner.remove_machine_now(name)
+    }
+
+    /// See [`crate::Env::stop`].
+    pub fn stop(&self) -> Result<()> {
+        self.inner.stop_now()
+    }
+
+    /// See [`crate::Env::start`].
+    pub fn start(&self) -> Result<Ips> {
+        self.inner.start_now()
+    }
+
+    /// See [`crate::Env::describe`].
+    pub fn describe(&self) -> Result<EnvDescription> {
+        self.inner.describe_now()
+    }
+
+    /// See [`crate::Env::hand_over_to_cli`].
+    pub fn hand_over_to_cli(self) -> Result<EnvDescription> {
+        self.inner.hand_over_now()
+    }
+
+    /// See [`crate::Env::teardown`].
+    pub fn teardown(mut self) -> Result<()> {
+        self.inner.teardown_now()
+    }
+}
+
+/// A machine (see [`crate::Machine`]).
+#[derive(Debug, Clone)]
+pub struct Machine(pub(crate) crate::Machine);
+
+impl Machine {
+    /// The async handle on the same machine.
+    pub fn as_async(&self) -> &crate::Machine {
+        &self.0
+    }
+
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// See [`crate::Machine::ip`].
+    pub fn ip(&self, role: NetworkRole) -> Result<Ipv4Addr> {
+        self.0.ip_now(role)
+    }
+
+    /// See [`crate::Machine::ips`].
+    pub fn ips(&self) -> Result<Ips> {
+        self.0.ips_now()
+    }
+
+    /// See [`crate::Machine::ssh`].
+    pub fn ssh(&self, role: NetworkRole) -> Result<SshSession> {
+        self.0.ssh_now(role).map(SshSession)
+    }
+
+    /// See [`crate::Machine::stop`].
+    pub fn stop(&self) -> Result<()> {
+        self.0.stop_now()
+    }
+
+    /// See [`crate::Machine::start`].
+    pub fn start(&self) -> Result<Ips> {
+        self.0.start_now()
+    }
+
+    /// See [`crate::Machine::restart`].
+    pub fn restart(&self) -> Result<Ips> {
+        self.0.restart_now()
+    }
+
+    /// See [`crate::Machine::set_link`].
+    pub fn set_link(&self, role: NetworkRole, up: bool) -> Result<()> {
+        self.0.set_link_now(role, up)
+    }
+}
+
+/// An SSH session (see [`crate::SshSession`]).
+#[derive(Debug, Clone)]
+pub struct SshSession(pub(crate) crate::SshSession);
+
+impl SshSession {
+    /// See [`crate::SshSession::exec`].
+    pub fn exec(&self, command: &str) -> Result<ExecOutput> {
+        self.0.exec_now(command)
+    }
+}
