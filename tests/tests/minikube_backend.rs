@@ -252,9 +252,11 @@ async fn the_ips_fixture_on_minikube(
     // minikube's own record of the control plane agrees with the private lease.
     let d = ips.cluster().describe().await.unwrap();
     let profile = d.profile.unwrap();
+    // minikube keeps its files in `$MINIKUBE_HOME/.minikube`.
     let config = d
         .minikube_home
         .unwrap()
+        .join(".minikube")
         .join("profiles")
         .join(&profile)
         .join("config.json");
