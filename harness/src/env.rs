@@ -737,19 +737,28 @@ fn finish(core: &EnvCore) -> Result<()> {
     }
 }
 
-/// Runs `work` on a thread of its own and waits at most `deadline` for it: Drop must neither
-/// hang nor need an async runtime.
-fn with_deadline(what: &str, deadline: Duration, work: impl FnOnce() + Send + 'static) {
+/// Runs `work` on a thread of its own and waits at most `deadline` for its result (`None` past
+/// it: the work goes on in the background). Drop must neither hang nor need an async runtime.
+/// Where no thread can be started, the work runs here.
+fn with_deadline<T: Send + 'static>(
+    what: &str,
+    deadline: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let work = Arc::new(Mutex::new(Some(work)));
+    let shared = work.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("mkh-{what}"))
         .spawn(move || {
-            work();
-            let _ = tx.send(());
+            if let Some(work) = lock(&shared).take() {
+                let _ = tx.send(work());
+            }
         });
-    if spawned.is_ok() && rx.recv_timeout(deadline).is_err() {
-        eprintln!("mkh: {what} did not finish within {deadline:?}; going on");
+    if spawned.is_err() {
+        return lock(&work).take().map(|work| work());
     }
+    rx.recv_timeout(deadline).ok()
 }
 
 impl Drop for Env {
@@ -760,11 +769,11 @@ impl Drop for Env {
         if std::thread::panicking() {
             if let Some((plan, dir)) = self.failure_artifacts() {
                 let shown = dir.clone();
-                with_deadline(
-                    "artifacts",
-                    MINIKUBE_LOGS_DEADLINE + Duration::from_secs(5),
-                    move || plan.collect(&dir, None, Some(MINIKUBE_LOGS_DEADLINE)),
-                );
+                let deadline = MINIKUBE_LOGS_DEADLINE + Duration::from_secs(5);
+                let collect = move || plan.collect(&dir, None, Some(MINIKUBE_LOGS_DEADLINE));
+                if with_deadline("artifacts", deadline, collect).is_none() {
+                    eprintln!("mkh: collecting artifacts took over {deadline:?}; going on");
+                }
                 eprintln!("mkh: failed; what explains it is in {}", shown.display());
             }
             if self.core.settings.keep_failed {
@@ -780,23 +789,14 @@ impl Drop for Env {
         }
         // Never panic in Drop (it may run during a panic) and never hang past the deadline.
         let core = self.core.clone();
-        let name = core.name.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("mkh-teardown".into())
-            .spawn(move || {
-                let _ = tx.send(finish(&core));
-            });
-        let outcome = match spawned {
-            Ok(_) => rx.recv_timeout(DROP_DEADLINE).unwrap_or_else(|_| {
+        let outcome = with_deadline("teardown", DROP_DEADLINE, move || finish(&core))
+            .unwrap_or_else(|| {
                 Err(Error::Timeout {
-                    what: format!("teardown of {name}"),
+                    what: format!("teardown of {}", self.core.name),
                     after: DROP_DEADLINE,
                     last: "`mkh reap` removes what is left once this process is gone".into(),
                 })
-            }),
-            Err(_) => finish(&self.core),
-        };
+            });
         if let Err(e) = outcome {
             eprintln!("mkh: {e}");
         }
@@ -825,4 +825,23 @@ fn print_kept(d: &EnvDescription) {
         );
     }
     eprintln!("mkh:   remove it with: mkh down {}", d.name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teardown_is_idempotent() {
+        // The test driver's state lives as long as one connection to it is open.
+        let lv = Libvirt::connect_to("test:///default").unwrap();
+        let mut env = Env::builder()
+            .libvirt_uri("test:///default")
+            .up_now()
+            .unwrap();
+        let nat = env.networks().nat.name.clone();
+        env.teardown_now().unwrap();
+        env.teardown_now().unwrap();
+        assert!(lv.networks().unwrap().iter().all(|n| n.name != nat));
+    }
 }

@@ -20,13 +20,6 @@ pub enum Error {
         fix: &'static str,
     },
 
-    #[error("invalid {what} {value:?}: {problem}")]
-    Settings {
-        what: String,
-        value: String,
-        problem: String,
-    },
-
     #[error("cannot connect to libvirt at {uri}: {source}; start libvirtd (and virtlogd), check that your user may use its socket, or set MKH_LIBVIRT_URI")]
     Connect {
         uri: String,

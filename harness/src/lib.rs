@@ -40,6 +40,8 @@ mod names;
 mod net;
 mod owner;
 mod process;
+#[cfg(test)]
+mod real_vm_tests;
 mod reaper;
 mod settings;
 mod ssh;

@@ -99,18 +99,21 @@ pub fn validate_bridge_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a user-chosen environment name (`mkh up --name`): it also names files and profiles,
-/// so it is held to a plain alphabet.
+/// Checks a user-chosen environment name (`mkh up --name`): it also names files, the guest's
+/// hostname and minikube's profile, so it is held to the strictest of their rules (a DNS label
+/// of at least two characters, as minikube's `ProfileNameValid`).
 pub fn validate_env_name(name: &str) -> Result<()> {
-    let invalid = |problem: String| Error::InvalidInput {
+    let invalid = |problem: String| {
+        Error::InvalidInput {
         what: "environment name",
         value: name.to_owned(),
         problem,
         fix:
-            "use 1 to 40 characters from lower-case letters, digits and '-', starting with a letter",
+            "use 2 to 40 characters from lower-case letters, digits and '-', starting with a letter and ending with a letter or digit",
+    }
     };
-    if name.is_empty() {
-        return Err(invalid("it is empty".into()));
+    if name.len() < 2 {
+        return Err(invalid("it is shorter than 2 characters".into()));
     }
     if name.len() > 40 {
         return Err(invalid(format!(
@@ -126,6 +129,9 @@ pub fn validate_env_name(name: &str) -> Result<()> {
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
         return Err(invalid(format!("it contains {c:?}")));
+    }
+    if name.ends_with('-') {
+        return Err(invalid("it ends with '-'".into()));
     }
     Ok(())
 }
@@ -173,5 +179,13 @@ mod tests {
         assert!(validate_bridge_name("br<0").is_err());
         assert!(validate_env_name("Upper").is_err());
         assert!(validate_env_name("my-env-1").is_ok());
+        // The guest's hostname and minikube's profile: a DNS label, longer than one character.
+        for bad in ["a-", "a", "", "1abc", "a_b", "a.b"] {
+            let err = validate_env_name(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("environment name") && err.contains("use 2 to 40"),
+                "{err}"
+            );
+        }
     }
 }

@@ -122,36 +122,23 @@ impl Layer {
                 .transpose()
         }
         let path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let accel = match var("MKH_ACCEL") {
-            None => None,
-            Some(v) => Some(match v.trim() {
-                "kvm" => Accel::Kvm,
-                "tcg" => Accel::Tcg,
-                _ => {
-                    return Err(invalid(
-                        "MKH_ACCEL",
-                        &v,
-                        "it is neither kvm nor tcg".into(),
-                        "set MKH_ACCEL=kvm or MKH_ACCEL=tcg, or unset it to let mkh decide",
-                    ))
-                }
-            }),
-        };
-        let backend = match var("MKH_BACKEND") {
-            None => None,
-            Some(v) => Some(match v.trim() {
-                "builtin" => BackendKind::Builtin,
-                "minikube" => BackendKind::Minikube,
-                _ => {
-                    return Err(invalid(
-                        "MKH_BACKEND",
-                        &v,
-                        "it is an unknown backend".into(),
-                        "use \"builtin\" or \"minikube\"",
-                    ))
-                }
-            }),
-        };
+        /// A value among a serde enum's names (`kvm`, `tcg`; `builtin`, `minikube`).
+        fn one_of<T: serde::de::DeserializeOwned>(
+            var: &dyn Fn(&str) -> Option<String>,
+            name: &'static str,
+        ) -> Result<Option<T>> {
+            use serde::de::IntoDeserializer;
+            var(name)
+                .map(|v| {
+                    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+                        v.trim().into_deserializer();
+                    T::deserialize(de)
+                        .map_err(|e| invalid(name, &v, e.to_string(), "fix or unset it"))
+                })
+                .transpose()
+        }
+        let accel = one_of(var, "MKH_ACCEL")?;
+        let backend = one_of(var, "MKH_BACKEND")?;
         let minikube_args = match var("MKH_MINIKUBE_ARGS") {
             None => None,
             Some(v) => Some(shlex::split(&v).ok_or_else(|| {
@@ -215,29 +202,15 @@ fn uid() -> u32 {
 }
 
 impl Settings {
-    /// The settings this process uses: loaded at first use ([`Settings::load`]), then kept. Bad
-    /// settings are an error on every call, naming the file or variable.
+    /// The settings this process uses: loaded at first use ([`Settings::load`]), then kept.
+    /// Bad settings are not kept: every call reports them, naming the file or variable.
     pub fn current() -> Result<Settings> {
-        static CURRENT: OnceLock<std::result::Result<Settings, (String, String, String)>> =
-            OnceLock::new();
-        match CURRENT.get_or_init(|| {
-            Settings::load().map_err(|e| match e {
-                Error::InvalidInput {
-                    what,
-                    value,
-                    problem,
-                    fix,
-                } => (format!("{what}"), value, format!("{problem}; {fix}")),
-                other => ("mkh settings".into(), String::new(), other.to_string()),
-            })
-        }) {
-            Ok(s) => Ok(s.clone()),
-            Err((what, value, problem)) => Err(Error::Settings {
-                what: what.clone(),
-                value: value.clone(),
-                problem: problem.clone(),
-            }),
+        static CURRENT: OnceLock<Settings> = OnceLock::new();
+        if let Some(s) = CURRENT.get() {
+            return Ok(s.clone());
         }
+        let loaded = Settings::load()?;
+        Ok(CURRENT.get_or_init(|| loaded).clone())
     }
 
     /// Reads `mkh.toml` (at `MKH_CONFIG`, else the first one from the current directory

@@ -315,6 +315,10 @@ impl SshSession {
     pub fn ip(&self) -> Ipv4Addr {
         self.target.ip
     }
+
+    pub(crate) fn target(&self) -> &SshTarget {
+        &self.target
+    }
 }
 
 /// Reads a non-blocking channel's stdout and stderr until both end.

@@ -43,6 +43,8 @@ pub struct Teardown {
     pub done: bool,
     /// Runs before removal when a signal ends the process (keeping a test's artifacts).
     pub on_signal: Option<Hook>,
+    /// Whether SIGTERM/SIGINT tear this environment down (its owner may handle them itself).
+    pub on_signal_teardown: bool,
 }
 
 impl std::fmt::Debug for Registration {
@@ -125,6 +127,7 @@ impl Registration {
         }
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
         let list = Arc::new(Mutex::new(Teardown {
+            on_signal_teardown: signals,
             uri: uri.to_owned(),
             env: env.to_owned(),
             ..Teardown::default()
@@ -187,9 +190,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Work for the signal handler to do before removal.
 pub type Hook = Box<dyn Fn() + Send + Sync>;
 
-/// Tears down every registered environment (in this process). Used by the signal handler.
+/// Tears down every registered environment of this process that lets signals tear it down.
 fn run_all_after_signal() -> Vec<String> {
-    let lists: Vec<Shared> = lock(registry()).values().cloned().collect();
+    let lists: Vec<Shared> = lock(registry())
+        .values()
+        .filter(|l| lock(l).on_signal_teardown)
+        .cloned()
+        .collect();
     for list in &lists {
         if let Some(hook) = lock(list).on_signal.take() {
             hook();

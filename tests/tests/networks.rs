@@ -168,18 +168,31 @@ fn two_processes_started_at_once_get_different_subnets() {
     }
 }
 
-#[test]
-fn sigterm_makes_the_owner_remove_its_objects_before_exiting() {
-    let mut c = ChildEnv::start(CHILD, "hold");
+/// Starts `mkh-test-child MODE`, sends SIGTERM, and checks the exit status and that the
+/// child's networks are gone.
+fn sigterm_removes_everything(mode: &str, expected_code: i32) {
+    let mut c = ChildEnv::start(CHILD, mode);
     let names = c.network_names();
     assert!(names.iter().all(|n| network_exists(n)));
     c.signal(Signal::SIGTERM);
     // nextest's default grace period between SIGTERM and SIGKILL is 10 s.
     let status = wait_for_exit(&mut c.child, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+    assert_eq!(status.code(), Some(expected_code), "{status:?}");
     for n in &names {
         assert!(!network_exists(n), "{n} left behind after SIGTERM");
     }
+}
+
+#[test]
+fn sigterm_makes_the_owner_remove_its_objects_before_exiting() {
+    sigterm_removes_everything("hold", 128 + 15);
+}
+
+#[test]
+fn a_program_that_handles_signals_itself_can_turn_mkh_s_handler_off() {
+    // The program's own handler runs (exit 0), not mkh's (128 + 15), and its teardown removes
+    // everything.
+    sigterm_removes_everything("own-signals", 0);
 }
 
 #[test]
@@ -357,4 +370,58 @@ fn a_non_root_libvirt_user_can_run_the_network_lifecycle() {
     for n in &names {
         assert!(!network_exists(n), "{n} left behind by {user}");
     }
+}
+
+#[test]
+fn bad_settings_and_names_are_refused_before_anything_is_made() {
+    let run = format!("hostile-{}", std::process::id());
+    let name = format!("hostile-{}", std::process::id());
+    let cases: &[(&[(&str, &str)], &str, &[&str])] = &[
+        (
+            &[("MKH_TIMEOUT_SCALE", "inf")],
+            &name,
+            &["MKH_TIMEOUT_SCALE", "inf"],
+        ),
+        (
+            &[("MKH_TIMEOUT_SCALE", "-1")],
+            &name,
+            &["MKH_TIMEOUT_SCALE", "-1"],
+        ),
+        (
+            &[("MKH_TIMEOUT_SCALE", "NaN")],
+            &name,
+            &["MKH_TIMEOUT_SCALE", "NaN"],
+        ),
+        (&[("MKH_ACCEL", "bogus")], &name, &["MKH_ACCEL", "bogus"]),
+        (&[("MKH_CPUS", "two")], &name, &["MKH_CPUS", "two"]),
+        (
+            &[("MKH_MINIKUBE_ARGS", "--x='open")],
+            &name,
+            &["MKH_MINIKUBE_ARGS"],
+        ),
+        (
+            &[("MKH_SUBNET_PREFIX", "40")],
+            &name,
+            &["MKH_SUBNET_PREFIX", "40"],
+        ),
+        (&[], "a-", &["environment name", "a-"]),
+        (&[], "x", &["environment name"]),
+    ];
+    let state = mkh::Settings::current().unwrap().state_dir;
+    for (vars, up_name, expected) in cases {
+        let mut envs = vars.to_vec();
+        envs.push(("MKH_RUN_ID", &run));
+        let (code, out, err) = mkh_with_env(&["up", "--name", up_name], &envs);
+        assert_ne!(code, 0, "{vars:?} {up_name}: {out}");
+        for e in *expected {
+            assert!(err.contains(e), "{vars:?} {up_name}: {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            !state.join("envs").join(up_name).exists(),
+            "{up_name}: a home was made"
+        );
+    }
+    let (code, out, err) = mkh(&["audit", "--run", &run]);
+    assert_eq!(code, 0, "objects were made: {out}{err}");
 }

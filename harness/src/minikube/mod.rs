@@ -39,7 +39,9 @@ pub(crate) const DELETE_DEADLINE: Duration = Duration::from_secs(20);
 pub struct MinikubeOptions {
     /// The binary; default `MKH_MINIKUBE`, else `minikube` on PATH.
     pub binary: Option<PathBuf>,
-    /// Passed to `minikube start` after mkh's own flags (see [`RESERVED_FLAGS`]).
+    /// Passed to `minikube start` after mkh's own flags. `-p`, `--profile`, `--driver`,
+    /// `--vm-driver`, `--network`, `--kvm-network` and `--kvm-qemu-uri` are refused: mkh sets
+    /// them.
     pub extra_args: Vec<String>,
     /// `--memory`, in MiB; default: minikube's.
     pub memory_mib: Option<u32>,

@@ -5,6 +5,8 @@
 //! - `hold-cli`: create an environment, hand it over to the CLI and exit.
 //! - `once`: tear the environment down and exit (0 when nothing was left).
 //! - `hold-minikube`: like `hold`, with a minikube cluster (binary from `MKH_MINIKUBE`).
+//! - `own-signals`: like `hold`, but mkh's signal handling is off: the program's own SIGTERM
+//!   handler tears the environment down and exits 0.
 
 use std::io::Write;
 
@@ -12,14 +14,21 @@ use mkh::{Env, MinikubeOptions};
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    if !["hold", "hold-cli", "hold-minikube", "once"].contains(&mode.as_str()) {
-        eprintln!("usage: mkh-test-child hold|hold-cli|hold-minikube|once (got {mode:?})");
+    if !["hold", "hold-cli", "hold-minikube", "once", "own-signals"].contains(&mode.as_str()) {
+        eprintln!(
+            "usage: mkh-test-child hold|hold-cli|hold-minikube|once|own-signals (got {mode:?})"
+        );
         std::process::exit(2);
     }
     let mut builder = Env::builder();
     if mode == "hold-minikube" {
         builder = builder.minikube(MinikubeOptions::default());
     }
+    // Installed before the environment: mkh must not install its own handler beside it.
+    let mut own = (mode == "own-signals").then(|| {
+        builder = builder.clone().teardown_on_signal(false);
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]).expect("signals")
+    });
     let env = match builder.up_blocking() {
         Ok(env) => env,
         Err(e) => {
@@ -39,6 +48,15 @@ fn main() {
             }
         }
         "hold-cli" => print(&env.hand_over_to_cli().expect("hand over")),
+        "own-signals" => {
+            print(&env.describe().expect("describe"));
+            let signals = own.as_mut().expect("own handler");
+            if signals.forever().next().is_some() {
+                eprintln!("mkh-test-child: own SIGTERM handler tears down");
+                env.teardown().expect("teardown");
+                std::process::exit(0);
+            }
+        }
         _ => {
             print(&env.describe().expect("describe"));
             if let Err(e) = env.teardown() {
