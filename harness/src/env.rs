@@ -156,7 +156,7 @@ impl EnvBuilder {
         let id = EnvId::random();
         let name = self.name.unwrap_or_else(|| id.env_name());
         let home = settings.state_dir.join("envs").join(&name);
-        let backend = for_options(&self.backend, &home, &name)?;
+        let backend = for_options(&self.backend, &settings, &home, &name)?;
 
         let lv = Arc::new(Libvirt::connect_to(&uri)?);
         reaper::sweep_once(&lv, &settings.state_dir);

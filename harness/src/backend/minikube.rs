@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::libvirt::{DomainState, Libvirt};
 use crate::machine::{Ips, Machine};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
+use crate::settings::Settings;
 
 #[derive(Debug)]
 pub(super) struct MinikubeBackend {
@@ -21,9 +22,14 @@ pub(super) struct MinikubeBackend {
 
 impl MinikubeBackend {
     /// Checks the options (refused arguments, the binary) before anything exists.
-    pub fn new(options: &MinikubeOptions, home: &Path, profile: &str) -> Result<MinikubeBackend> {
+    pub fn new(
+        options: &MinikubeOptions,
+        settings: &Settings,
+        home: &Path,
+        profile: &str,
+    ) -> Result<MinikubeBackend> {
         check_extra_args(&options.extra_args)?;
-        let binary = find_binary(options.binary.as_deref())?;
+        let binary = find_binary(options.binary.as_deref().or(settings.minikube.as_deref()))?;
         Ok(MinikubeBackend {
             cluster: MinikubeCluster::at(home, profile, binary),
             options: options.clone(),

@@ -63,6 +63,7 @@ pub(crate) trait ClusterBackend: Send + Sync + std::fmt::Debug {
 /// missing, refused arguments).
 pub(crate) fn for_options(
     options: &Backend,
+    settings: &crate::Settings,
     home: &Path,
     profile: &str,
 ) -> Result<Box<dyn ClusterBackend>> {
@@ -71,6 +72,8 @@ pub(crate) fn for_options(
         Backend::Builtin(o) => Box::new(builtin::BuiltinGuest {
             options: Some(o.clone()),
         }),
-        Backend::Minikube(o) => Box::new(minikube::MinikubeBackend::new(o, home, profile)?),
+        Backend::Minikube(o) => {
+            Box::new(minikube::MinikubeBackend::new(o, settings, home, profile)?)
+        }
     })
 }

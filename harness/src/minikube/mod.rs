@@ -70,13 +70,11 @@ pub fn check_extra_args(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Finds the minikube binary: the explicit path, else `MKH_MINIKUBE`, else PATH.
+/// Finds the minikube binary: the explicit path (the options', else `MKH_MINIKUBE` from the
+/// settings), else PATH.
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     let missing = |value: String, problem: String| Error::MinikubeMissing { value, problem };
-    if let Some(path) = explicit
-        .map(Path::to_owned)
-        .or_else(|| std::env::var_os("MKH_MINIKUBE").map(PathBuf::from))
-    {
+    if let Some(path) = explicit.map(Path::to_owned) {
         return if is_executable(&path) {
             Ok(std::fs::canonicalize(&path).unwrap_or(path))
         } else {
