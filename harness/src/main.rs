@@ -121,11 +121,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Bad settings are reported by `run`, which reads them again.
+    let filter = Settings::current()
+        .ok()
+        .and_then(|s| s.log)
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MKH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)

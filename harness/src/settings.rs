@@ -64,6 +64,8 @@ pub struct Settings {
     pub minikube_args: Vec<String>,
     /// `MKH_MINIKUBE_CACHE`: minikube's shared ISO and preload cache.
     pub minikube_cache: Option<PathBuf>,
+    /// `MKH_LOG`: the `mkh` command's log filter (tracing's syntax, e.g. `debug`).
+    pub log: Option<String>,
 }
 
 /// The file's keys; the same values as variables (see [`Settings`]).
@@ -86,6 +88,7 @@ struct Layer {
     minikube: Option<PathBuf>,
     minikube_args: Option<Vec<String>>,
     minikube_cache: Option<PathBuf>,
+    log: Option<String>,
 }
 
 fn invalid(what: &'static str, value: &str, problem: String, fix: &'static str) -> Error {
@@ -168,6 +171,7 @@ impl Layer {
             minikube: path("MKH_MINIKUBE"),
             minikube_args,
             minikube_cache: path("MKH_MINIKUBE_CACHE"),
+            log: var("MKH_LOG"),
         })
     }
 
@@ -192,7 +196,8 @@ impl Layer {
             cpus,
             minikube,
             minikube_args,
-            minikube_cache
+            minikube_cache,
+            log
         )
     }
 }
@@ -294,6 +299,7 @@ impl Settings {
             minikube: l.minikube,
             minikube_args: l.minikube_args.unwrap_or_default(),
             minikube_cache: l.minikube_cache,
+            log: l.log,
         })
     }
 
