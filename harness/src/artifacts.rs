@@ -25,8 +25,8 @@ pub(crate) const MINIKUBE_LOGS_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub(crate) struct ArtifactPlan {
     pub uri: String,
-    /// (domain name, console log)
-    pub machines: Vec<(String, PathBuf)>,
+    /// (domain name, console log where its backend keeps one)
+    pub machines: Vec<(String, Option<PathBuf>)>,
     pub networks: Vec<String>,
     pub minikube: Option<MinikubeCluster>,
 }
@@ -43,7 +43,9 @@ impl ArtifactPlan {
             let _ = std::fs::write(dir.join("error.txt"), error);
         }
         for (name, console) in &self.machines {
-            let _ = std::fs::copy(console, dir.join(format!("{name}.console.log")));
+            if let Some(console) = console {
+                let _ = std::fs::copy(console, dir.join(format!("{name}.console.log")));
+            }
         }
         if let Some(c) = &self.minikube {
             let _ = std::fs::copy(&c.log, dir.join("minikube.log"));
@@ -82,8 +84,9 @@ mod tests {
         let plan = ArtifactPlan {
             uri: "test:///default".into(),
             machines: vec![
-                ("m".into(), console),
-                ("gone".into(), tmp.path().join("none")),
+                ("m".into(), Some(console)),
+                ("gone".into(), Some(tmp.path().join("none"))),
+                ("pty".into(), None),
             ],
             networks: vec!["default".into()],
             minikube: None,

@@ -51,6 +51,23 @@ pub struct EnvDescription {
     /// minikube backend: the kubeconfig context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// minikube backend: the version of the minikube binary, read when the environment was
+    /// made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minikube_version: Option<String>,
+    /// Every machine (for minikube, every node: `<profile>`, `<profile>-m02`, ...), the
+    /// first one first.
+    pub machines: Vec<MachineDescription>,
+}
+
+/// One machine of an environment.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct MachineDescription {
+    /// Its libvirt domain.
+    pub name: String,
+    /// Its addresses, when it runs.
+    pub ips: Option<Ips>,
 }
 
 /// How to log in to a machine.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::artifacts::{ArtifactPlan, MINIKUBE_LOGS_DEADLINE};
 use crate::backend::{for_options, Backend, ClusterBackend};
 use crate::config::{self, Timeouts};
-use crate::description::{EnvDescription, SshDescription, DESCRIPTION_VERSION};
+use crate::description::{EnvDescription, MachineDescription, SshDescription, DESCRIPTION_VERSION};
 use crate::error::{Error, Result};
 use crate::inventory;
 use crate::libvirt::Libvirt;
@@ -688,7 +688,23 @@ fn describe(core: &EnvCore, machines: &[Machine]) -> Result<EnvDescription> {
         minikube_home: None,
         kubeconfig: None,
         context: None,
+        minikube_version: None,
+        machines: Vec::new(),
     };
+    for (i, m) in machines.iter().enumerate() {
+        let ips = match (i, ips) {
+            (0, ips) => ips,
+            _ => match m.ips_now() {
+                Ok(ips) => Some(ips),
+                Err(Error::MachineNotRunning { .. }) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        description.machines.push(MachineDescription {
+            name: m.name().to_owned(),
+            ips,
+        });
+    }
     core.backend.describe(&mut description);
     Ok(description)
 }

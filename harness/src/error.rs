@@ -74,6 +74,17 @@ pub enum Error {
     #[error("minikube was asked for but {value:?} cannot be used: {problem}; install minikube, put it on PATH or set MKH_MINIKUBE to its path (mkh never falls back to its built-in guest on its own)")]
     MinikubeMissing { value: String, problem: String },
 
+    #[error("minikube {version} ({}) would refuse this start: {rule}; {fix}", .binary.display())]
+    MinikubeWouldRefuse {
+        binary: PathBuf,
+        version: String,
+        rule: String,
+        fix: String,
+    },
+
+    #[error("minikube replaced the environment's private network {network}: {problem}; mkh no longer owns the network its tests assume (minikube recreates a private network it cannot start, on a subnet of its own choice): bring up a new environment")]
+    NetworkReplaced { network: String, problem: String },
+
     #[error("{source}\n  what explains it is kept in {}", .bundle.display())]
     PostMortem { source: Box<Error>, bundle: PathBuf },
 
@@ -157,7 +168,7 @@ pub enum SshCause {
 
 /// A machine got no DHCP lease in time: what was asked and what was seen.
 #[derive(Debug, thiserror::Error)]
-#[error("no DHCP lease for machine {machine} on network {network} (MAC {mac}) within {after:?}; leases seen there: {seen}. Check the machine's console log: {}", .console.display())]
+#[error("no DHCP lease for machine {machine} on network {network} (MAC {mac}) within {after:?}; leases seen there: {seen}. {}", console_hint(.console.as_deref()))]
 #[allow(missing_docs)] // The message documents the fields.
 pub struct NoLease {
     pub machine: String,
@@ -165,5 +176,13 @@ pub struct NoLease {
     pub mac: String,
     pub after: std::time::Duration,
     pub seen: String,
-    pub console: PathBuf,
+    /// The machine's console log, where its backend keeps one.
+    pub console: Option<PathBuf>,
+}
+
+fn console_hint(console: Option<&std::path::Path>) -> String {
+    match console {
+        Some(path) => format!("Check the machine's console log: {}", path.display()),
+        None => "Its console is not logged (minikube's kvm2 leaves it a pty): `virsh console` shows it while it runs".into(),
+    }
 }

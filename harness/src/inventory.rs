@@ -112,14 +112,15 @@ pub struct EnvSummary {
 }
 
 impl EnvSummary {
-    /// The minikube cluster of a minikube-backed environment, from its owner record.
-    pub fn minikube_cluster(&self) -> Option<MinikubeCluster> {
+    /// The minikube cluster of a minikube-backed environment on libvirt `uri`, from its owner
+    /// record.
+    pub fn minikube_cluster(&self, uri: &str) -> Option<MinikubeCluster> {
         let (home, profile, binary) = (
             self.home.as_ref()?,
             self.profile.as_ref()?,
             self.minikube.as_ref()?,
         );
-        Some(MinikubeCluster::at(Path::new(home), profile, binary.into()))
+        Some(MinikubeCluster::at(Path::new(home), profile, binary.into(), uri))
     }
 
     /// Everything that removes this environment: `minikube delete` first where minikube made
@@ -129,7 +130,7 @@ impl EnvSummary {
             uri: uri.to_owned(),
             env: self.name.clone(),
             commands: self
-                .minikube_cluster()
+                .minikube_cluster(uri)
                 .map(|c| c.delete_command())
                 .into_iter()
                 .collect(),
@@ -140,9 +141,15 @@ impl EnvSummary {
         }
     }
 
-    /// A handle on the environment's first machine.
+    /// A handle on the environment's first machine: the one named after it (minikube's
+    /// primary control plane), else the first one libvirt lists.
     pub fn machine(&self, lv: &std::sync::Arc<Libvirt>, timeout_scale: f64) -> Result<Machine> {
-        let (Some(domain), Some(home)) = (self.domains.first(), self.home.as_ref()) else {
+        let primary = self
+            .domains
+            .iter()
+            .find(|d| **d == self.name)
+            .or(self.domains.first());
+        let (Some(domain), Some(home)) = (primary, self.home.as_ref()) else {
             return Err(Error::InvalidInput {
                 what: "environment",
                 value: self.name.clone(),
@@ -151,8 +158,8 @@ impl EnvSummary {
             });
         };
         let home = Path::new(home);
-        let files = match self.minikube_cluster() {
-            Some(c) => c.machine_files(home),
+        let files = match self.minikube_cluster(lv.uri()) {
+            Some(c) => c.machine_files(home, domain),
             None => MachineFiles::builtin(home, domain),
         };
         let network = |suffix: &str| {

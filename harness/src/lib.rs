@@ -50,7 +50,7 @@ mod wait;
 mod xml;
 
 pub use backend::Backend;
-pub use description::{EnvDescription, SshDescription, DESCRIPTION_VERSION};
+pub use description::{EnvDescription, MachineDescription, SshDescription, DESCRIPTION_VERSION};
 pub use env::{Env, EnvBuilder, Timings};
 pub use error::{Error, NoLease, Result, SshCause};
 pub use ipnet;

@@ -321,6 +321,16 @@ impl Libvirt {
         })
     }
 
+    /// The running domain's id: libvirt gives a domain a new one every time it starts, so it
+    /// names one boot. `None` when the domain does not run.
+    pub fn domain_boot_id(&self, name: &str) -> Result<Option<u32>> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => Ok(d.id()),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(source) => Err(failed("look up domain", name, source)),
+        }
+    }
+
     /// Asks the guest to power off (ACPI power button).
     pub fn shutdown_domain(&self, name: &str) -> Result<()> {
         match self.domain(name)?.shutdown() {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use mkh::admin::{self, OwnerKind, ReapScope};
-use mkh::{Backend, MachineOptions, MinikubeOptions, NetworkRole, Result, Settings};
+use mkh::{Backend, Error, MachineOptions, MinikubeOptions, NetworkRole, Result, Settings};
 
 /// `--backend`.
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,12 +51,17 @@ enum Command {
         /// Environment name (also the machine's); default `mkh-<id>`.
         #[arg(long)]
         name: Option<String>,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 256)]
-        memory: u32,
-        /// Guest vCPUs.
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
+        /// Guest memory in MiB (built-in guest: 256; minikube: minikube's default, at least
+        /// 1800 without `-- --force`).
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Guest vCPUs (built-in guest: 1; minikube: minikube's default of 2, at least 2
+        /// without `-- --force`).
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// With `--backend minikube`: the cluster's nodes, each a VM on both networks.
+        #[arg(long)]
+        nodes: Option<u32>,
         /// `builtin` (mkh boots its own guest) or `minikube` (`minikube start --driver=kvm2`,
         /// binary from MKH_MINIKUBE or PATH).
         #[arg(long, value_enum, default_value_t = BackendArg::Builtin)]
@@ -154,6 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             name,
             memory,
             cpus,
+            nodes,
             backend,
             minikube_args,
             json,
@@ -161,15 +167,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let backend = match backend {
                 BackendArg::Minikube => Backend::Minikube(MinikubeOptions {
                     extra_args: minikube_args,
-                    memory_mib: Some(memory),
-                    cpus: Some(cpus),
+                    memory_mib: memory,
+                    cpus,
+                    nodes,
                     ..MinikubeOptions::default()
                 }),
-                BackendArg::Builtin => Backend::Builtin(
-                    MachineOptions::default()
-                        .with_memory_mib(memory)
-                        .with_vcpus(cpus),
-                ),
+                BackendArg::Builtin => {
+                    if nodes.is_some() || !minikube_args.is_empty() {
+                        return Err(Error::InvalidInput {
+                            what: "mkh up option",
+                            value: if nodes.is_some() { "--nodes".into() } else { minikube_args.join(" ") },
+                            problem: "--nodes and arguments after `--` are for the minikube backend".into(),
+                            fix: "add --backend minikube, or drop them",
+                        });
+                    }
+                    let d = MachineOptions::default();
+                    Backend::Builtin(
+                        d.clone()
+                            .with_memory_mib(memory.unwrap_or(d.memory_mib))
+                            .with_vcpus(cpus.unwrap_or(d.vcpus)),
+                    )
+                }
             };
             up(settings, name, backend, json)
         }

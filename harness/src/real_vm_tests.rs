@@ -28,6 +28,7 @@ fn a_guest_with_a_changed_host_key_is_refused() {
     let ip_b = b.ip;
     let posing = SshTarget {
         machine: first.clone(),
+        host_key_label: first.clone(),
         ..b
     };
     let err = ssh::connect(&posing, Duration::from_secs(30)).unwrap_err();

@@ -58,6 +58,8 @@ pub struct Settings {
     pub memory_mib: Option<u32>,
     /// `MKH_CPUS`: the machine's vCPUs.
     pub cpus: Option<u32>,
+    /// `MKH_NODES`: the minikube cluster's nodes (default 1).
+    pub nodes: Option<u32>,
     /// `MKH_MINIKUBE`: the minikube binary (default: `minikube` on PATH).
     pub minikube: Option<PathBuf>,
     /// `MKH_MINIKUBE_ARGS`: more `minikube start` arguments, split by shell rules.
@@ -85,6 +87,7 @@ struct Layer {
     backend: Option<BackendKind>,
     memory_mib: Option<u32>,
     cpus: Option<u32>,
+    nodes: Option<u32>,
     minikube: Option<PathBuf>,
     minikube_args: Option<Vec<String>>,
     minikube_cache: Option<PathBuf>,
@@ -168,6 +171,7 @@ impl Layer {
             backend,
             memory_mib: parsed(var, "MKH_MEMORY_MIB", "a number of MiB")?,
             cpus: parsed(var, "MKH_CPUS", "a number of CPUs")?,
+            nodes: parsed(var, "MKH_NODES", "a number of nodes")?,
             minikube: path("MKH_MINIKUBE"),
             minikube_args,
             minikube_cache: path("MKH_MINIKUBE_CACHE"),
@@ -194,6 +198,7 @@ impl Layer {
             backend,
             memory_mib,
             cpus,
+            nodes,
             minikube,
             minikube_args,
             minikube_cache,
@@ -264,7 +269,11 @@ impl Settings {
                 "set it to e.g. 2 to double every deadline, or unset it",
             ));
         }
-        for (what, value) in [("MKH_MEMORY_MIB", l.memory_mib), ("MKH_CPUS", l.cpus)] {
+        for (what, value) in [
+            ("MKH_MEMORY_MIB", l.memory_mib),
+            ("MKH_CPUS", l.cpus),
+            ("MKH_NODES", l.nodes),
+        ] {
             if value == Some(0) {
                 return Err(invalid(
                     what,
@@ -296,6 +305,7 @@ impl Settings {
             backend: l.backend.unwrap_or_default(),
             memory_mib: l.memory_mib,
             cpus: l.cpus,
+            nodes: l.nodes,
             minikube: l.minikube,
             minikube_args: l.minikube_args.unwrap_or_default(),
             minikube_cache: l.minikube_cache,
@@ -318,6 +328,18 @@ impl Settings {
         self
     }
 
+    /// These settings with a minikube cluster of `nodes` nodes.
+    pub fn nodes(mut self, nodes: u32) -> Settings {
+        self.nodes = Some(nodes);
+        self
+    }
+
+    /// These settings with one more `minikube start` argument (e.g. `--force` as root).
+    pub fn minikube_arg(mut self, arg: impl Into<String>) -> Settings {
+        self.minikube_args.push(arg.into());
+        self
+    }
+
     /// The backend these settings ask for, with their sizes and minikube arguments.
     pub fn backend(&self) -> Backend {
         match self.backend {
@@ -334,6 +356,7 @@ impl Settings {
                 extra_args: self.minikube_args.clone(),
                 memory_mib: self.memory_mib,
                 cpus: self.cpus,
+                nodes: self.nodes,
                 cache_dir: self.minikube_cache.clone(),
             }),
         }

@@ -83,8 +83,10 @@ impl KeyPair {
 /// Where and how to log in.
 #[derive(Debug, Clone)]
 pub(crate) struct SshTarget {
-    /// The machine's name: host keys are recorded under it.
+    /// The machine's name.
     pub machine: String,
+    /// What its host key is recorded under (see [`crate::machine`]'s host-key policies).
+    pub host_key_label: String,
     pub ip: Ipv4Addr,
     pub port: u16,
     pub user: String,
@@ -154,7 +156,7 @@ fn try_connect(target: &SshTarget, timeout: Duration) -> Result<SshSession> {
     let (key, _) = session
         .host_key()
         .ok_or_else(|| ssh_error(&where_, "no host key offered", None))?;
-    check_host_key(&target.known_hosts, &target.machine, key)?;
+    check_host_key(&target.known_hosts, &target.host_key_label, key)?;
     session
         .userauth_pubkey_file(&target.user, None, &target.key, None)
         .map_err(|e| {

@@ -21,6 +21,8 @@ pub struct TeardownCommand {
     pub program: std::path::PathBuf,
     pub args: Vec<String>,
     pub envs: Vec<(String, std::ffi::OsString)>,
+    /// Variables of this process the command must not inherit.
+    pub env_remove: Vec<std::ffi::OsString>,
     pub log: std::path::PathBuf,
     pub deadline: Duration,
 }
@@ -65,6 +67,9 @@ impl Teardown {
         let mut problems = Vec::new();
         for c in std::mem::take(&mut self.commands) {
             let mut cmd = std::process::Command::new(&c.program);
+            for var in &c.env_remove {
+                cmd.env_remove(var);
+            }
             cmd.args(&c.args).envs(c.envs.iter().map(|(k, v)| (k, v)));
             if let Err(e) =
                 crate::process::run_logged(&c.what, cmd, &c.log, c.deadline, &mut |_| {})

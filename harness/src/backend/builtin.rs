@@ -44,7 +44,7 @@ impl super::ClusterBackend for BuiltinGuest {
         Ok(ips)
     }
 
-    fn console_log(&self, env: &EnvCore, domain: &str) -> PathBuf {
-        console_log_path(&env.home, domain)
+    fn console_log(&self, env: &EnvCore, domain: &str) -> Option<PathBuf> {
+        Some(console_log_path(&env.home, domain))
     }
 }

@@ -3,62 +3,113 @@
 //! teardown.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::description::EnvDescription;
 use crate::env::{wait_ready_timed, EnvCore, Timings};
 use crate::error::{Error, Result};
 use crate::libvirt::{DomainState, Libvirt};
-use crate::machine::{Ips, Machine};
+use crate::machine::{Accel, Ips, Machine};
+use crate::minikube::contract::{self, Host, Request, Version};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
+use crate::net::spec::NetworkFacts;
 use crate::settings::Settings;
 
 #[derive(Debug)]
 pub(super) struct MinikubeBackend {
     cluster: MinikubeCluster,
     options: MinikubeOptions,
+    version: Version,
+    nodes: u32,
 }
 
 impl MinikubeBackend {
-    /// Checks the options (refused arguments, the binary) before anything exists.
+    /// Checks, before anything exists, everything a real minikube would refuse this start on
+    /// (see [`contract`]), the binary, its version, and that the libvirt is local.
     pub fn new(
         options: &MinikubeOptions,
         settings: &Settings,
         home: &Path,
         profile: &str,
     ) -> Result<MinikubeBackend> {
+        if !crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+            return Err(Error::InvalidInput {
+                what: "libvirt URI for the minikube backend",
+                value: settings.libvirt_uri.clone(),
+                problem: "minikube's kvm2 driver keeps the ISO and the disk as local files and runs its health check with virsh on this host, so it cannot drive a remote libvirt".into(),
+                fix: "run the minikube backend on the libvirt host itself, or use the built-in guest for a remote one",
+            });
+        }
         check_extra_args(&options.extra_args)?;
+        let nodes = options.nodes.unwrap_or(1);
+        if !(1..=MAX_NODES).contains(&nodes) {
+            return Err(Error::InvalidInput {
+                what: "number of minikube nodes",
+                value: nodes.to_string(),
+                problem: format!("mkh brings up 1 to {MAX_NODES} nodes"),
+                fix: "ask for 1 or more nodes, each is a VM",
+            });
+        }
         let binary = find_binary(options.binary.as_deref().or(settings.minikube.as_deref()))?;
+        let cluster = MinikubeCluster::at(home, profile, binary, &settings.libvirt_uri);
+        let version = cluster.version()?;
+        contract::check(
+            &Request {
+                version,
+                memory_mib: options.memory_mib,
+                cpus: options.cpus,
+                extra_args: &options.extra_args,
+                binary: &cluster.binary,
+            },
+            &Host::current(),
+        )?;
         Ok(MinikubeBackend {
-            cluster: MinikubeCluster::at(home, profile, binary),
+            cluster,
             options: options.clone(),
+            version,
+            nodes,
         })
     }
 
-    /// `minikube start`, tagging minikube's domain with mkh's owner metadata as soon as it
-    /// exists (a test killed mid-start must leave a domain the reaper recognises).
+    fn node_machines(&self) -> Vec<String> {
+        (0..self.nodes).map(|i| self.cluster.node_machine(i)).collect()
+    }
+
+    /// `minikube start`, tagging each node's domain with mkh's owner metadata as soon as it
+    /// exists (a test killed mid-start must leave domains the reaper recognises).
     fn run_start(&self, env: &EnvCore) -> Result<()> {
         let cluster = &self.cluster;
-        let args = cluster.start_args(env.lv.uri(), env.networks(), &self.options);
+        let args = cluster.start_args(env.networks(), &self.options);
         let deadline = env.timeouts().minikube_start();
         let owner_xml = env.owner().to_bare_element_xml();
-        let tagged = AtomicBool::new(false);
-        let done = AtomicBool::new(false);
-        let profile = &cluster.profile;
+        let untagged = Mutex::new(self.node_machines());
         let tag = |lv: &Libvirt| -> Result<()> {
-            if !tagged.load(Ordering::SeqCst) && lv.tag_domain(profile, &owner_xml)? {
-                tagged.store(true, Ordering::SeqCst);
-                env.registered(|r| r.add_domain(profile))?;
-            }
-            Ok(())
+            let mut left = untagged.lock().unwrap_or_else(|e| e.into_inner());
+            let mut result = Ok(());
+            left.retain(|machine| match lv.tag_domain(machine, &owner_xml) {
+                Ok(true) => {
+                    if let Err(e) = env.registered(|r| r.add_domain(machine)) {
+                        result = Err(e);
+                    }
+                    false
+                }
+                Ok(false) => true,
+                Err(e) => {
+                    result = Err(e);
+                    true
+                }
+            });
+            result
         };
+        let all_tagged = || untagged.lock().map_or(true, |l| l.is_empty());
+        let done = std::sync::atomic::AtomicBool::new(false);
         let mut group = None;
         let result = std::thread::scope(|scope| {
             scope.spawn(|| {
-                while !done.load(Ordering::SeqCst) && !tagged.load(Ordering::SeqCst) {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) && !all_tagged() {
                     if let Err(e) = tag(&env.lv) {
-                        tracing::debug!("tagging {profile}: {e}");
+                        tracing::debug!("tagging {}'s nodes: {e}", cluster.profile);
                     }
                     std::thread::sleep(Duration::from_millis(300));
                 }
@@ -67,26 +118,83 @@ impl MinikubeBackend {
                 group = Some(g);
                 let _ = env.registered(|r| r.add_kill_group(g));
             });
-            done.store(true, Ordering::SeqCst);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
             result
         });
         if let Some(g) = group {
             let _ = env.registered(|r| r.forget_kill_group(g));
         }
         result?;
-        // The domain exists once start succeeded: make sure it carries the tag.
+        // Every node's domain exists once start succeeded: make sure each carries the tag.
         tag(&env.lv)?;
-        if !tagged.load(Ordering::SeqCst) {
+        let missing = untagged.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !missing.is_empty() {
             return Err(Error::InvalidInput {
                 what: "minikube profile",
-                value: profile.clone(),
-                problem: "minikube start succeeded but libvirt has no domain of that name".into(),
+                value: cluster.profile.clone(),
+                problem: format!(
+                    "minikube start succeeded but libvirt has no domain {}",
+                    missing.join(", ")
+                ),
                 fix:
                     "check that minikube uses the kvm2 driver on the same libvirt (MKH_LIBVIRT_URI)",
             });
         }
-        Ok(())
+        check_private_network(env)
     }
+
+    fn attach_nodes(&self, env: &EnvCore) -> Result<Vec<Machine>> {
+        self.node_machines()
+            .iter()
+            .map(|name| {
+                Machine::attach(
+                    &env.lv,
+                    name,
+                    env.networks(),
+                    self.cluster.machine_files(&env.home, name),
+                    env.settings.timeout_scale,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The most nodes mkh brings up in one environment (each is a VM).
+const MAX_NODES: u32 = 9;
+
+/// minikube recreates a private network it cannot start (`ensureNetwork`,
+/// `pkg/drivers/kvm/network.go`), on its own subnet and without mkh's metadata: after every
+/// start, the network must still be the one mkh made.
+fn check_private_network(env: &EnvCore) -> Result<()> {
+    let expected = &env.networks().private;
+    let replaced = |problem: String| Error::NetworkReplaced {
+        network: expected.name.clone(),
+        problem,
+    };
+    let found = env
+        .lv
+        .networks()?
+        .into_iter()
+        .find(|n| n.name == expected.name)
+        .ok_or_else(|| replaced("libvirt no longer has it".into()))?;
+    let facts = NetworkFacts::from_xml(&found.xml).map_err(|problem| Error::BadXml {
+        object: format!("network {}", expected.name),
+        problem,
+    })?;
+    let ours = facts
+        .owner
+        .as_ref()
+        .is_some_and(|o| o.env == env.name && o.process == env.owner().process);
+    if !ours {
+        return Err(replaced("it no longer carries mkh's owner metadata".into()));
+    }
+    if facts.subnets != [expected.subnet] {
+        return Err(replaced(format!(
+            "its subnet is {:?}, mkh made it on {}",
+            facts.subnets, expected.subnet
+        )));
+    }
+    Ok(())
 }
 
 impl super::ClusterBackend for MinikubeBackend {
@@ -96,38 +204,52 @@ impl super::ClusterBackend for MinikubeBackend {
 
     fn bring_up(&self, env: &EnvCore, timings: &mut Timings) -> Result<Vec<Machine>> {
         let cluster = &self.cluster;
-        // A minikube profile names a libvirt domain: refuse one that exists already (the
+        // A minikube profile names libvirt domains: refuse one that exists already (the
         // user's own cluster), so mkh never claims, let alone deletes, a domain it did not
         // create.
-        if env.lv.domain_state(&cluster.profile)? != DomainState::Missing {
-            return Err(Error::InvalidInput {
-                what: "environment name",
-                value: cluster.profile.clone(),
-                problem: "libvirt already has a domain of that name (a minikube profile?)".into(),
-                fix: "choose another name",
-            });
+        for machine in self.node_machines() {
+            if env.lv.domain_state(&machine)? != DomainState::Missing {
+                return Err(Error::InvalidInput {
+                    what: "environment name",
+                    value: cluster.profile.clone(),
+                    problem: format!(
+                        "libvirt already has a domain {machine} (a node of a minikube profile?)"
+                    ),
+                    fix: "choose another name",
+                });
+            }
+        }
+        if env.accel() != Accel::Kvm {
+            tracing::warn!(
+                "this host has no working KVM: minikube's kvm2 driver always defines `type='kvm'` domains, so a real minikube cannot boot here"
+            );
         }
         let shared_cache = self
             .options
             .cache_dir
             .clone()
             .unwrap_or_else(|| env.settings.cache_dir.join("minikube"));
-        cluster.prepare(&shared_cache)?;
+        cluster.prepare(&shared_cache, self.version)?;
         // From here on, whatever happens, teardown starts with `minikube delete`.
         env.registered(|r| r.add_command(cluster.delete_command()))?;
         let started = Instant::now();
-        let result = self.run_start(env);
+        let result = {
+            let _first_download = crate::minikube::cache::first_start_lock(&shared_cache, self.version)?;
+            let result = self.run_start(env);
+            if result.is_ok() {
+                crate::minikube::cache::mark_warm(&shared_cache, self.version);
+            }
+            result
+        };
         timings.define_start = Some(started.elapsed());
         result?;
-        let machine = Machine::attach(
-            &env.lv,
-            &cluster.profile,
-            env.networks(),
-            cluster.machine_files(&env.home),
-            env.settings.timeout_scale,
-        )?;
-        wait_ready_timed(&machine, timings)?;
-        Ok(vec![machine])
+        let machines = self.attach_nodes(env)?;
+        let (primary, others) = machines.split_first().expect("at least one node");
+        wait_ready_timed(primary, timings)?;
+        for node in others {
+            node.wait_ready_now()?;
+        }
+        Ok(machines)
     }
 
     fn stop(&self, env: &EnvCore, _machines: &[Machine]) -> Result<()> {
@@ -142,19 +264,23 @@ impl super::ClusterBackend for MinikubeBackend {
 
     fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips> {
         self.run_start(env)?;
-        match machines.first() {
-            Some(m) => m.wait_ready_now(),
-            None => Err(Error::InvalidInput {
+        let Some((primary, others)) = machines.split_first() else {
+            return Err(Error::InvalidInput {
                 what: "environment",
                 value: env.name.clone(),
                 problem: "minikube started, but mkh holds no machine of it".into(),
                 fix: "create a new environment",
-            }),
+            });
+        };
+        for node in others {
+            node.wait_ready_now()?;
         }
+        primary.wait_ready_now()
     }
 
-    fn console_log(&self, env: &EnvCore, _domain: &str) -> PathBuf {
-        self.cluster.machine_files(&env.home).console_log
+    /// kvm2's serial console is a pty without a log file.
+    fn console_log(&self, _env: &EnvCore, _domain: &str) -> Option<PathBuf> {
+        None
     }
 
     fn minikube(&self) -> Option<&MinikubeCluster> {
@@ -167,5 +293,6 @@ impl super::ClusterBackend for MinikubeBackend {
         d.minikube_home = Some(c.minikube_home.clone());
         d.kubeconfig = Some(c.kubeconfig.clone());
         d.context = Some(c.context().to_owned());
+        d.minikube_version = Some(self.version.to_string());
     }
 }

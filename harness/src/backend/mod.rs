@@ -41,8 +41,8 @@ pub(crate) trait ClusterBackend: Send + Sync + std::fmt::Debug {
     /// Starts a stopped cluster and waits until SSH answers on both networks.
     fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips>;
 
-    /// Where a domain of this backend logs its console.
-    fn console_log(&self, env: &EnvCore, domain: &str) -> PathBuf;
+    /// Where a domain of this backend logs its console, if it does.
+    fn console_log(&self, env: &EnvCore, domain: &str) -> Option<PathBuf>;
 
     /// The minikube cluster, for the backend that has one.
     fn minikube(&self) -> Option<&MinikubeCluster> {

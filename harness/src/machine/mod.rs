@@ -113,15 +113,28 @@ pub struct Machine {
     timeouts: Timeouts,
 }
 
-/// Where a machine's login key, recorded host key and console log are. The backends differ
-/// here: the built-in guest keeps them in the environment's home, minikube in its machine dir.
+/// Where a machine's login key, recorded host key and console log are, and how far its host
+/// key is trusted. The backends differ here: the built-in guest keeps them in the environment's
+/// home, minikube in its machine dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MachineFiles {
     /// The private key for user `docker` (its `.pub` beside it).
     pub key: PathBuf,
     /// mkh's record of host keys (see [`crate::ssh`]).
     pub known_hosts: PathBuf,
-    pub console_log: PathBuf,
+    /// The serial console's log, where the backend keeps one (kvm2's console is a bare pty).
+    pub console_log: Option<PathBuf>,
+    pub host_keys: HostKeys,
+}
+
+/// How long a machine's SSH host key stays the same, and so how long mkh holds it to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostKeys {
+    /// mkh chose the key and gives it on every boot: a different key is refused for good.
+    Pinned,
+    /// The guest makes a new key on every boot (minikube's ISO keeps its root file system in
+    /// RAM): the first key seen in a boot is held for the rest of that boot.
+    PerBoot,
 }
 
 impl MachineFiles {
@@ -130,7 +143,8 @@ impl MachineFiles {
         MachineFiles {
             key: key_path(home),
             known_hosts: home.join("known_hosts"),
-            console_log: console_log_path(home, machine),
+            console_log: Some(console_log_path(home, machine)),
+            host_keys: HostKeys::Pinned,
         }
     }
 }
@@ -225,7 +239,7 @@ impl Machine {
                 cmdline,
             },
             nics: nics.clone(),
-            console_log: files.console_log.clone(),
+            console_log: console_log_path(ctx.home, name),
             owner: ctx.owner.clone(),
         };
         spec.validate()?;
@@ -287,9 +301,10 @@ impl Machine {
         &self.files.key
     }
 
-    /// The serial console's log file.
-    pub fn console_log(&self) -> &Path {
-        &self.files.console_log
+    /// The serial console's log file, where the backend keeps one (the built-in guest does;
+    /// minikube's kvm2 leaves its console a bare pty).
+    pub fn console_log(&self) -> Option<&Path> {
+        self.files.console_log.as_deref()
     }
 
     fn nic(&self, role: NetworkRole) -> &Nic {
@@ -399,17 +414,33 @@ impl Machine {
     }
 
     pub(crate) fn ssh_target(&self, role: NetworkRole) -> Result<SshTarget> {
-        Ok(self.ssh_target_at(self.ip_now(role)?))
+        self.ssh_target_at(self.ip_now(role)?)
     }
 
-    fn ssh_target_at(&self, ip: Ipv4Addr) -> SshTarget {
-        SshTarget {
+    fn ssh_target_at(&self, ip: Ipv4Addr) -> Result<SshTarget> {
+        Ok(SshTarget {
             machine: self.name.clone(),
+            host_key_label: self.host_key_label()?,
             ip,
             port: 22,
             user: SSH_USER.to_owned(),
             key: self.files.key.clone(),
             known_hosts: self.files.known_hosts.clone(),
+        })
+    }
+
+    /// What the host key is recorded under: the machine, or for a key made anew on every boot,
+    /// the machine in this boot (libvirt's domain id changes with every start).
+    fn host_key_label(&self) -> Result<String> {
+        match self.files.host_keys {
+            HostKeys::Pinned => Ok(self.name.clone()),
+            HostKeys::PerBoot => match self.lv.domain_boot_id(&self.name)? {
+                Some(id) => Ok(format!("{}@boot-{id}", self.name)),
+                None => Err(Error::MachineNotRunning {
+                    machine: self.name.clone(),
+                    state: "stopped",
+                }),
+            },
         }
     }
 
@@ -420,7 +451,8 @@ impl Machine {
     /// Writes an OpenSSH known_hosts file holding the host key mkh recorded for this machine,
     /// for handing a session over to the `ssh` command.
     pub(crate) fn pin_host_key_for_openssh(&self, target: &SshTarget) -> Result<PathBuf> {
-        let line = ssh::openssh_known_hosts_line(&target.known_hosts, &self.name, target.ip)?;
+        let line =
+            ssh::openssh_known_hosts_line(&target.known_hosts, &target.host_key_label, target.ip)?;
         let path = target
             .known_hosts
             .with_file_name(format!("{}.openssh_known_hosts", self.name));
@@ -434,8 +466,8 @@ impl Machine {
     pub(crate) fn wait_ready_now(&self) -> Result<Ips> {
         let ips = self.ips_now()?;
         let deadline = self.timeouts.ssh();
-        ssh::connect(&self.ssh_target_at(ips.private), deadline)?;
-        ssh::connect(&self.ssh_target_at(ips.nat), deadline)?;
+        ssh::connect(&self.ssh_target_at(ips.private)?, deadline)?;
+        ssh::connect(&self.ssh_target_at(ips.nat)?, deadline)?;
         Ok(ips)
     }
 

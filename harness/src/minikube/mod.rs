@@ -5,6 +5,8 @@
 //! subnet locks there). minikube runs in its own process group with a deadline and logs to a file
 //! in the environment's home.
 
+pub(crate) mod cache;
+pub mod contract;
 pub mod home;
 
 use std::ffi::OsString;
@@ -16,19 +18,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::net::NetworkPair;
 use crate::teardown::TeardownCommand;
+pub use contract::check_extra_args;
+use contract::Version;
 pub use home::{MachineConfig, MinikubeFiles, ProfileConfig};
-
-/// Flags that would take the cluster out of mkh's hands: its profile, driver and networks are
-/// mkh's to choose.
-pub const RESERVED_FLAGS: [&str; 7] = [
-    "-p",
-    "--profile",
-    "--driver",
-    "--vm-driver",
-    "--network",
-    "--kvm-network",
-    "--kvm-qemu-uri",
-];
 
 /// How long `minikube delete` may take in a teardown: it must fit nextest's grace period (30 s)
 /// with room for mkh's own removals after it.
@@ -39,35 +31,23 @@ pub(crate) const DELETE_DEADLINE: Duration = Duration::from_secs(20);
 pub struct MinikubeOptions {
     /// The binary; default `MKH_MINIKUBE`, else `minikube` on PATH.
     pub binary: Option<PathBuf>,
-    /// Passed to `minikube start` after mkh's own flags. `-p`, `--profile`, `--driver`,
-    /// `--vm-driver`, `--network`, `--kvm-network` and `--kvm-qemu-uri` are refused: mkh sets
-    /// them.
+    /// Passed to `minikube start` after mkh's own flags. Flags that mkh sets or offers itself
+    /// are refused: the profile, driver and networks (`-p`, `-d`, `--driver`, `--vm-driver`,
+    /// `--network`, `--kvm-network`, `--kvm-qemu-uri`), `--delete-on-failure` (it replaces
+    /// mkh's private network), the nodes (`-n`, `--nodes`, `--ha`) and the sizes (`-m`,
+    /// `--memory`, `--cpus`). `--force` is the caller's to give (minikube refuses root without
+    /// it).
     pub extra_args: Vec<String>,
-    /// `--memory`, in MiB; default: minikube's.
+    /// `--memory`, in MiB; default: minikube's (3-6 GiB by the host's memory). Under 1800 is
+    /// refused without `--force`, as minikube does.
     pub memory_mib: Option<u32>,
-    /// `--cpus`; default: minikube's.
+    /// `--cpus`; default: minikube's (2). Under 2 is refused without `--force`.
     pub cpus: Option<u32>,
+    /// `--nodes`: the cluster's nodes, each a domain (`<profile>`, `<profile>-m02`, ...) that
+    /// mkh claims, with its own IPs and SSH; default 1.
+    pub nodes: Option<u32>,
     /// The shared minikube cache (ISO, preload); default `<MKH_CACHE_DIR>/minikube`.
     pub cache_dir: Option<PathBuf>,
-}
-
-/// Refuses extra arguments that would break isolation; the others pass through.
-pub fn check_extra_args(args: &[String]) -> Result<()> {
-    for arg in args {
-        let flag = arg.split('=').next().unwrap_or(arg);
-        // `-pNAME` is the short profile flag with its value attached.
-        let short_profile = arg.starts_with("-p") && !arg.starts_with("--");
-        if RESERVED_FLAGS.contains(&flag) || short_profile {
-            return Err(Error::InvalidInput {
-                what: "minikube start argument",
-                value: arg.clone(),
-                problem: "mkh sets the profile, driver and networks itself, to keep tests apart"
-                    .into(),
-                fix: "drop it; use MinikubeOptions (memory, CPUs) or other minikube flags",
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Finds the minikube binary: the explicit path (the options', else `MKH_MINIKUBE` from the
@@ -113,11 +93,34 @@ pub struct MinikubeCluster {
     pub tmpdir: PathBuf,
     /// Everything minikube printed, in order.
     pub log: PathBuf,
+    /// The libvirt mkh made the networks on: minikube's `--kvm-qemu-uri` and, for its health
+    /// check, `LIBVIRT_DEFAULT_URI`.
+    pub libvirt_uri: String,
+}
+
+/// The variables mkh gives minikube; every other `MINIKUBE_*` variable of the caller is
+/// removed, since minikube reads each as the flag of that name (viper's `AutomaticEnv` in
+/// `cmd/minikube/cmd/root.go`: `MINIKUBE_DRIVER=docker` would change the driver).
+const MINIKUBE_VARS_SET: [&str; 2] = ["MINIKUBE_HOME", "MINIKUBE_IN_STYLE"];
+
+/// The caller's `MINIKUBE_*` variables that mkh does not set.
+fn inherited_minikube_vars() -> Vec<OsString> {
+    minikube_vars_to_remove(std::env::vars_os().map(|(k, _)| k))
+}
+
+fn minikube_vars_to_remove(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    names
+        .filter(|k| {
+            k.to_str().is_some_and(|k| {
+                k.starts_with("MINIKUBE_") && !MINIKUBE_VARS_SET.contains(&k)
+            })
+        })
+        .collect()
 }
 
 impl MinikubeCluster {
-    /// The cluster of environment home `home`, profile `profile`.
-    pub fn at(home: &Path, profile: &str, binary: PathBuf) -> MinikubeCluster {
+    /// The cluster of environment home `home`, profile `profile`, on libvirt `libvirt_uri`.
+    pub fn at(home: &Path, profile: &str, binary: PathBuf, libvirt_uri: &str) -> MinikubeCluster {
         MinikubeCluster {
             profile: profile.to_owned(),
             binary,
@@ -125,7 +128,41 @@ impl MinikubeCluster {
             kubeconfig: home.join("kubeconfig"),
             tmpdir: home.join("tmp"),
             log: home.join("minikube.log"),
+            libvirt_uri: libvirt_uri.to_owned(),
         }
+    }
+
+    /// The domain of node `index` (0 is the primary control plane): `<profile>`, then
+    /// `<profile>-m02`, ... (`config.MachineName`, `pkg/minikube/config/profile.go`).
+    pub fn node_machine(&self, index: u32) -> String {
+        if index == 0 {
+            self.profile.clone()
+        } else {
+            format!("{}-m{:02}", self.profile, index + 1)
+        }
+    }
+
+    /// `minikube version --short`, read before anything is created.
+    pub fn version(&self) -> Result<Version> {
+        let out = self
+            .command(["version", "--short"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| Error::MinikubeMissing {
+                value: self.binary.display().to_string(),
+                problem: format!("`minikube version --short` cannot run: {e}"),
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Version::parse(&text)
+            .filter(|_| out.status.success())
+            .ok_or_else(|| Error::MinikubeMissing {
+                value: self.binary.display().to_string(),
+                problem: format!(
+                    "`minikube version --short` printed no version ({}; {:?})",
+                    out.status,
+                    text.trim()
+                ),
+            })
     }
 
     pub fn files(&self) -> MinikubeFiles {
@@ -137,15 +174,24 @@ impl MinikubeCluster {
         &self.profile
     }
 
-    /// Creates the home's directories and links `cache/` to the shared cache.
-    pub fn prepare(&self, shared_cache: &Path) -> Result<()> {
+    /// Creates the home's directories and links `cache/` to the shared cache; before v1.38,
+    /// whose kvm2 driver is a binary downloaded into `MINIKUBE_HOME/bin`, `bin/` too (to the
+    /// shared cache's `bin/`), so that it is fetched once, not per environment.
+    pub fn prepare(&self, shared_cache: &Path, version: Version) -> Result<()> {
         let files = self.files();
+        let shared_bin = shared_cache.join("bin");
+        let mut links = vec![(files.cache(), shared_cache.to_owned())];
+        if version < Version::KVM2_BUILT_IN {
+            links.push((files.root.join("bin"), shared_bin.clone()));
+        }
         for dir in [&files.root, &self.tmpdir, &shared_cache.to_owned()] {
             crate::config::ensure_dir(dir)?;
         }
-        let link = files.cache();
-        if !link.exists() {
-            std::os::unix::fs::symlink(shared_cache, &link).map_err(|e| Error::io(&link, e))?;
+        for (link, target) in links {
+            crate::config::ensure_dir(&target)?;
+            if !link.exists() {
+                std::os::unix::fs::symlink(&target, &link).map_err(|e| Error::io(&link, e))?;
+            }
         }
         Ok(())
     }
@@ -157,6 +203,8 @@ impl MinikubeCluster {
             ("TMPDIR".into(), self.tmpdir.clone().into()),
             // Plain output in logs: no emoji, no colour.
             ("MINIKUBE_IN_STYLE".into(), "false".into()),
+            // kvm2's health check runs virsh against this (`kvm2.go`, `status()`).
+            ("LIBVIRT_DEFAULT_URI".into(), self.libvirt_uri.clone().into()),
         ]
     }
 
@@ -167,17 +215,16 @@ impl MinikubeCluster {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut cmd = std::process::Command::new(&self.binary);
+        for var in inherited_minikube_vars() {
+            cmd.env_remove(var);
+        }
         cmd.args(args).envs(self.envs());
         cmd
     }
 
     /// The `minikube start` arguments: mkh's networks and profile, then the user's.
-    pub fn start_args(
-        &self,
-        libvirt_uri: &str,
-        networks: &NetworkPair,
-        options: &MinikubeOptions,
-    ) -> Vec<String> {
+    pub fn start_args(&self, networks: &NetworkPair, options: &MinikubeOptions) -> Vec<String> {
+        let libvirt_uri = &self.libvirt_uri;
         let mut args = vec![
             "start".to_owned(),
             "-p".to_owned(),
@@ -193,6 +240,9 @@ impl MinikubeCluster {
         }
         if let Some(c) = options.cpus {
             args.push(format!("--cpus={c}"));
+        }
+        if let Some(n) = options.nodes.filter(|&n| n != 1) {
+            args.push(format!("--nodes={n}"));
         }
         args.extend(options.extra_args.iter().cloned());
         args
@@ -220,6 +270,7 @@ impl MinikubeCluster {
             program: self.binary.clone(),
             args: vec!["delete".into(), "-p".into(), self.profile.clone()],
             envs: self.envs(),
+            env_remove: inherited_minikube_vars(),
             log: self.log.clone(),
             deadline,
         }
@@ -233,13 +284,16 @@ impl MinikubeCluster {
         ProfileConfig::read(&self.files().profile_config(&self.profile))
     }
 
-    /// Where the machine's key and console log are (the recorded host keys stay in `home`).
-    pub(crate) fn machine_files(&self, home: &Path) -> crate::machine::MachineFiles {
-        let machine_dir = self.files().root.join("machines").join(&self.profile);
+    /// Where machine `machine`'s key is (the recorded host keys stay in `home`). Its console
+    /// is a pty without a log, and its host key is new on every boot: the ISO's root file
+    /// system lives in RAM, and minikube itself ignores host keys (libmachine's
+    /// `InsecureIgnoreHostKey`; minikube issue #5666).
+    pub(crate) fn machine_files(&self, home: &Path, machine: &str) -> crate::machine::MachineFiles {
         crate::machine::MachineFiles {
-            key: self.files().ssh_key(&self.profile),
+            key: self.files().ssh_key(machine),
             known_hosts: home.join("known_hosts"),
-            console_log: machine_dir.join("console.log"),
+            console_log: None,
+            host_keys: crate::machine::HostKeys::PerBoot,
         }
     }
 
@@ -260,31 +314,6 @@ mod tests {
     }
 
     #[test]
-    fn isolation_breaking_flags_are_refused_in_every_form() {
-        for bad in [
-            "-p",
-            "-pother",
-            "--profile=x",
-            "--driver=docker",
-            "--network",
-            "--kvm-network=default",
-            "--vm-driver=kvm2",
-            "--kvm-qemu-uri=qemu:///session",
-        ] {
-            let err = check_extra_args(&args(&["--wait=all", bad]))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(bad) && err.contains("drop it"), "{err}");
-        }
-        check_extra_args(&args(&[
-            "--kubernetes-version=v1.30.0",
-            "--container-runtime",
-            "containerd",
-        ]))
-        .unwrap();
-    }
-
-    #[test]
     fn start_passes_mkh_networks_then_user_arguments() {
         let net = |name: &str, kind| NetworkInfo {
             name: name.into(),
@@ -297,14 +326,20 @@ mod tests {
             nat: net("mkh-a-nat", NetworkKind::Nat),
             private: net("mkh-a-priv", NetworkKind::Isolated),
         };
-        let c = MinikubeCluster::at(Path::new("/h"), "mkh-a", "/bin/minikube".into());
+        let c = MinikubeCluster::at(
+            Path::new("/h"),
+            "mkh-a",
+            "/bin/minikube".into(),
+            "qemu:///system",
+        );
         let opts = MinikubeOptions {
             extra_args: args(&["--wait=all"]),
             memory_mib: Some(2048),
+            nodes: Some(2),
             ..Default::default()
         };
         assert_eq!(
-            c.start_args("qemu:///system", &pair, &opts),
+            c.start_args(&pair, &opts),
             args(&[
                 "start",
                 "-p",
@@ -314,14 +349,54 @@ mod tests {
                 "--kvm-network=mkh-a-nat",
                 "--network=mkh-a-priv",
                 "--memory=2048",
+                "--nodes=2",
                 "--wait=all"
             ])
         );
         assert_eq!(c.context(), "mkh-a");
         assert_eq!(
+            (c.node_machine(0), c.node_machine(1), c.node_machine(9)),
+            ("mkh-a".into(), "mkh-a-m02".into(), "mkh-a-m10".into())
+        );
+        assert_eq!(
             c.files().ssh_key("mkh-a"),
             Path::new("/h/minikube-home/.minikube/machines/mkh-a/id_rsa")
         );
+    }
+
+    #[test]
+    fn minikube_runs_with_mkh_s_variables_and_none_of_the_caller_s_minikube_ones() {
+        let names = ["MINIKUBE_DRIVER", "MINIKUBE_HOME", "MINIKUBE_IN_STYLE", "PATH", "MINIKUBE"];
+        assert_eq!(
+            minikube_vars_to_remove(names.iter().map(OsString::from)),
+            [OsString::from("MINIKUBE_DRIVER")]
+        );
+        let c = MinikubeCluster::at(Path::new("/h"), "p", "/bin/minikube".into(), "qemu:///x");
+        let cmd = c.command(["ip"]);
+        let set = |name: &str| {
+            cmd.get_envs()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        assert_eq!(set("MINIKUBE_HOME").as_deref(), Some("/h/minikube-home"));
+        assert_eq!(set("LIBVIRT_DEFAULT_URI").as_deref(), Some("qemu:///x"));
+    }
+
+    #[test]
+    fn before_v1_38_the_driver_directory_is_shared_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("cache");
+        for (version, linked) in [(Version::new(1, 37, 0), true), (Version::new(1, 38, 1), false)] {
+            let home = tmp.path().join(version.to_string());
+            let c = MinikubeCluster::at(&home, "p", "/bin/minikube".into(), "qemu:///system");
+            c.prepare(&shared, version).unwrap();
+            let bin = c.files().root.join("bin");
+            assert_eq!(bin.is_symlink(), linked, "{version}");
+            assert!(c.files().cache().is_symlink());
+            if linked {
+                assert_eq!(std::fs::read_link(&bin).unwrap(), shared.join("bin"));
+            }
+        }
     }
 
     #[test]

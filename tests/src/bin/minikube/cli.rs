@@ -72,6 +72,14 @@ pub struct StartOptions {
     pub embed_certs: bool,
     pub keep_context: bool,
     pub wait: Vec<String>,
+    /// `--force`: run as root, and with less memory or fewer CPUs than minikube's minimums.
+    pub force: bool,
+    /// `--nodes/-n`: how many nodes (domains `<p>`, `<p>-m02`, ...).
+    pub nodes: Option<u32>,
+    /// `--ha`: three control-plane nodes.
+    pub ha: bool,
+    /// `--delete-on-failure`: on a failed start, delete the profile and start once more.
+    pub delete_on_failure: bool,
 }
 
 /// A command-line mistake: printed as cobra prints it, exit status 1.
@@ -124,6 +132,10 @@ const START_FLAGS: &[FlagSpec] = &[
     flag("embed-certs", None, Arity::Bool),
     flag("keep-context", None, Arity::Bool),
     flag("wait", None, Arity::Value),
+    flag("force", None, Arity::Bool),
+    flag("nodes", Some('n'), Arity::Value),
+    flag("ha", None, Arity::Bool),
+    flag("delete-on-failure", None, Arity::Bool),
 ];
 const OUTPUT_FLAGS: &[FlagSpec] = &[flag("output", Some('o'), Arity::Value)];
 const LOGS_FLAGS: &[FlagSpec] = &[
@@ -161,6 +173,9 @@ struct FlagUse {
     written: String,
     /// Long name if known, else what was written without dashes.
     name: String,
+    /// The shorthand letter it was written with: its long name depends on the command
+    /// (`-n` is `--nodes` for start, `--length` for logs).
+    short: Option<char>,
     known: bool,
     value: Option<String>,
 }
@@ -200,6 +215,7 @@ fn tokenize(args: &[String]) -> Result<(Vec<String>, Vec<FlagUse>), UsageError> 
                     flags.push(FlagUse {
                         written,
                         name: spec.long.to_string(),
+                        short: None,
                         known: true,
                         value,
                     });
@@ -207,6 +223,7 @@ fn tokenize(args: &[String]) -> Result<(Vec<String>, Vec<FlagUse>), UsageError> 
                 None => flags.push(FlagUse {
                     written,
                     name: name.to_string(),
+                    short: None,
                     known: false,
                     value: inline,
                 }),
@@ -249,6 +266,7 @@ fn tokenize(args: &[String]) -> Result<(Vec<String>, Vec<FlagUse>), UsageError> 
             flags.push(FlagUse {
                 written: format!("-{c}"),
                 name: spec.long.to_string(),
+                short: Some(c),
                 known: true,
                 value,
             });
@@ -293,9 +311,16 @@ fn value_of(flag: &FlagUse) -> String {
     flag.value.clone().unwrap_or_default()
 }
 
-/// Parses the arguments after the program name.
-pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
-    let (positional, flags) = tokenize(args)?;
+/// The environment variable that stands for flag `long` when the command line does not give
+/// it: viper's `AutomaticEnv` with prefix `minikube` and `-` replaced by `_`.
+pub fn env_var_of(long: &str) -> String {
+    format!("MINIKUBE_{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Parses the arguments after the program name; `env` reads the environment (every flag not
+/// on the command line may come from its `MINIKUBE_*` variable, as with minikube's viper).
+pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Invocation, UsageError> {
+    let (positional, mut flags) = tokenize(args)?;
     let mut profile = DEFAULT_PROFILE.to_string();
     let mut help = false;
 
@@ -330,6 +355,37 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 )))
             }
         };
+
+    // A shorthand means what the command's own flags say (`-n`: `--nodes` or `--length`).
+    for f in flags.iter_mut() {
+        if let Some(c) = f.short {
+            match find_short(GLOBAL_FLAGS, c).or_else(|| find_short(command_specs, c)) {
+                Some(spec) => f.name = spec.long.to_string(),
+                None => {
+                    return Err(UsageError(format!(
+                        "unknown shorthand flag: '{c}' in {}",
+                        f.written
+                    )))
+                }
+            }
+        }
+    }
+    // Then the environment, for every flag the command line left out (never `--help`).
+    for spec in GLOBAL_FLAGS.iter().chain(command_specs) {
+        if spec.long == "help" || flags.iter().any(|f| f.name == spec.long) {
+            continue;
+        }
+        let var = env_var_of(spec.long);
+        if let Some(value) = env(&var).filter(|v| !v.is_empty()) {
+            flags.push(FlagUse {
+                written: format!("${var}"),
+                name: spec.long.to_string(),
+                short: None,
+                known: true,
+                value: Some(value),
+            });
+        }
+    }
 
     let mut start = StartOptions::default();
     let mut output = Output::Text;
@@ -380,6 +436,15 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             }
             "kubernetes-version" => start.kubernetes_version = Some(value_of(f)),
             "container-runtime" => start.container_runtime = Some(value_of(f)),
+            "force" => start.force = parse_bool(f)?,
+            "ha" => start.ha = parse_bool(f)?,
+            "delete-on-failure" => start.delete_on_failure = parse_bool(f)?,
+            "nodes" => {
+                let v = value_of(f);
+                start.nodes = Some(v.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    UsageError(format!("invalid argument {v:?} for \"{}\" flag", f.written))
+                })?);
+            }
             "embed-certs" => start.embed_certs = parse_bool(f)?,
             "keep-context" => start.keep_context = parse_bool(f)?,
             "wait" => start.wait.extend(
@@ -466,8 +531,16 @@ mod tests {
     use super::*;
 
     fn p(line: &str) -> Result<Invocation, UsageError> {
+        p_env(line, &[])
+    }
+
+    fn p_env(line: &str, vars: &[(&str, &str)]) -> Result<Invocation, UsageError> {
         let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        parse(&args)
+        let vars: Vec<(String, String)> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse(&args, &|name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
     }
 
     #[test]
@@ -589,6 +662,45 @@ mod tests {
                 output: Output::Text
             }
         );
+    }
+
+    #[test]
+    fn minikube_variables_act_as_the_flags_the_command_line_left_out() {
+        let start = |line: &str, vars: &[(&str, &str)]| match p_env(line, vars).unwrap().command {
+            Command::Start(o) => o,
+            other => panic!("{other:?}"),
+        };
+        let o = start("start", &[("MINIKUBE_DRIVER", "docker"), ("MINIKUBE_NODES", "3")]);
+        assert_eq!((o.driver.as_deref(), o.nodes), (Some("docker"), Some(3)));
+        let o = start("start --driver=kvm2", &[("MINIKUBE_DRIVER", "docker")]);
+        assert_eq!(o.driver.as_deref(), Some("kvm2"));
+        let o = start("start", &[("MINIKUBE_DELETE_ON_FAILURE", "true"), ("MINIKUBE_FORCE", "1")]);
+        assert!(o.delete_on_failure && o.force);
+        // Empty counts as unset (viper without AllowEmptyEnv).
+        assert_eq!(start("start", &[("MINIKUBE_DRIVER", "")]).driver, None);
+        let inv = p_env("ip", &[("MINIKUBE_PROFILE", "other")]).unwrap();
+        assert_eq!(inv.profile, "other");
+        assert!(p_env("start", &[("MINIKUBE_NODES", "lots")]).is_err());
+    }
+
+    #[test]
+    fn shorthands_mean_what_the_command_says() {
+        let Command::Start(o) = p("start -n 2 -d kvm2").unwrap().command else {
+            panic!("not start")
+        };
+        assert_eq!((o.nodes, o.driver.as_deref()), (Some(2), Some("kvm2")));
+        assert_eq!(
+            p("logs -n 5").unwrap().command,
+            Command::Logs {
+                file: None,
+                length: 5
+            }
+        );
+        assert!(p("ip -n 2").is_err());
+        let Command::Start(o) = p("start --ha --force --delete-on-failure").unwrap().command else {
+            panic!("not start")
+        };
+        assert!(o.ha && o.force && o.delete_on_failure);
     }
 
     #[test]

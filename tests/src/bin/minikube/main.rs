@@ -195,7 +195,7 @@ pub fn warn(msg: impl std::fmt::Display) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let inv = match cli::parse(&args) {
+    let inv = match cli::parse(&args, &|name| std::env::var(name).ok()) {
         Ok(inv) => inv,
         Err(e) => {
             let command = args
