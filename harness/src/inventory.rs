@@ -120,7 +120,12 @@ impl EnvSummary {
             self.profile.as_ref()?,
             self.minikube.as_ref()?,
         );
-        Some(MinikubeCluster::at(Path::new(home), profile, binary.into(), uri))
+        Some(MinikubeCluster::at(
+            Path::new(home),
+            profile,
+            binary.into(),
+            uri,
+        ))
     }
 
     /// Everything that removes this environment: `minikube delete` first where minikube made

@@ -176,8 +176,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if nodes.is_some() || !minikube_args.is_empty() {
                         return Err(Error::InvalidInput {
                             what: "mkh up option",
-                            value: if nodes.is_some() { "--nodes".into() } else { minikube_args.join(" ") },
-                            problem: "--nodes and arguments after `--` are for the minikube backend".into(),
+                            value: if nodes.is_some() {
+                                "--nodes".into()
+                            } else {
+                                minikube_args.join(" ")
+                            },
+                            problem:
+                                "--nodes and arguments after `--` are for the minikube backend"
+                                    .into(),
                             fix: "add --backend minikube, or drop them",
                         });
                     }

@@ -2,7 +2,7 @@
 //! to libvirt and the host that a user would ask to check a test's world.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
@@ -185,4 +185,22 @@ pub fn interface_addresses(name: &str) -> Vec<String> {
         .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
         .collect()
+}
+
+/// Copies `binaries` into a fresh directory every user may enter (a test binary may sit
+/// under one another user cannot read): for running them as another user. Returns the
+/// directory and the copies' paths, in order.
+pub fn binaries_for_another_user(binaries: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let copies = binaries
+        .iter()
+        .map(|b| {
+            let to = dir.path().join(Path::new(b).file_name().unwrap());
+            std::fs::copy(b, &to).unwrap();
+            to
+        })
+        .collect();
+    (dir, copies)
 }

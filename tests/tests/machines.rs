@@ -74,7 +74,12 @@ fn a_machine_boots_on_both_networks_and_answers_ping_and_ssh() {
         assert_eq!(ssh_run(&env, role, "id -un"), "docker");
         assert_eq!(ssh_run(&env, role, "hostname"), m.name());
     }
-    let console = std::fs::read_to_string(m.as_async().console_log().expect("the built-in guest logs its console")).unwrap();
+    let console = std::fs::read_to_string(
+        m.as_async()
+            .console_log()
+            .expect("the built-in guest logs its console"),
+    )
+    .unwrap();
     assert!(
         console.contains("Linux version"),
         "console log lacks the kernel banner"

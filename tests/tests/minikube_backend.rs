@@ -17,15 +17,69 @@ use rstest::rstest;
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_minikube");
 
+/// The test command runs as root, and minikube refuses root without `--force`: these tests
+/// pass it, as the README tells root users to (`root_is_refused_unless_the_caller_forces`
+/// shows what happens without it; `a_non_root_libvirt_user_runs_minikube_without_force`, the
+/// other way).
 fn standin() -> MinikubeOptions {
     MinikubeOptions {
         binary: Some(STANDIN.into()),
+        extra_args: vec!["--force".into()],
         ..MinikubeOptions::default()
     }
 }
 
 fn standin_settings() -> Settings {
-    settings().minikube(Some(STANDIN.into()))
+    settings()
+        .minikube(Some(STANDIN.into()))
+        .minikube_arg("--force")
+}
+
+fn is_root() -> bool {
+    nix::unistd::getuid().is_root()
+}
+
+/// Objects this process left in libvirt (an up that was refused must leave none).
+fn objects_of_this_process() -> Vec<String> {
+    mkh::admin::audit(&settings(), None)
+        .unwrap()
+        .others
+        .into_iter()
+        .filter(|o| o.owner.process.pid == std::process::id())
+        .map(|o| o.name)
+        .collect()
+}
+
+/// Why `up` refused `options` (it must refuse).
+async fn refusal(options: MinikubeOptions) -> String {
+    Env::builder()
+        .minikube(options)
+        .up()
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+/// `minikube start ARGS` of the stand-in in a fresh MINIKUBE_HOME: what minikube would do.
+fn standin_start(args: &[&str]) -> std::process::Output {
+    let home = tempfile::tempdir().unwrap();
+    std::process::Command::new(STANDIN)
+        .arg("start")
+        .args(args)
+        .env("MINIKUBE_HOME", home.path())
+        .output()
+        .unwrap()
+}
+
+/// Every host key mkh recorded for `machine`, one per boot, in order.
+fn recorded_host_keys(home: &std::path::Path, machine: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(home.join("known_hosts"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(label, _)| label.split('@').next() == Some(machine))
+        .map(|(l, k)| (l.to_owned(), k.to_owned()))
+        .collect()
 }
 
 fn service_cidr() -> mkh::ipnet::Ipv4Net {
@@ -73,6 +127,18 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
         objects_of_env(&name).contains(&name),
         "the domain is not claimed"
     );
+    // mkh passed no size of its own: minikube's defaults (2 CPUs, its memory suggestion)
+    // passed minikube's own minimums.
+    let profile = env
+        .home()
+        .join("minikube-home/.minikube/profiles")
+        .join(&name);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(profile.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["CPUs"], 2, "{config}");
+    assert!(config["Memory"].as_u64().unwrap() >= 1800, "{config}");
+    assert_eq!(d.minikube_version.as_deref(), Some("v1.38.1"));
 
     let client = env.kube_client().await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -107,6 +173,14 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
     let again = env.start().await.unwrap();
     assert_eq!(again.private, ips.private);
     assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
+    // The guest made a new host key on that boot, as minikube's ISO does; mkh held each
+    // boot's key for that boot and took the new one.
+    let keys = recorded_host_keys(env.home(), &name);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_ne!(
+        keys[0].1, keys[1].1,
+        "the same host key after a reboot: {keys:?}"
+    );
     let client = env.kube_client().await.unwrap();
     let services: Api<Service> = Api::namespaced(client, "default");
     assert!(
@@ -124,7 +198,8 @@ fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_pro
     let mut child = ChildEnv::start_with(
         std::process::Command::new(env!("CARGO_BIN_EXE_mkh-test-child"))
             .arg("hold-minikube")
-            .env("MKH_MINIKUBE", STANDIN),
+            .env("MKH_MINIKUBE", STANDIN)
+            .env("MKH_MINIKUBE_ARGS", "--force"),
     );
     let name = child.env_name();
     let home = PathBuf::from(child.description["home"].as_str().unwrap());
@@ -143,13 +218,30 @@ fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_pro
 #[test]
 fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
     let name = format!("mkrt-{}", std::process::id());
+    // minikube reads every MINIKUBE_* variable as a flag: none of the caller's reach it.
     let (code, out, err) = mkh_with_env(
-        &["up", "--backend", "minikube", "--name", &name, "--json"],
-        &[("MKH_MINIKUBE", STANDIN)],
+        &[
+            "up",
+            "--backend",
+            "minikube",
+            "--name",
+            &name,
+            "--json",
+            "--",
+            "--force",
+        ],
+        &[
+            ("MKH_MINIKUBE", STANDIN),
+            ("MINIKUBE_DRIVER", "docker"),
+            ("MINIKUBE_NODES", "3"),
+            ("MINIKUBE_DELETE_ON_FAILURE", "true"),
+            ("MINIKUBE_PROFILE", "someone-else"),
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(d["backend"], "minikube");
+    assert_eq!(d["machines"].as_array().unwrap().len(), 1, "{d}");
     assert_eq!(d["profile"], name.as_str());
     assert_eq!(d["context"], name.as_str());
     let kubeconfig = std::fs::read_to_string(d["kubeconfig"].as_str().unwrap()).unwrap();
@@ -187,26 +279,168 @@ async fn arguments_that_break_isolation_are_refused_before_anything_is_made() {
         "-p",
         "--kvm-network=default",
         "--driver=docker",
+        "-d",
+        "-ddocker",
+        "--delete-on-failure",
+        "--ha",
+        "--nodes=3",
+        "-n2",
+        "--memory=4g",
+        "--cpus=4",
+    ] {
+        let mut options = standin();
+        options.extra_args.push(bad.to_owned());
+        let err = refusal(options).await;
+        assert!(err.contains(bad) && err.contains("drop it"), "{err}");
+    }
+    assert!(objects_of_this_process().is_empty());
+}
+
+#[tokio::test]
+async fn root_is_refused_unless_the_caller_forces() {
+    assert!(
+        is_root(),
+        "the test command runs as root; this test shows what root meets"
+    );
+    let options = MinikubeOptions {
+        extra_args: Vec::new(),
+        ..standin()
+    };
+    let err = Env::builder().minikube(options).up().await.unwrap_err();
+    assert!(matches!(err, Error::MinikubeWouldRefuse { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("DRV_AS_ROOT") && text.contains("exit 57"),
+        "{text}"
+    );
+    assert!(
+        text.contains("group libvirt") && text.contains("--force"),
+        "{text}"
+    );
+    assert!(objects_of_this_process().is_empty());
+    // The stand-in itself refuses as minikube does: exit 57, nothing made.
+    let out = standin_start(&["-p", "never-made", "--driver=kvm2"]);
+    assert_eq!(out.status.code(), Some(57), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DRV_AS_ROOT"));
+    assert!(!network_exists("mk-never-made"));
+}
+
+#[tokio::test]
+async fn sizes_under_minikube_s_minimums_are_refused_before_anything_is_made() {
+    for (memory, cpus, rule) in [
+        (Some(1024), None, "exit 23"),
+        (None, Some(1), "exit 29"),
+        (Some(1799), Some(2), "exit 23"),
     ] {
         let options = MinikubeOptions {
-            extra_args: vec![bad.to_owned()],
+            memory_mib: memory,
+            cpus,
+            extra_args: Vec::new(),
             ..standin()
         };
+        let err = refusal(options).await;
+        assert!(err.contains(rule) && err.contains("--force"), "{err}");
+    }
+    assert!(objects_of_this_process().is_empty());
+    // The stand-in refuses them too.
+    let out = standin_start(&["-p", "small", "--memory=1024", "--force=false"]);
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
+}
+
+#[tokio::test]
+async fn names_minikube_would_refuse_as_profiles_are_refused_first() {
+    // ProfileNameValid: longer than one character, ending in a letter or digit, no `_`.
+    for bad in ["a", "foo-", "a_b"] {
         let err = Env::builder()
-            .minikube(options)
+            .name(bad)
+            .minikube(standin())
             .up()
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains(bad), "{err}");
+        assert!(
+            err.contains(bad) && err.contains("environment name"),
+            "{err}"
+        );
+        let out = standin_start(&["-p", bad, "--force"]);
+        assert_eq!(out.status.code(), Some(14), "{bad}: {out:?}");
     }
-    let mine: Vec<_> = mkh::admin::audit(&settings(), None)
-        .unwrap()
-        .others
-        .into_iter()
-        .filter(|o| o.owner.process.pid == std::process::id())
-        .collect();
-    assert!(mine.is_empty(), "{mine:?}");
+    assert!(objects_of_this_process().is_empty());
+}
+
+#[tokio::test]
+async fn a_private_network_minikube_recreated_is_reported_and_nothing_is_left() {
+    let env = Env::builder().minikube(standin()).up().await.unwrap();
+    let name = env.name().to_owned();
+    let private = env.networks().private.clone();
+    env.stop().await.unwrap();
+    // Make mkh's private network impossible to start: its bridge's name is taken.
+    let virsh = |args: &[&str]| {
+        std::process::Command::new("virsh")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(virsh(&["net-destroy", &private.name]).status.success());
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    assert!(ip(&["link", "add", &private.bridge, "type", "bridge"]).success());
+    let err = env.start().await.unwrap_err();
+    ip(&["link", "del", &private.bridge]);
+    assert!(matches!(err, Error::NetworkReplaced { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&private.name) && err.to_string().contains("owner metadata"),
+        "{err}"
+    );
+    let home = env.home().to_owned();
+    env.teardown().await.unwrap();
+    assert_cluster_gone(&name, &home);
+    assert!(
+        !network_exists(&private.name),
+        "the network minikube recreated is left"
+    );
+}
+
+#[tokio::test]
+async fn a_two_node_cluster_has_both_nodes_on_both_networks_and_leaves_nothing() {
+    let env = Env::builder()
+        .minikube(MinikubeOptions {
+            nodes: Some(2),
+            ..standin()
+        })
+        .up()
+        .await
+        .unwrap();
+    let name = env.name().to_owned();
+    let nets = env.networks().clone();
+    let names: Vec<&str> = env.machines().iter().map(|m| m.name()).collect();
+    assert_eq!(names, [name.clone(), format!("{name}-m02")]);
+    let mut seen = Vec::new();
+    for m in env.machines() {
+        let ips = m.ips().await.unwrap();
+        assert!(nets.nat.subnet.contains(&ips.nat) && nets.private.subnet.contains(&ips.private));
+        seen.push(ips);
+        for role in [NetworkRole::Nat, NetworkRole::Private] {
+            let ssh = m.ssh(role).await.unwrap();
+            assert_eq!(ssh.exec("id -un").await.unwrap().stdout.trim(), "docker");
+        }
+        assert!(
+            objects_of_env(&name).contains(&m.name().to_owned()),
+            "{} not claimed",
+            m.name()
+        );
+    }
+    assert_ne!(seen[0], seen[1]);
+    let d = env.describe().await.unwrap();
+    assert_eq!(d.machines.len(), 2);
+    assert_eq!(d.machines[1].ips, Some(seen[1]));
+    let home = env.home().to_owned();
+    env.teardown().await.unwrap();
+    assert_cluster_gone(&name, &home);
 }
 
 #[tokio::test]
@@ -320,16 +554,80 @@ async fn a_real_minikube_cluster() {
     let env = Env::builder()
         .minikube(MinikubeOptions {
             binary: Some(real),
+            nodes: Some(2),
+            // As root, minikube needs --force; as a user in group libvirt, it does not.
+            extra_args: if is_root() {
+                vec!["--force".into()]
+            } else {
+                Vec::new()
+            },
             ..MinikubeOptions::default()
         })
         .up()
         .await
         .unwrap();
-    assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
+    let nets = env.networks().clone();
+    assert_eq!(env.machines().len(), 2);
+    for m in env.machines() {
+        let ips = m.ips().await.unwrap();
+        assert!(nets.nat.subnet.contains(&ips.nat) && nets.private.subnet.contains(&ips.private));
+        let ssh = m.ssh(NetworkRole::Private).await.unwrap();
+        assert_eq!(ssh.exec("id -un").await.unwrap().stdout.trim(), "docker");
+    }
     let client = env.kube_client().await.unwrap();
     let ip = create_service(&client, "real-probe").await;
     assert!(service_cidr().contains(&ip));
+    // A real ISO makes a new host key on every boot: SSH must still work after stop/start.
+    env.stop().await.unwrap();
+    env.start().await.unwrap();
+    assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
+    let name = env.name().to_owned();
+    let home = env.home().to_owned();
     env.teardown().await.unwrap();
+    assert_cluster_gone(&name, &home);
+}
+
+#[test]
+#[ignore = "needs a user in group libvirt named by MKH_TEST_USER: run by harness/scripts/test.sh"]
+fn a_non_root_libvirt_user_runs_minikube_without_force() {
+    let user = std::env::var("MKH_TEST_USER")
+        .expect("MKH_TEST_USER names a user in group libvirt (see harness/scripts/test.sh)");
+    // The guest image and API server come from this user's cache (readable by all); the
+    // minikube cache is the other user's own.
+    let (dir, bins) = binaries_for_another_user(&[env!("CARGO_BIN_EXE_mkh-test-child"), STANDIN]);
+    let (child, standin) = (&bins[0], &bins[1]);
+    let cache = dir.path().join("minikube-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mut c = ChildEnv::start_with(
+        std::process::Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .arg(child)
+            .arg("hold-minikube")
+            .env("MKH_MINIKUBE", standin)
+            .env_remove("MKH_MINIKUBE_ARGS")
+            .env("MKH_CACHE_DIR", &settings().cache_dir)
+            .env("MKH_MINIKUBE_CACHE", &cache),
+    );
+    let name = c.env_name();
+    assert!(
+        objects_of_env(&name).contains(&name),
+        "the cluster of {user} has no claimed domain"
+    );
+    // runuser kills its child 2 s after passing SIGTERM on, too soon for `minikube delete`:
+    // signal the child itself.
+    let runuser = c.child.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children")).unwrap();
+    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = c.child.wait();
+    let left = objects_of_env(&name);
+    assert!(left.is_empty(), "{left:?} left by {user}");
 }
 
 fn real_minikube() -> Option<PathBuf> {

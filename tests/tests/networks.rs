@@ -345,19 +345,12 @@ fn a_bad_pool_setting_names_the_variable() {
 fn a_non_root_libvirt_user_can_run_the_network_lifecycle() {
     let user = std::env::var("MKH_TEST_USER")
         .expect("MKH_TEST_USER names a user in group libvirt (see harness/scripts/test.sh)");
-    // The test binary may sit under a directory that user cannot read: copy the child out.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let bin = dir.path().join("mkh-test-child");
-    std::fs::copy(CHILD, &bin).unwrap();
+    let (_dir, bins) = binaries_for_another_user(&[CHILD]);
+    let bin = &bins[0];
     let mut c = ChildEnv::start_with(
         Command::new("runuser")
             .args(["-u", &user, "--"])
-            .arg(&bin)
+            .arg(bin)
             .arg("hold"),
     );
     let names = c.network_names();

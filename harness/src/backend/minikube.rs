@@ -73,7 +73,9 @@ impl MinikubeBackend {
     }
 
     fn node_machines(&self) -> Vec<String> {
-        (0..self.nodes).map(|i| self.cluster.node_machine(i)).collect()
+        (0..self.nodes)
+            .map(|i| self.cluster.node_machine(i))
+            .collect()
     }
 
     /// `minikube start`, tagging each node's domain with mkh's owner metadata as soon as it
@@ -234,7 +236,8 @@ impl super::ClusterBackend for MinikubeBackend {
         env.registered(|r| r.add_command(cluster.delete_command()))?;
         let started = Instant::now();
         let result = {
-            let _first_download = crate::minikube::cache::first_start_lock(&shared_cache, self.version)?;
+            let _first_download =
+                crate::minikube::cache::first_start_lock(&shared_cache, self.version)?;
             let result = self.run_start(env);
             if result.is_ok() {
                 crate::minikube::cache::mark_warm(&shared_cache, self.version);

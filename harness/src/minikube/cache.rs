@@ -64,6 +64,8 @@ mod tests {
         drop(held);
         assert!(first_start_lock(dir.path(), v).unwrap().is_none());
         // Another version fills its own files.
-        assert!(first_start_lock(dir.path(), Version::new(1, 39, 0)).unwrap().is_some());
+        assert!(first_start_lock(dir.path(), Version::new(1, 39, 0))
+            .unwrap()
+            .is_some());
     }
 }

@@ -102,9 +102,10 @@ impl Version {
 
     /// Reads the first `vX.Y.Z` (or `X.Y.Z`) of the text; a suffix (`-beta.0`) is ignored.
     pub fn parse(text: &str) -> Option<Version> {
-        let word = text
-            .split_whitespace()
-            .find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))?;
+        let word = text.split_whitespace().find(|w| {
+            w.trim_start_matches('v')
+                .starts_with(|c: char| c.is_ascii_digit())
+        })?;
         let core = word.trim_start_matches('v');
         let core = core.split(['-', '+']).next()?;
         let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
@@ -329,20 +330,36 @@ mod tests {
 
     #[test]
     fn root_is_refused_without_force_with_the_fixes() {
-        let root = Host { uid: 0, groups: vec!["root".into()], ..user() };
+        let root = Host {
+            uid: 0,
+            groups: vec!["root".into()],
+            ..user()
+        };
         let err = check(&request(&[]), &root).unwrap_err().to_string();
-        assert!(err.contains("DRV_AS_ROOT") && err.contains("exit 57"), "{err}");
-        assert!(err.contains("group libvirt") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("DRV_AS_ROOT") && err.contains("exit 57"),
+            "{err}"
+        );
+        assert!(
+            err.contains("group libvirt") && err.contains("--force"),
+            "{err}"
+        );
         check(&request(&args(&["--force"])), &root).unwrap();
         check(&request(&[]), &user()).unwrap();
     }
 
     #[test]
     fn the_group_rule_applies_from_the_release_that_has_it() {
-        let outsider = Host { groups: vec!["users".into()], ..user() };
+        let outsider = Host {
+            groups: vec!["users".into()],
+            ..user()
+        };
         check(&request(&[]), &outsider).unwrap();
         let force = args(&["--force"]);
-        let newer = Request { version: Version::GROUP_CHECKED, ..request(&force) };
+        let newer = Request {
+            version: Version::GROUP_CHECKED,
+            ..request(&force)
+        };
         let err = check(&newer, &outsider).unwrap_err().to_string();
         assert!(err.contains("libvirt") && err.contains("exit 65"), "{err}");
         check(&newer, &user()).unwrap();
@@ -350,28 +367,64 @@ mod tests {
 
     #[test]
     fn virsh_must_be_on_path_even_with_force() {
-        let host = Host { virsh_on_path: false, ..user() };
+        let host = Host {
+            virsh_on_path: false,
+            ..user()
+        };
         let force = args(&["--force"]);
         let err = check(&request(&force), &host).unwrap_err().to_string();
-        assert!(err.contains("virsh") && err.contains("libvirt-clients"), "{err}");
+        assert!(
+            err.contains("virsh") && err.contains("libvirt-clients"),
+            "{err}"
+        );
     }
 
     #[test]
     fn sizes_under_the_minimums_are_refused_unless_forced() {
-        let small = Request { memory_mib: Some(1799), ..request(&[]) };
+        let small = Request {
+            memory_mib: Some(1799),
+            ..request(&[])
+        };
         let err = check(&small, &user()).unwrap_err().to_string();
         assert!(err.contains("1799") && err.contains("exit 23"), "{err}");
-        let one = Request { cpus: Some(1), ..request(&[]) };
+        let one = Request {
+            cpus: Some(1),
+            ..request(&[])
+        };
         let err = check(&one, &user()).unwrap_err().to_string();
         assert!(err.contains("exit 29"), "{err}");
-        let huge = Request { memory_mib: Some(9000), ..request(&[]) };
-        assert!(check(&huge, &user()).unwrap_err().to_string().contains("exit 10"));
-        let many = Request { cpus: Some(8), ..request(&[]) };
+        let huge = Request {
+            memory_mib: Some(9000),
+            ..request(&[])
+        };
+        assert!(check(&huge, &user())
+            .unwrap_err()
+            .to_string()
+            .contains("exit 10"));
+        let many = Request {
+            cpus: Some(8),
+            ..request(&[])
+        };
         assert!(check(&many, &user()).is_err());
-        check(&Request { memory_mib: Some(1800), cpus: Some(2), ..request(&[]) }, &user()).unwrap();
+        check(
+            &Request {
+                memory_mib: Some(1800),
+                cpus: Some(2),
+                ..request(&[])
+            },
+            &user(),
+        )
+        .unwrap();
         let force = args(&["--force"]);
-        check(&Request { memory_mib: Some(256), cpus: Some(1), ..request(&force) }, &user())
-            .unwrap();
+        check(
+            &Request {
+                memory_mib: Some(256),
+                cpus: Some(1),
+                ..request(&force)
+            },
+            &user(),
+        )
+        .unwrap();
         // minikube's default of 2 CPUs needs 2 on the host.
         let single = Host { cpus: 1, ..user() };
         assert!(check(&request(&[]), &single).is_err());

@@ -111,9 +111,8 @@ fn inherited_minikube_vars() -> Vec<OsString> {
 fn minikube_vars_to_remove(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
     names
         .filter(|k| {
-            k.to_str().is_some_and(|k| {
-                k.starts_with("MINIKUBE_") && !MINIKUBE_VARS_SET.contains(&k)
-            })
+            k.to_str()
+                .is_some_and(|k| k.starts_with("MINIKUBE_") && !MINIKUBE_VARS_SET.contains(&k))
         })
         .collect()
 }
@@ -204,7 +203,10 @@ impl MinikubeCluster {
             // Plain output in logs: no emoji, no colour.
             ("MINIKUBE_IN_STYLE".into(), "false".into()),
             // kvm2's health check runs virsh against this (`kvm2.go`, `status()`).
-            ("LIBVIRT_DEFAULT_URI".into(), self.libvirt_uri.clone().into()),
+            (
+                "LIBVIRT_DEFAULT_URI".into(),
+                self.libvirt_uri.clone().into(),
+            ),
         ]
     }
 
@@ -366,7 +368,13 @@ mod tests {
 
     #[test]
     fn minikube_runs_with_mkh_s_variables_and_none_of_the_caller_s_minikube_ones() {
-        let names = ["MINIKUBE_DRIVER", "MINIKUBE_HOME", "MINIKUBE_IN_STYLE", "PATH", "MINIKUBE"];
+        let names = [
+            "MINIKUBE_DRIVER",
+            "MINIKUBE_HOME",
+            "MINIKUBE_IN_STYLE",
+            "PATH",
+            "MINIKUBE",
+        ];
         assert_eq!(
             minikube_vars_to_remove(names.iter().map(OsString::from)),
             [OsString::from("MINIKUBE_DRIVER")]
@@ -386,7 +394,10 @@ mod tests {
     fn before_v1_38_the_driver_directory_is_shared_too() {
         let tmp = tempfile::tempdir().unwrap();
         let shared = tmp.path().join("cache");
-        for (version, linked) in [(Version::new(1, 37, 0), true), (Version::new(1, 38, 1), false)] {
+        for (version, linked) in [
+            (Version::new(1, 37, 0), true),
+            (Version::new(1, 38, 1), false),
+        ] {
             let home = tmp.path().join(version.to_string());
             let c = MinikubeCluster::at(&home, "p", "/bin/minikube".into(), "qemu:///system");
             c.prepare(&shared, version).unwrap();

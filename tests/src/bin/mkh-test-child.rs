@@ -4,13 +4,14 @@
 //! - `hold`: keep the environment until a signal ends the process.
 //! - `hold-cli`: create an environment, hand it over to the CLI and exit.
 //! - `once`: tear the environment down and exit (0 when nothing was left).
-//! - `hold-minikube`: like `hold`, with a minikube cluster (binary from `MKH_MINIKUBE`).
+//! - `hold-minikube`: like `hold`, with a minikube cluster (binary from `MKH_MINIKUBE`, more
+//!   arguments from `MKH_MINIKUBE_ARGS`).
 //! - `own-signals`: like `hold`, but mkh's signal handling is off: the program's own SIGTERM
 //!   handler tears the environment down and exits 0.
 
 use std::io::Write;
 
-use mkh::{Env, MinikubeOptions};
+use mkh::{Backend, Env, Settings};
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
@@ -22,7 +23,12 @@ fn main() {
     }
     let mut builder = Env::builder();
     if mode == "hold-minikube" {
-        builder = builder.minikube(MinikubeOptions::default());
+        // The binary, sizes and arguments (`--force` as root) from the settings.
+        let settings = Settings::current().expect("settings").minikube(None);
+        let Backend::Minikube(options) = settings.backend() else {
+            unreachable!("minikube settings give the minikube backend")
+        };
+        builder = builder.minikube(options);
     }
     // Installed before the environment: mkh must not install its own handler beside it.
     let mut own = (mode == "own-signals").then(|| {

@@ -12,10 +12,9 @@ pub const DEFAULT_PROFILE: &str = "minikube";
 /// The only driver the stand-in has.
 pub const DRIVER: &str = "kvm2";
 
-/// Memory and CPUs when `--memory`/`--cpus` are not given. Real minikube picks 2-6 GiB and 2
-/// CPUs; the stand-in boots a tiny initramfs guest that needs neither.
-pub const DEFAULT_MEMORY_MIB: u32 = 256;
-pub const DEFAULT_CPUS: u32 = 1;
+/// `--cpus` when not given (the flag's default, "2"). Memory, when not given, is minikube's
+/// suggestion for the host (see `preflight::suggested_memory`).
+pub const DEFAULT_CPUS: u32 = 2;
 /// minikube's default `--disk-size` (20000mb); recorded only: the stand-in's guest has no disk.
 pub const DEFAULT_DISK_MB: u32 = 20000;
 /// The Kubernetes version of the API server the stand-in runs (Debian's kubernetes 1.20.2).
@@ -32,11 +31,15 @@ pub enum Command {
     Start(StartOptions),
     Stop,
     Delete,
-    Ip,
+    Ip {
+        node: Option<String>,
+    },
     Status {
         output: Output,
     },
-    SshKey,
+    SshKey {
+        node: Option<String>,
+    },
     Logs {
         file: Option<PathBuf>,
         length: usize,
@@ -138,6 +141,8 @@ const START_FLAGS: &[FlagSpec] = &[
     flag("delete-on-failure", None, Arity::Bool),
 ];
 const OUTPUT_FLAGS: &[FlagSpec] = &[flag("output", Some('o'), Arity::Value)];
+/// `ip` and `ssh-key` pick a node (`--node/-n`, not bound to viper: no variable sets it).
+const NODE_FLAGS: &[FlagSpec] = &[flag("node", Some('n'), Arity::Value)];
 const LOGS_FLAGS: &[FlagSpec] = &[
     flag("file", None, Arity::Value),
     flag("length", Some('n'), Arity::Value),
@@ -154,6 +159,7 @@ fn all_flags() -> impl Iterator<Item = &'static FlagSpec> {
         .iter()
         .chain(START_FLAGS)
         .chain(OUTPUT_FLAGS)
+        .chain(NODE_FLAGS)
         .chain(LOGS_FLAGS)
         .chain(VERSION_FLAGS)
 }
@@ -319,7 +325,10 @@ pub fn env_var_of(long: &str) -> String {
 
 /// Parses the arguments after the program name; `env` reads the environment (every flag not
 /// on the command line may come from its `MINIKUBE_*` variable, as with minikube's viper).
-pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Invocation, UsageError> {
+pub fn parse(
+    args: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Invocation, UsageError> {
     let (positional, mut flags) = tokenize(args)?;
     let mut profile = DEFAULT_PROFILE.to_string();
     let mut help = false;
@@ -330,9 +339,9 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
             Some("start") => ("start", START_FLAGS, &positional[1..]),
             Some("stop") => ("stop", &[], &positional[1..]),
             Some("delete") => ("delete", &[], &positional[1..]),
-            Some("ip") => ("ip", &[], &positional[1..]),
+            Some("ip") => ("ip", NODE_FLAGS, &positional[1..]),
             Some("status") => ("status", OUTPUT_FLAGS, &positional[1..]),
-            Some("ssh-key") => ("ssh-key", &[], &positional[1..]),
+            Some("ssh-key") => ("ssh-key", NODE_FLAGS, &positional[1..]),
             Some("logs") => ("logs", LOGS_FLAGS, &positional[1..]),
             Some("version") => ("version", VERSION_FLAGS, &positional[1..]),
             Some("profile") => match positional.get(1).map(String::as_str) {
@@ -370,8 +379,14 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
             }
         }
     }
-    // Then the environment, for every flag the command line left out (never `--help`).
-    for spec in GLOBAL_FLAGS.iter().chain(command_specs) {
+    // Then the environment, for every bound flag the command line left out: the global ones
+    // and start's (`--help` and other commands' own flags are not bound).
+    let bound: &[FlagSpec] = if command_name == "start" {
+        command_specs
+    } else {
+        &[]
+    };
+    for spec in GLOBAL_FLAGS.iter().chain(bound) {
         if spec.long == "help" || flags.iter().any(|f| f.name == spec.long) {
             continue;
         }
@@ -392,6 +407,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
     let mut file = None;
     let mut length = 60usize;
     let mut short = false;
+    let mut node = None;
 
     for f in &flags {
         let global = find_long(GLOBAL_FLAGS, &f.name).is_some();
@@ -473,6 +489,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
                 })?;
             }
             "short" => short = parse_bool(f)?,
+            "node" => node = Some(value_of(f)),
             other => unreachable!("flag {other} is in a table but not handled"),
         }
     }
@@ -494,9 +511,9 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
         "start" => Command::Start(start),
         "stop" => Command::Stop,
         "delete" => Command::Delete,
-        "ip" => Command::Ip,
+        "ip" => Command::Ip { node },
         "status" => Command::Status { output },
-        "ssh-key" => Command::SshKey,
+        "ssh-key" => Command::SshKey { node },
         "logs" => Command::Logs { file, length },
         "profile list" => Command::ProfileList { output },
         "version" => Command::Version { short, output },
@@ -536,8 +553,10 @@ mod tests {
 
     fn p_env(line: &str, vars: &[(&str, &str)]) -> Result<Invocation, UsageError> {
         let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        let vars: Vec<(String, String)> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         parse(&args, &|name| {
             vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
@@ -555,7 +574,7 @@ mod tests {
         ] {
             let inv = p(line).unwrap_or_else(|e| panic!("{line}: {e}"));
             assert_eq!(inv.profile, "NAME", "{line}");
-            assert_eq!(inv.command, Command::Ip, "{line}");
+            assert_eq!(inv.command, Command::Ip { node: None }, "{line}");
         }
         assert_eq!(p("ip").unwrap().profile, "minikube");
     }
@@ -651,10 +670,22 @@ mod tests {
         );
         assert_eq!(p("-p a delete").unwrap().command, Command::Delete);
         assert_eq!(p("stop").unwrap().command, Command::Stop);
-        assert_eq!(p("ssh-key").unwrap().command, Command::SshKey);
+        assert_eq!(
+            p("ssh-key").unwrap().command,
+            Command::SshKey { node: None }
+        );
+        assert_eq!(
+            p("ssh-key -n m02").unwrap().command,
+            Command::SshKey {
+                node: Some("m02".into())
+            }
+        );
         assert_eq!(p("").unwrap().command, Command::Help);
         assert_eq!(p("start --help").unwrap().command, Command::Help);
-        assert_eq!(p("ip --alsologtostderr -v=3").unwrap().command, Command::Ip);
+        assert_eq!(
+            p("ip --alsologtostderr -v=3").unwrap().command,
+            Command::Ip { node: None }
+        );
         assert_eq!(
             p("version --short").unwrap().command,
             Command::Version {
@@ -670,11 +701,20 @@ mod tests {
             Command::Start(o) => o,
             other => panic!("{other:?}"),
         };
-        let o = start("start", &[("MINIKUBE_DRIVER", "docker"), ("MINIKUBE_NODES", "3")]);
+        let o = start(
+            "start",
+            &[("MINIKUBE_DRIVER", "docker"), ("MINIKUBE_NODES", "3")],
+        );
         assert_eq!((o.driver.as_deref(), o.nodes), (Some("docker"), Some(3)));
         let o = start("start --driver=kvm2", &[("MINIKUBE_DRIVER", "docker")]);
         assert_eq!(o.driver.as_deref(), Some("kvm2"));
-        let o = start("start", &[("MINIKUBE_DELETE_ON_FAILURE", "true"), ("MINIKUBE_FORCE", "1")]);
+        let o = start(
+            "start",
+            &[
+                ("MINIKUBE_DELETE_ON_FAILURE", "true"),
+                ("MINIKUBE_FORCE", "1"),
+            ],
+        );
         assert!(o.delete_on_failure && o.force);
         // Empty counts as unset (viper without AllowEmptyEnv).
         assert_eq!(start("start", &[("MINIKUBE_DRIVER", "")]).driver, None);
@@ -696,7 +736,13 @@ mod tests {
                 length: 5
             }
         );
-        assert!(p("ip -n 2").is_err());
+        assert_eq!(
+            p("ip -n m02").unwrap().command,
+            Command::Ip {
+                node: Some("m02".into())
+            }
+        );
+        assert!(p("status -n 2").is_err());
         let Command::Start(o) = p("start --ha --force --delete-on-failure").unwrap().command else {
             panic!("not start")
         };

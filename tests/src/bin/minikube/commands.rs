@@ -13,7 +13,8 @@ use crate::config::{self, AuthOptions, ClusterConfig, HostOptions, Kvm2Driver, M
 use crate::control_plane::{self, APISERVER, APISERVER_PORT, ETCD, SERVICE_CIDR};
 use crate::kubeconfig::{self, Material, ProfileEntry};
 use crate::libvirt::{DomState, Libvirt, URI};
-use crate::paths::{Env, Profile};
+use crate::paths::{Env, Machine, Profile};
+use crate::preflight::{self, Host};
 use crate::subnet;
 use crate::xml::{self, Accel, DomainSpec};
 use crate::{
@@ -49,11 +50,15 @@ pub fn run(inv: &Invocation) -> Result<u8, Failure> {
         }
         Command::Stop => stop(&env, name).map_err(|f| f.in_command("GUEST_STOP")),
         Command::Delete => delete(&env, name).map_err(|f| f.in_command("GUEST_DELETION")),
-        Command::Ip => ip(&env, name).map_err(|f| f.in_command("GUEST_STATUS")),
+        Command::Ip { node } => {
+            ip(&env, name, node.as_deref()).map_err(|f| f.in_command("GUEST_STATUS"))
+        }
         Command::Status { output } => {
             status(&env, name, *output).map_err(|f| f.in_command("GUEST_STATUS"))
         }
-        Command::SshKey => ssh_key(&env, name).map_err(|f| f.in_command("GUEST_STATUS")),
+        Command::SshKey { node } => {
+            ssh_key(&env, name, node.as_deref()).map_err(|f| f.in_command("GUEST_STATUS"))
+        }
         Command::Logs { file, length } => {
             logs(&env, name, file.as_ref(), *length).map_err(|f| f.in_command("GUEST_STATUS"))
         }
@@ -94,21 +99,30 @@ fn profile_not_found(name: &str) -> Failure {
     )
 }
 
-/// minikube's rule for profile names (they become libvirt domain and network names).
+/// `ProfileNameValid` (`pkg/minikube/config/profile.go`): DNS labels of letters, digits and
+/// `-`, each starting and ending with a letter or digit, joined by dots; longer than one
+/// character. Checked first in `runStart` (`cmd/minikube/cmd/start.go`), exit 14.
+fn profile_name_valid(name: &str) -> bool {
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+    };
+    name.len() > 1 && name.split('.').all(label_ok)
+}
+
 fn validate_profile_name(name: &str) -> Result<(), Failure> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && name.len() <= 63;
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::exit(
-            EX_PROGRAM_USAGE,
-            "MK_USAGE",
-            format!("profile name \"{name}\" is not valid: use letters, digits, '-', '_' and '.', starting with a letter or digit"),
-        ))
+    if profile_name_valid(name) {
+        return Ok(());
     }
+    warn(format!("Profile name '{name}' is not valid"));
+    Err(Failure::exit(
+        EX_PROGRAM_USAGE,
+        "MK_USAGE",
+        "Only alphanumeric and dashes '-' are permitted. Minimum 2 characters, starting with alphanumeric.",
+    ))
 }
 
 fn now_unix() -> u64 {
@@ -164,16 +178,22 @@ struct Settings {
     nat: String,
     private: String,
     network_flag: String,
+    /// Nodes, and how many of them (the first ones) are control planes.
+    nodes: usize,
+    control_planes: usize,
 }
 
+/// `default_memory`: minikube's suggestion for this host, used when `--memory` is not given.
 fn settings(
     name: &str,
     opts: &StartOptions,
     old: Option<&ClusterConfig>,
     machine: Option<&MachineConfig>,
+    default_memory: u32,
+    nodes: u32,
 ) -> Settings {
     let fresh = Settings {
-        memory: opts.memory_mib.unwrap_or(cli::DEFAULT_MEMORY_MIB),
+        memory: opts.memory_mib.unwrap_or(default_memory),
         cpus: opts.cpus.unwrap_or(cli::DEFAULT_CPUS),
         disk: opts.disk_size_mb.unwrap_or(cli::DEFAULT_DISK_MB),
         k8s_version: opts
@@ -187,6 +207,8 @@ fn settings(
         nat: opts.kvm_network.clone().unwrap_or_else(|| "default".into()),
         private: opts.network.clone().unwrap_or_else(|| format!("mk-{name}")),
         network_flag: opts.network.clone().unwrap_or_default(),
+        nodes: nodes as usize,
+        control_planes: if opts.ha { 3 } else { 1 },
     };
     let Some(old) = old else {
         return fresh;
@@ -211,6 +233,8 @@ fn settings(
                 }
             }),
         network_flag: old.network.clone(),
+        nodes: old.nodes.len().max(1),
+        control_planes: old.nodes.iter().filter(|n| n.control_plane).count().max(1),
     };
     let mut ignored = Vec::new();
     if opts.memory_mib.is_some_and(|m| m != kept.memory) {
@@ -225,6 +249,9 @@ fn settings(
     if opts.network.as_ref().is_some_and(|n| *n != kept.private) {
         ignored.push("--network");
     }
+    if opts.nodes.is_some_and(|n| n as usize != kept.nodes) {
+        ignored.push("--nodes");
+    }
     if !ignored.is_empty() {
         warn(format!(
             "You cannot change {} of an existing minikube cluster: ignored. Run \"minikube delete -p {name}\" first.",
@@ -234,12 +261,37 @@ fn settings(
     kept
 }
 
+/// `Nodes[]`: the primary named "", then "m02", ...; the first `control_planes` are control
+/// planes, every node is a worker (`startWithDriver`, `cmd/minikube/cmd/start.go`).
+fn node_entries(s: &Settings, ips: &[Option<Ipv4Addr>]) -> Vec<config::Node> {
+    (0..s.nodes)
+        .map(|i| config::Node {
+            name: if i == 0 {
+                String::new()
+            } else {
+                format!("m{:02}", i + 1)
+            },
+            ip: ips
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            port: APISERVER_PORT,
+            kubernetes_version: s.k8s_version.clone(),
+            container_runtime: s.runtime.clone(),
+            control_plane: i < s.control_planes,
+            worker: true,
+        })
+        .collect()
+}
+
 fn cluster_config(
     name: &str,
     s: &Settings,
     opts: &StartOptions,
     old: Option<&ClusterConfig>,
-    vm_ip: Option<Ipv4Addr>,
+    ips: &[Option<Ipv4Addr>],
 ) -> ClusterConfig {
     ClusterConfig {
         name: name.into(),
@@ -278,15 +330,7 @@ fn cluster_config(
             enable_default_cni: false,
             cni: String::new(),
         },
-        nodes: vec![config::Node {
-            name: String::new(),
-            ip: vm_ip.map(|i| i.to_string()).unwrap_or_default(),
-            port: APISERVER_PORT,
-            kubernetes_version: s.k8s_version.clone(),
-            container_runtime: s.runtime.clone(),
-            control_plane: true,
-            worker: true,
-        }],
+        nodes: node_entries(s, ips),
         addons: old.map(|o| o.addons.clone()).unwrap_or_default(),
         verify_components: if opts.wait.is_empty() {
             old.map(|o| o.verify_components.clone())
@@ -297,7 +341,7 @@ fn cluster_config(
         start_host_timeout: 360_000_000_000,
         network: s.network_flag.clone(),
         subnet: String::new(),
-        multi_node_requested: false,
+        multi_node_requested: s.nodes > 1,
     }
 }
 
@@ -308,7 +352,7 @@ struct Macs {
 
 fn machine_config(
     env: &Env,
-    p: &Profile,
+    p: &Machine,
     s: &Settings,
     macs: &Macs,
     ip: Option<Ipv4Addr>,
@@ -367,14 +411,15 @@ fn save<T: serde::Serialize>(path: &std::path::Path, v: &T) -> Result<(), Failur
     config::save(path, v).map_err(Failure::error)
 }
 
-fn ensure_home_dirs(env: &Env, p: &Profile) -> Result<(), Failure> {
+fn ensure_home_dirs(env: &Env, p: &Profile, nodes: usize) -> Result<(), Failure> {
     use std::os::unix::fs::DirBuilderExt;
     let dirs = [
         "config", "logs", "cache", "certs", "files", "addons", "profiles", "machines",
     ]
     .iter()
     .map(|d| env.home.join(d))
-    .chain([p.dir(), p.machine_dir()]);
+    .chain([p.dir()])
+    .chain((0..nodes).map(|i| p.machine(i).dir));
     for d in dirs {
         fs::DirBuilder::new()
             .recursive(true)
@@ -390,31 +435,14 @@ fn info(file_line: &str, msg: impl std::fmt::Display) {
     eprintln!("I {file_line}] {msg}");
 }
 
-/// Ensures the private network: found (used as it is) or created from kvm2's template on a free
-/// subnet. Returns its host-side address.
-fn ensure_private_network(
+/// Creates the private network from kvm2's template on minikube's subnet choice (up to 5
+/// tries, `createNetwork`, `pkg/drivers/kvm/network.go`). Returns its host-side address.
+fn create_private_network(
     env: &Env,
     lv: &Libvirt,
     name: &str,
     reservations: &mut Vec<subnet::Reservation>,
 ) -> Result<Ipv4Addr, Failure> {
-    if let Some(net) = lv.network(name)? {
-        info(
-            "network.go:107",
-            format!("found existing private KVM network {name}, skipping creation"),
-        );
-        if lv.ensure_active(&net, name)? {
-            info(
-                "network.go:121",
-                format!("started inactive private KVM network {name}"),
-            );
-        }
-        let xml = lv.network_xml(&net)?;
-        return xml::network_facts(&xml)
-            .map_err(Failure::error)?
-            .host_addr
-            .ok_or_else(|| Failure::error(format!("network {name} has no IPv4 address")));
-    }
     let host = subnet::host_ipv4_addrs();
     let mut tried: Vec<Ipv4Addr> = Vec::new();
     let mut last_error = String::new();
@@ -448,9 +476,97 @@ fn ensure_private_network(
         if last_error.is_empty() {
             "no free private network subnets found".to_string()
         } else {
-            format!("creating private network {name}: {last_error}")
+            format!("failed creating private network {name}: {last_error}")
         },
     ))
+}
+
+fn host_addr(lv: &Libvirt, name: &str) -> Result<Ipv4Addr, Failure> {
+    host_addr_of(lv, name)?
+        .ok_or_else(|| Failure::error(format!("network {name} has no IPv4 address")))
+}
+
+/// kvm2's networks for one machine: `createNetwork` for a new machine (an existing private
+/// network is used as it is), then `ensureNetwork` on every start: both networks autostarted
+/// and active; a private network that cannot be started is deleted (unless another domain
+/// uses it) and created anew under the same name, on minikube's own subnet and without
+/// anyone's metadata. Returns the private network's host-side address.
+fn ensure_networks(
+    env: &Env,
+    lv: &Libvirt,
+    s: &Settings,
+    machine: &str,
+    reservations: &mut Vec<subnet::Reservation>,
+) -> Result<Ipv4Addr, Failure> {
+    let private = s.private.as_str();
+    let Some(nat) = lv.network(&s.nat)? else {
+        return Err(missing_nat(&s.nat));
+    };
+    if lv.network(private)?.is_some() {
+        info(
+            "network.go:107",
+            format!("found existing {private} private network, skipping creation"),
+        );
+    } else {
+        create_private_network(env, lv, private, reservations)?;
+    }
+    info(
+        "network.go:130",
+        format!("Ensuring network {} is active", s.nat),
+    );
+    lv.ensure_active(&nat, &s.nat).map_err(|e| {
+        Failure::exit(
+            EX_GUEST_ERROR,
+            "GUEST_PROVISION",
+            format!("ensuring active networks: {e}"),
+        )
+    })?;
+    info(
+        "network.go:130",
+        format!("Ensuring network {private} is active"),
+    );
+    let net = lv
+        .network(private)?
+        .ok_or_else(|| Failure::error(format!("network {private} vanished")))?;
+    let Err(e) = lv.ensure_active(&net, private) else {
+        return host_addr(lv, private);
+    };
+    info(
+        "network.go:141",
+        format!("Network {private} is inoperable, will try to recreate it: {e}"),
+    );
+    let users = lv.other_domains_on(private, machine)?;
+    if !users.is_empty() {
+        return Err(Failure::exit(
+            EX_GUEST_ERROR,
+            "GUEST_PROVISION",
+            format!(
+                "ensuring active networks: deleting inoperable network {private}: network still in use at least by domain '{}',",
+                users[0]
+            ),
+        ));
+    }
+    lv.delete_network(private)?;
+    info(
+        "network.go:148",
+        format!("Successfully deleted {private} network"),
+    );
+    create_private_network(env, lv, private, reservations)?;
+    info(
+        "network.go:153",
+        format!("Successfully recreated {private} network"),
+    );
+    host_addr(lv, private)
+}
+
+fn missing_nat(name: &str) -> Failure {
+    Failure::exit(
+        60,
+        "PR_KVM_MISSING_NETWORK",
+        format!(
+            "error provisioning guest: failed looking up network {name}, cannot continue: Network not found: no network with matching name '{name}' (--kvm-network: minikube never creates it)"
+        ),
+    )
 }
 
 /// The stand-in serves a profile's API server on its private network's host-side address, port
@@ -514,12 +630,12 @@ fn wait_until(
 /// pins that IP with a DHCP host entry.
 fn wait_for_guest(
     lv: &Libvirt,
-    p: &Profile,
+    m: &Machine,
     s: &Settings,
     macs: &Macs,
     scale: u32,
 ) -> Result<Ipv4Addr, Failure> {
-    let name = p.name.as_str();
+    let name = m.name.as_str();
     let running = wait_until(
         Instant::now() + RUNNING_WAIT * scale,
         Duration::from_millis(200),
@@ -542,10 +658,8 @@ fn wait_for_guest(
             EX_GUEST_TIMEOUT,
             "GUEST_PROVISION",
             format!(
-                "machine {name} didn't return an IP: no DHCP lease for MAC {} on network {} (console: {})",
-                macs.private,
-                s.private,
-                p.console_log().display()
+                "machine {name} didn't return an IP: no DHCP lease for MAC {} on network {}",
+                macs.private, s.private
             ),
         ));
     };
@@ -554,12 +668,19 @@ fn wait_for_guest(
 }
 
 fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
+    // minikube's order: the name, the driver and its health, the CPUs, the requested memory,
+    // the user; the default memory after them (runStart, provisionWithDriver).
+    validate_profile_name(name)?;
+    let p = env.profile(name);
+    let old_cluster: Option<ClusterConfig> = config::load(&p.config_json())?;
+    let old_machine: Option<MachineConfig> = config::load(&p.primary().config_json())?;
+    let existing = old_cluster.is_some() || old_machine.is_some();
     if let Some(driver) = opts.driver.as_deref() {
         if driver != cli::DRIVER {
             return Err(Failure::exit(
                 EX_DRIVER_UNSUPPORTED,
                 "DRV_UNSUPPORTED",
-                format!("the minikube stand-in supports only --driver=kvm2, not --driver={driver}"),
+                format!("the minikube stand-in has only the kvm2 driver, not {driver:?} (from --driver, -d or MINIKUBE_DRIVER)"),
             ));
         }
     }
@@ -572,15 +693,33 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             ));
         }
     }
-    validate_profile_name(name)?;
+    let host = Host::current();
+    preflight::driver_health(URI, &host, opts.force)?;
+    let nodes = preflight::node_count(opts.nodes, opts.ha)?;
+    let kept = old_cluster.as_ref();
+    preflight::cpus(
+        opts.cpus
+            .or(kept.map(|c| c.cpus))
+            .unwrap_or(cli::DEFAULT_CPUS),
+        &host,
+        opts.force,
+    )?;
+    if let Some(memory) = opts.memory_mib {
+        preflight::memory(memory, &host, opts.force)?;
+    }
+    preflight::user(
+        &host,
+        opts.force,
+        existing,
+        &format!("minikube delete -p {name}"),
+    )?;
+    let default_memory = preflight::suggested_memory(host.memory_mib, nodes);
+    if opts.memory_mib.is_none() && kept.is_none() {
+        preflight::memory(default_memory, &host, opts.force)?;
+    }
     // Fail before creating anything if the control plane cannot run.
     control_plane::apiserver_binary()?;
     control_plane::etcd_binary()?;
-
-    let p = env.profile(name);
-    let old_cluster: Option<ClusterConfig> = config::load(&p.config_json())?;
-    let old_machine: Option<MachineConfig> = config::load(&p.machine_json())?;
-    let existing = old_cluster.is_some() || old_machine.is_some();
 
     step(
         "😄",
@@ -589,9 +728,6 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             os_name()
         ),
     );
-    let accel = Accel::detect();
-    let scale = accel.scale();
-    let lv = Libvirt::open()?;
     step(
         "✨",
         if existing {
@@ -600,7 +736,14 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             "Using the kvm2 driver based on user configuration"
         },
     );
-    let s = settings(name, opts, old_cluster.as_ref(), old_machine.as_ref());
+    let s = settings(
+        name,
+        opts,
+        old_cluster.as_ref(),
+        old_machine.as_ref(),
+        default_memory,
+        nodes,
+    );
     if s.k8s_version != cli::DEFAULT_K8S_VERSION {
         warn(format!(
             "Kubernetes {} requested: recorded, but the stand-in's API server is {}",
@@ -608,78 +751,63 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             cli::DEFAULT_K8S_VERSION
         ));
     }
-
-    // Checks before anything is created.
-    let Some(nat) = lv.network(&s.nat)? else {
-        return Err(Failure::exit(
-            EX_GUEST_ERROR,
-            "GUEST_PROVISION",
-            format!(
-                "error provisioning guest: ensuring active networks: network {} (--kvm-network) not found: minikube never creates it",
-                s.nat
-            ),
-        ));
-    };
-    let state = lv.domain_state(name)?;
-    if state != DomState::Missing && !existing {
-        return Err(Failure::exit(
-            EX_GUEST_ERROR,
-            "GUEST_PROVISION",
-            format!("a libvirt domain named \"{name}\" already exists but is no profile of {}: not touching it", env.home.display()),
-        ));
-    }
-
-    check_apiserver_address(env, &lv, &p, &s.private)?;
-
-    ensure_home_dirs(env, &p)?;
-    save(
-        &p.config_json(),
-        &cluster_config(name, &s, opts, old_cluster.as_ref(), None),
-    )?;
-    step(
-        "👍",
-        format!("Starting \"{name}\" primary control-plane node in \"{name}\" cluster"),
-    );
-
-    // Networks: NAT must exist (checked), is started if inactive; private found or created.
-    if lv.ensure_active(&nat, &s.nat)? {
-        info(
-            "network.go:95",
-            format!("started inactive NAT network {}", s.nat),
-        );
-    }
-    let mut reservations = Vec::new();
-    let host_addr = ensure_private_network(env, &lv, &s.private, &mut reservations)?;
-
-    // Keys, guest image, domain.
-    let pubkey = keys::ensure_machine_key(&p.id_rsa())?;
-    let host_key = keys::ensure_host_key(&p.host_key())?;
-    let macs = match state {
-        DomState::Missing => match &old_machine {
-            Some(m) if !m.driver.mac.is_empty() && !m.driver.private_mac.is_empty() => Macs {
-                private: m.driver.private_mac.clone(),
-                nat: m.driver.mac.clone(),
-            },
-            _ => Macs {
-                private: xml::random_mac(),
-                nat: xml::random_mac(),
-            },
-        },
-        // An existing domain: its XML is the truth (as released kvm2 reads it back).
-        DomState::Running | DomState::Stopped => {
-            let dom_xml = lv.domain_xml(name)?.unwrap_or_default();
-            let nics = xml::domain_nics(&dom_xml).map_err(Failure::error)?;
-            let mac_on = |net: &str| nics.iter().find(|(n, _)| n == net).map(|(_, m)| m.clone());
-            Macs {
-                private: mac_on(&s.private).ok_or_else(|| {
-                    Failure::error(format!("domain {name} has no NIC on network {}", s.private))
-                })?,
-                nat: mac_on(&s.nat).unwrap_or_default(),
+    match provision(env, &p, opts, &s, old_cluster.as_ref()) {
+        Err(failure) if opts.delete_on_failure => {
+            // maybeDeleteAndRetry (cmd/minikube/cmd/start.go): the whole profile goes, its
+            // private network with it, then one more try.
+            for line in &failure.lines {
+                eprintln!("{line}");
             }
+            warn("Node  failed to start, deleting and trying again.");
+            delete(env, name)?;
+            provision(env, &p, opts, &s, None)
         }
-    };
-    save(&p.machine_json(), &machine_config(env, &p, &s, &macs, None))?;
+        result => result,
+    }
+}
 
+/// The machine's MACs: from its domain if it exists (its XML is the truth, as released kvm2
+/// reads it back), else from its saved config, else new random ones.
+fn macs_of(lv: &Libvirt, m: &Machine, s: &Settings, state: DomState) -> Result<Macs, Failure> {
+    if state != DomState::Missing {
+        let dom_xml = lv.domain_xml(&m.name)?.unwrap_or_default();
+        let nics = xml::domain_nics(&dom_xml).map_err(Failure::error)?;
+        let mac_on = |net: &str| nics.iter().find(|(n, _)| n == net).map(|(_, m)| m.clone());
+        return Ok(Macs {
+            private: mac_on(&s.private).ok_or_else(|| {
+                Failure::error(format!(
+                    "domain {} has no NIC on network {}",
+                    m.name, s.private
+                ))
+            })?,
+            nat: mac_on(&s.nat).unwrap_or_default(),
+        });
+    }
+    let saved: Option<MachineConfig> = config::load(&m.config_json())?;
+    Ok(match saved {
+        Some(c) if !c.driver.mac.is_empty() && !c.driver.private_mac.is_empty() => Macs {
+            private: c.driver.private_mac,
+            nat: c.driver.mac,
+        },
+        _ => Macs {
+            private: xml::random_mac(),
+            nat: xml::random_mac(),
+        },
+    })
+}
+
+/// Brings one machine's domain up: created from scratch, restarted, or left running.
+fn boot_machine(
+    env: &Env,
+    lv: &Libvirt,
+    m: &Machine,
+    s: &Settings,
+    macs: &Macs,
+    state: DomState,
+    accel: Accel,
+) -> Result<(), Failure> {
+    let pubkey = keys::ensure_machine_key(&m.id_rsa())?;
+    save(&m.config_json(), &machine_config(env, m, s, macs, None))?;
     match state {
         DomState::Missing => {
             let image = mkh_guest_image::ensure_guest_image(
@@ -688,10 +816,11 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
                     .cache_dir,
             )
             .map_err(|e| Failure::error(format!("guest image: {e}")))?;
+            // No host key: the guest makes a new one on every boot, as the ISO does.
             let cmdline = mkh_guest_image::kernel_cmdline(&mkh_guest_image::BootParams {
                 hostname: GUEST_HOSTNAME,
                 authorized_key: &pubkey,
-                host_key: Some(&host_key),
+                host_key: None,
             })
             .map_err(|e| Failure::error(format!("kernel command line: {e}")))?;
             step(
@@ -701,9 +830,8 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
                     s.cpus, s.memory, s.disk
                 ),
             );
-            let console = p.console_log();
             let dom = xml::domain(&DomainSpec {
-                name,
+                name: &m.name,
                 memory_mib: s.memory,
                 cpus: s.cpus,
                 accel,
@@ -714,43 +842,100 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
                 private_mac: &macs.private,
                 nat_network: &s.nat,
                 nat_mac: &macs.nat,
-                console_log: &console,
             });
-            lv.define_domain(name, &dom)?;
-            lv.start_domain(name)?;
+            lv.define_domain(&m.name, &dom)?;
+            lv.start_domain(&m.name)
         }
         DomState::Stopped => {
             step(
                 "🔄",
-                format!("Restarting existing kvm2 VM for \"{name}\" ..."),
+                format!("Restarting existing kvm2 VM for \"{}\" ...", m.name),
             );
-            lv.start_domain(name)?;
+            lv.start_domain(&m.name)
         }
         DomState::Running => {
-            step("🏃", format!("Updating the running kvm2 \"{name}\" VM ..."));
+            step(
+                "🏃",
+                format!("Updating the running kvm2 \"{}\" VM ...", m.name),
+            );
+            Ok(())
         }
     }
+    .map_err(Failure::error)
+}
+
+/// Everything after the checks: networks, each node's machine in turn (the primary control
+/// plane first, with the host-side API server), the kubeconfig.
+fn provision(
+    env: &Env,
+    p: &Profile,
+    opts: &StartOptions,
+    s: &Settings,
+    old_cluster: Option<&ClusterConfig>,
+) -> Result<u8, Failure> {
+    let name = p.name.as_str();
+    let accel = Accel::detect();
+    let scale = accel.scale();
+    let lv = Libvirt::open()?;
+    let machines: Vec<Machine> = (0..s.nodes).map(|i| p.machine(i)).collect();
+
+    // Checks before anything is created.
+    if lv.network(&s.nat)?.is_none() {
+        return Err(missing_nat(&s.nat));
+    }
+    let mut states = Vec::new();
+    for m in &machines {
+        let state = lv.domain_state(&m.name)?;
+        if state != DomState::Missing && !m.config_json().exists() {
+            return Err(Failure::exit(
+                EX_GUEST_ERROR,
+                "GUEST_PROVISION",
+                format!("a libvirt domain named \"{}\" already exists but is no machine of {}: not touching it", m.name, env.home.display()),
+            ));
+        }
+        states.push(state);
+    }
+    check_apiserver_address(env, &lv, p, &s.private)?;
+
+    ensure_home_dirs(env, p, s.nodes)?;
+    let mut ips: Vec<Option<Ipv4Addr>> = vec![None; s.nodes];
+    save(
+        &p.config_json(),
+        &cluster_config(name, s, opts, old_cluster, &ips),
+    )?;
+    step(
+        "👍",
+        format!("Starting \"{name}\" primary control-plane node in \"{name}\" cluster"),
+    );
+    let mut reservations = Vec::new();
+    let primary = &machines[0];
+    let host_addr = ensure_networks(env, &lv, s, &primary.name, &mut reservations)?;
+    let macs = macs_of(&lv, primary, s, states[0])?;
+    boot_machine(env, &lv, primary, s, &macs, states[0], accel)?;
 
     let etcd_deadline = Instant::now() + APISERVER_WAIT;
     std::thread::scope(|scope| -> Result<(), Failure> {
         // While the guest boots: the certificates that do not name its address, and etcd.
         let prep = scope.spawn(|| -> Result<control_plane::Etcd, Failure> {
             certs::ensure_ca(env)?;
-            certs::ensure_client(env, &p)?;
-            certs::ensure_service_account(&p)?;
-            certs::ensure_apiserver_key(&p)?;
-            control_plane::start_etcd(&p, etcd_deadline)
+            certs::ensure_client(env, p)?;
+            certs::ensure_service_account(p)?;
+            certs::ensure_apiserver_key(p)?;
+            control_plane::start_etcd(p, etcd_deadline)
         });
-        let vm_ip = wait_for_guest(&lv, &p, &s, &macs, scale);
+        let vm_ip = wait_for_guest(&lv, primary, s, &macs, scale);
         let etcd = prep.join().expect("control-plane preparation thread");
         let vm_ip = vm_ip?;
         let etcd = etcd?;
+        ips[0] = Some(vm_ip);
         save(
-            &p.machine_json(),
-            &machine_config(env, &p, &s, &macs, Some(vm_ip)),
+            &primary.config_json(),
+            &machine_config(env, primary, s, &macs, Some(vm_ip)),
         )?;
-        let cluster = cluster_config(name, &s, opts, old_cluster.as_ref(), Some(vm_ip));
-        save(&p.config_json(), &cluster)?;
+        save(
+            &p.config_json(),
+            &cluster_config(name, s, opts, old_cluster, &ips),
+        )?;
 
         // SSH (in the VM) and the API server (on the host) come up in parallel.
         step(
@@ -762,21 +947,52 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             ),
         );
         let ssh_deadline = Instant::now() + SSH_WAIT * scale;
-        let id_rsa = p.id_rsa();
+        let id_rsa = primary.id_rsa();
         let ssh = scope.spawn(move || keys::wait_for_ssh(vm_ip, &id_rsa, ssh_deadline));
         step("    ▪", "Generating certificates and keys ...");
         certs::write_apiserver(
             env,
-            &p,
+            p,
             &[host_addr, vm_ip, Ipv4Addr::LOCALHOST, certs::SERVICE_IP],
         )?;
         step("    ▪", "Booting up control plane ...");
-        let mut starting = control_plane::start_apiserver(env, &p, etcd, host_addr)?;
-        starting.wait_ready(env, &p, host_addr, Instant::now() + APISERVER_WAIT)?;
+        let mut starting = control_plane::start_apiserver(env, p, etcd, host_addr)?;
+        starting.wait_ready(env, p, host_addr, Instant::now() + APISERVER_WAIT)?;
         ssh.join()
             .expect("ssh wait thread")
             .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))
     })?;
+
+    // The other nodes, one after the other (startWithDriver's loop over node.Add).
+    for (i, m) in machines.iter().enumerate().skip(1) {
+        let role = if i < s.control_planes {
+            "secondary control-plane"
+        } else {
+            "worker"
+        };
+        step(
+            "👍",
+            format!(
+                "Starting \"m{:02}\" {role} node in \"{name}\" cluster",
+                i + 1
+            ),
+        );
+        ensure_networks(env, &lv, s, &m.name, &mut reservations)?;
+        let macs = macs_of(&lv, m, s, states[i])?;
+        boot_machine(env, &lv, m, s, &macs, states[i], accel)?;
+        let vm_ip = wait_for_guest(&lv, m, s, &macs, scale)?;
+        ips[i] = Some(vm_ip);
+        save(
+            &m.config_json(),
+            &machine_config(env, m, s, &macs, Some(vm_ip)),
+        )?;
+        save(
+            &p.config_json(),
+            &cluster_config(name, s, opts, old_cluster, &ips),
+        )?;
+        keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
+            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+    }
 
     // Kubeconfig.
     step("    ▪", "Configuring RBAC rules ...");
@@ -812,8 +1028,14 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
 fn load_existing(p: &Profile) -> Result<(Option<ClusterConfig>, Option<MachineConfig>), Failure> {
     Ok((
         config::load(&p.config_json())?,
-        config::load(&p.machine_json())?,
+        config::load(&p.primary().config_json())?,
     ))
+}
+
+/// The profile's machines, as its config lists its nodes (one when it lists none).
+fn machines_of(p: &Profile, cluster: Option<&ClusterConfig>) -> Vec<Machine> {
+    let n = cluster.map_or(1, |c| c.nodes.len().max(1));
+    (0..n).map(|i| p.machine(i)).collect()
 }
 
 fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
@@ -821,28 +1043,35 @@ fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
     if !p.exists() {
         return Err(profile_not_found(name));
     }
+    let (cluster, _) = load_existing(&p)?;
     let lv = Libvirt::open()?;
-    step("✋", format!("Stopping node \"{name}\"  ..."));
-    let was_running = lv.domain_state(name)? == DomState::Running;
-    if was_running {
-        lv.shutdown(name)?;
-    }
-    // The host-side control plane goes down while the guest powers off.
-    control_plane::stop(&p);
-    if was_running {
-        let off = wait_until(
-            Instant::now() + STOP_WAIT,
-            Duration::from_millis(250),
-            || Ok(lv.domain_state(name)? != DomState::Running),
-        )?;
-        if !off {
-            warn(format!(
-                "{name} did not power off after ACPI shutdown in {STOP_WAIT:?}: destroying it"
-            ));
-            lv.destroy(name)?;
+    let machines = machines_of(&p, cluster.as_ref());
+    for m in &machines {
+        step("✋", format!("Stopping node \"{}\"  ...", m.name));
+        let was_running = lv.domain_state(&m.name)? == DomState::Running;
+        if was_running {
+            lv.shutdown(&m.name)?;
+        }
+        if m.name == name {
+            // The host-side control plane goes down while the guest powers off.
+            control_plane::stop(&p);
+        }
+        if was_running {
+            let off = wait_until(
+                Instant::now() + STOP_WAIT,
+                Duration::from_millis(250),
+                || Ok(lv.domain_state(&m.name)? != DomState::Running),
+            )?;
+            if !off {
+                warn(format!(
+                    "{} did not power off after ACPI shutdown in {STOP_WAIT:?}: destroying it",
+                    m.name
+                ));
+                lv.destroy(&m.name)?;
+            }
         }
     }
-    step("🛑", "1 node stopped.");
+    step("🛑", format!("{} node(s) stopped.", machines.len()));
     Ok(0)
 }
 
@@ -869,11 +1098,7 @@ fn delete(env: &Env, name: &str) -> Result<u8, Failure> {
     }
     let (cluster, machine) = load_existing(&p)?;
     let lv = Libvirt::open()?;
-    step("🔥", format!("Deleting \"{name}\" in kvm2 ..."));
     control_plane::stop(&p);
-
-    // kvm2's Remove(): the private network first (unless `default` or used by another
-    // domain), then the domain.
     let private = machine
         .as_ref()
         .map(|m| m.driver.private_network.clone())
@@ -885,26 +1110,50 @@ fn delete(env: &Env, name: &str) -> Result<u8, Failure> {
                 .filter(|n| !n.is_empty())
         })
         .unwrap_or_else(|| format!("mk-{name}"));
-    if private == "default" {
-        info(
-            "kvm.go:450",
-            "private network is \"default\": not deleting it",
-        );
-    } else {
-        let users = lv.other_domains_on(&private, name)?;
-        if users.is_empty() {
-            lv.delete_network(&private)?;
-        } else {
-            warn(format!(
-                "Deleting of networks failed: network {private} is still in use by other domains ({}): not deleting it",
-                users.join(", ")
-            ));
+    // deleteHosts: node by node, in Nodes order (cmd/minikube/cmd/delete.go).
+    for m in machines_of(&p, cluster.as_ref()) {
+        if lv.domain_state(&m.name)? == DomState::Missing {
+            // DeleteHost: no host status, so Remove() never runs and the private network
+            // stays (pkg/minikube/machine/delete.go).
+            info(
+                "delete.go:73",
+                format!(
+                    "Unable to get host status for {}, assuming it has already been deleted",
+                    m.name
+                ),
+            );
+            continue;
         }
+        step("🔥", format!("Deleting \"{}\" in kvm2 ...", m.name));
+        // kvm2's Remove(): the private network first (unless `default` or used by another
+        // domain), then the domain.
+        if private == "default" {
+            info(
+                "kvm.go:450",
+                "private network is \"default\": not deleting it",
+            );
+        } else {
+            let users = lv.other_domains_on(&private, &m.name)?;
+            if users.is_empty() {
+                lv.delete_network(&private)?;
+            } else {
+                info(
+                    "kvm.go:500",
+                    format!(
+                        "deleting networks failed, will continue anyway: network still in use at least by domain '{}',",
+                        users[0]
+                    ),
+                );
+            }
+        }
+        lv.destroy(&m.name)?;
+        lv.undefine(&m.name)?;
     }
-    lv.destroy(name)?;
-    lv.undefine(name)?;
 
-    for dir in [p.dir(), p.machine_dir()] {
+    let dirs = [p.dir()]
+        .into_iter()
+        .chain(machines_of(&p, cluster.as_ref()).into_iter().map(|m| m.dir));
+    for dir in dirs {
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -919,50 +1168,71 @@ fn delete(env: &Env, name: &str) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn not_running(name: &str) -> Failure {
-    Failure::styled(
-        EX_GUEST_NOT_RUNNING,
-        vec![
-            "🤷  The control plane node must be running for this command".into(),
-            format!("👉  To fix this, run: \"{}\"", start_command(name)),
-        ],
-    )
+/// `mustload.Running` (`pkg/minikube/mustload/mustload.go`): on stdout, exit 83.
+fn not_running(name: &str, machine: &str, state: &str) -> Failure {
+    println!("🤷  The control-plane node {machine} host is not running: state={state}");
+    println!("👉  To start a cluster, run: \"{}\"", start_command(name));
+    Failure::styled(EX_GUEST_NOT_RUNNING, Vec::new())
 }
 
-fn ip(env: &Env, name: &str) -> Result<u8, Failure> {
-    let p = env.profile(name);
-    let (_, machine) = load_existing(&p)?;
-    let Some(machine) = machine else {
-        return Err(profile_not_found(name));
-    };
-    let lv = Libvirt::open()?;
-    match lv.domain_state(name)? {
-        DomState::Running => {}
-        DomState::Stopped => return Err(not_running(name)),
-        DomState::Missing => {
-            return Err(Failure::styled(
-                EX_GUEST_NOT_FOUND,
-                vec![
-                    format!("🤷  The control-plane node {name} host does not exist"),
-                    format!("👉  To start a cluster, run: \"{}\"", start_command(name)),
-                ],
-            ))
-        }
-    }
-    match lv.lease_ip(&machine.driver.private_network, &machine.driver.private_mac)? {
-        Some(ip) => {
-            println!("{ip}");
-            Ok(0)
-        }
+/// A node by its name (`m02`) or its machine's (`<p>-m02`), as `node.Retrieve` finds it.
+fn find_node<'a>(
+    p: &Profile,
+    cluster: &'a ClusterConfig,
+    node: Option<&str>,
+) -> Result<(Machine, &'a config::Node), Failure> {
+    let found = cluster.nodes.iter().enumerate().find(|(i, n)| match node {
+        None => n.control_plane && n.name.is_empty(),
+        Some(want) => n.name == want || p.machine(*i).name == want,
+    });
+    match found {
+        Some((i, n)) => Ok((p.machine(i), n)),
         None => Err(Failure::exit(
-            EX_GUEST_NOT_RUNNING,
-            "GUEST_IP_NOT_FOUND",
+            EX_GUEST_NOT_FOUND,
+            "GUEST_NODE_RETRIEVE",
             format!(
-                "Error getting IP: IP not found: no lease for MAC {} on network {}",
-                machine.driver.private_mac, machine.driver.private_network
+                "retrieving node: Could not find node {}",
+                node.unwrap_or("")
             ),
         )),
     }
+}
+
+/// `minikube ip`: the IP the profile records for the node, once the control plane's host is
+/// seen running (`cmd/minikube/cmd/ip.go`).
+fn ip(env: &Env, name: &str, node: Option<&str>) -> Result<u8, Failure> {
+    let p = env.profile(name);
+    let (cluster, _) = load_existing(&p)?;
+    let Some(cluster) = cluster else {
+        return Err(profile_not_found(name));
+    };
+    let primary = p.primary();
+    if !primary.config_json().exists() {
+        println!(
+            "🤷  The control-plane node {} host does not exist",
+            primary.name
+        );
+        println!("👉  To start a cluster, run: \"{}\"", start_command(name));
+        return Err(Failure::styled(EX_GUEST_NOT_FOUND, Vec::new()));
+    }
+    let lv = Libvirt::open()?;
+    match lv.domain_state(&primary.name)? {
+        DomState::Running => {}
+        DomState::Stopped => return Err(not_running(name, &primary.name, "Stopped")),
+        DomState::Missing => {
+            return Err(Failure::exit(
+                EX_GUEST_ERROR,
+                "GUEST_STATUS",
+                format!(
+                    "Unable to get control-plane node {} host status: state: getting domain: failed looking up domain: no domain with matching name '{}'",
+                    primary.name, primary.name
+                ),
+            ))
+        }
+    }
+    let (_, n) = find_node(&p, &cluster, node)?;
+    println!("{}", n.ip);
+    Ok(0)
 }
 
 /// What `status` reports.
@@ -1051,7 +1321,7 @@ fn state_of(
 
 fn status(env: &Env, name: &str, output: Output) -> Result<u8, Failure> {
     let p = env.profile(name);
-    let (_, machine) = load_existing(&p)?;
+    let (cluster, machine) = load_existing(&p)?;
     let Some(machine) = machine else {
         if output == Output::Json {
             println!(
@@ -1065,26 +1335,43 @@ fn status(env: &Env, name: &str, output: Output) -> Result<u8, Failure> {
     };
     let lv = Libvirt::open()?;
     let st = state_of(env, &lv, &p, &machine)?;
+    let mut objects = vec![json!({"Name": name, "Host": st.host, "Kubelet": st.kubelet,
+                   "APIServer": st.apiserver, "Kubeconfig": st.kubeconfig, "Worker": false})];
+    let mut text = format!(
+        "{name}\ntype: Control Plane\nhost: {}\nkubelet: {}\napiserver: {}\nkubeconfig: {}\n\n",
+        st.host, st.kubelet, st.apiserver, st.kubeconfig
+    );
+    // Nodes after the first: their host state only (no kubelet runs in the stand-in's guest).
+    for m in machines_of(&p, cluster.as_ref()).iter().skip(1) {
+        let host = match lv.domain_state(&m.name)? {
+            DomState::Running => "Running",
+            DomState::Stopped => "Stopped",
+            DomState::Missing => "Nonexistent",
+        };
+        objects.push(json!({"Name": m.name, "Host": host, "Kubelet": "Stopped",
+                   "APIServer": "Irrelevant", "Kubeconfig": "Irrelevant", "Worker": true}));
+        text.push_str(&format!(
+            "{}\ntype: Worker\nhost: {host}\nkubelet: Stopped\n\n",
+            m.name
+        ));
+    }
     match output {
-        Output::Json => println!(
-            "{}",
-            json!({"Name": name, "Host": st.host, "Kubelet": st.kubelet,
-                   "APIServer": st.apiserver, "Kubeconfig": st.kubeconfig, "Worker": false})
-        ),
-        Output::Text => println!(
-            "{name}\ntype: Control Plane\nhost: {}\nkubelet: {}\napiserver: {}\nkubeconfig: {}\n",
-            st.host, st.kubelet, st.apiserver, st.kubeconfig
-        ),
+        // One object for one node, a list for several (cmd/minikube/cmd/status.go).
+        Output::Json if objects.len() == 1 => println!("{}", objects[0]),
+        Output::Json => println!("{}", serde_json::Value::Array(objects)),
+        Output::Text => print!("{text}"),
     }
     Ok(st.exit_code())
 }
 
-fn ssh_key(env: &Env, name: &str) -> Result<u8, Failure> {
+fn ssh_key(env: &Env, name: &str, node: Option<&str>) -> Result<u8, Failure> {
     let p = env.profile(name);
-    if !p.exists() {
+    let (cluster, _) = load_existing(&p)?;
+    let Some(cluster) = cluster.filter(|_| p.exists()) else {
         return Err(profile_not_found(name));
-    }
-    println!("{}", p.id_rsa().display());
+    };
+    let (machine, _) = find_node(&p, &cluster, node)?;
+    println!("{}", machine.id_rsa().display());
     Ok(0)
 }
 
@@ -1094,11 +1381,7 @@ fn logs(env: &Env, name: &str, file: Option<&PathBuf>, length: usize) -> Result<
         return Err(profile_not_found(name));
     }
     let mut text = String::new();
-    for (title, path) in [
-        ("kube-apiserver", p.log(APISERVER)),
-        ("etcd", p.log(ETCD)),
-        ("console (machines/<p>/console.log)", p.console_log()),
-    ] {
+    for (title, path) in [("kube-apiserver", p.log(APISERVER)), ("etcd", p.log(ETCD))] {
         text.push_str(&format!(
             "==> {title} <==\n{}\n\n",
             control_plane::tail(&path, length)
@@ -1134,7 +1417,8 @@ fn profile_list(env: &Env, output: Output) -> Result<u8, Failure> {
     for name in names {
         let p = env.profile(&name);
         let cluster: Option<ClusterConfig> = config::load(&p.config_json()).ok().flatten();
-        let machine: Option<MachineConfig> = config::load(&p.machine_json()).ok().flatten();
+        let machine: Option<MachineConfig> =
+            config::load(&p.primary().config_json()).ok().flatten();
         let (Some(cluster), Some(lv)) = (cluster, lv.as_ref()) else {
             invalid.push(json!({"Name": name, "Status": "", "Config": null}));
             continue;
@@ -1231,10 +1515,12 @@ mod tests {
 
     #[test]
     fn profile_names() {
-        for ok in ["minikube", "sitest", "a-b_c.d", "p1"] {
+        for ok in ["minikube", "sitest", "a-b.c-d", "p1", "Ab", "mkh-abc123"] {
             assert!(validate_profile_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-x", "a/b", "a b", "é"] {
+        for bad in [
+            "", "a", "-x", "foo-", "a_b", "a..b", "a.-b", "a/b", "a b", "é",
+        ] {
             assert!(validate_profile_name(bad).is_err(), "{bad}");
         }
     }
@@ -1242,29 +1528,40 @@ mod tests {
     #[test]
     fn existing_profiles_keep_their_settings() {
         let opts = StartOptions::default();
-        let fresh = settings("p", &opts, None, None);
+        let fresh = settings("p", &opts, None, None, 6000, 1);
         assert_eq!(fresh.private, "mk-p");
         assert_eq!(fresh.nat, "default");
-        assert_eq!((fresh.memory, fresh.cpus), (256, 1));
+        assert_eq!((fresh.memory, fresh.cpus, fresh.nodes), (6000, 2, 1));
         let given = StartOptions {
             network: Some("priv".into()),
             kvm_network: Some("nat".into()),
             memory_mib: Some(512),
             ..StartOptions::default()
         };
-        let s = settings("p", &given, None, None);
+        let s = settings("p", &given, None, None, 6000, 2);
         assert_eq!(
             (s.private.as_str(), s.nat.as_str(), s.memory),
             ("priv", "nat", 512)
         );
-        let cc = cluster_config("p", &s, &given, None, Some(Ipv4Addr::new(10, 1, 2, 3)));
+        let cc = cluster_config("p", &s, &given, None, &[Some(Ipv4Addr::new(10, 1, 2, 3))]);
         assert_eq!(cc.network, "priv");
         assert_eq!(cc.nodes[0].ip, "10.1.2.3");
-        // A later start without flags keeps them.
-        let again = settings("p", &opts, Some(&cc), None);
         assert_eq!(
-            (again.private.as_str(), again.nat.as_str(), again.memory),
-            ("priv", "nat", 512)
+            (cc.nodes[0].name.as_str(), cc.nodes[1].name.as_str()),
+            ("", "m02")
+        );
+        assert!(cc.nodes[0].control_plane && !cc.nodes[1].control_plane && cc.nodes[1].worker);
+        assert_eq!(cc.nodes[1].ip, "");
+        // A later start without flags keeps them.
+        let again = settings("p", &opts, Some(&cc), None, 3000, 1);
+        assert_eq!(
+            (
+                again.private.as_str(),
+                again.nat.as_str(),
+                again.memory,
+                again.nodes
+            ),
+            ("priv", "nat", 512, 2)
         );
     }
 

@@ -1,6 +1,7 @@
-//! SSH: the machine's key pair (`machines/<p>/id_rsa`, RSA 2048 as minikube makes it), the
-//! guest's host key (kept in `machines/<p>/` and passed on every boot, so it stays the same
-//! across stop/start), and waiting until the guest lets user `docker` in.
+//! SSH: each machine's key pair (`machines/<m>/id_rsa`, RSA 2048 as minikube makes it) and
+//! waiting until the guest lets user `docker` in. The guest makes a new host key on every boot,
+//! as minikube's ISO does (its root file system lives in RAM), and, as libmachine, nothing here
+//! checks host keys.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -38,16 +39,6 @@ pub fn ensure_machine_key(id_rsa: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(&pub_path)
         .map(|s| s.trim().to_string())
         .map_err(|e| Failure::error(format!("read {}: {e}", pub_path.display())))
-}
-
-/// Creates the guest's ed25519 host key unless it exists (ed25519: it must fit on the kernel
-/// command line); returns the private key's text.
-pub fn ensure_host_key(path: &Path) -> Result<String, Failure> {
-    if !path.exists() {
-        keygen(path, &["-t", "ed25519"])?;
-    }
-    std::fs::read_to_string(path)
-        .map_err(|e| Failure::error(format!("read {}: {e}", path.display())))
 }
 
 /// Waits for TCP port 22, then for `ssh -i id_rsa docker@ip true` to succeed.

@@ -91,14 +91,16 @@ mod kubeconfig;
 mod libvirt;
 mod lock;
 mod paths;
+mod preflight;
 mod subnet;
 mod xml;
 
 use std::process::ExitCode;
 
-/// What `version` prints; the kubeconfig extension records `VERSION_BASE`.
-pub const VERSION: &str = "v1.38.1-standin";
-pub const VERSION_BASE: &str = "v1.38.1";
+/// The release whose behaviour the stand-in imitates, and what `version` prints (its commit
+/// is `stand-in`).
+pub const VERSION: &str = "v1.38.1";
+pub const VERSION_BASE: &str = VERSION;
 
 // minikube's exit codes (pkg/minikube/reason/exitcodes.go).
 pub const EX_FAILURE: u8 = 1;

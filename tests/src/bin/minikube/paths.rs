@@ -112,7 +112,8 @@ impl Env {
     }
 }
 
-/// The files of one profile (cluster) and its one machine (named after the profile).
+/// The files of one profile (cluster) and its machines: `<p>` for the primary control plane,
+/// `<p>-m02`, ... for the other nodes (`config.MachineName`, `pkg/minikube/config/profile.go`).
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
@@ -123,33 +124,25 @@ impl Profile {
     pub fn dir(&self) -> PathBuf {
         self.home.join("profiles").join(&self.name)
     }
-    pub fn machine_dir(&self) -> PathBuf {
-        self.home.join("machines").join(&self.name)
-    }
     /// `profiles/<p>/config.json`: the ClusterConfig.
     pub fn config_json(&self) -> PathBuf {
         self.dir().join("config.json")
     }
-    /// `machines/<p>/config.json`: libmachine's Host.
-    pub fn machine_json(&self) -> PathBuf {
-        self.machine_dir().join("config.json")
+    /// The machine (libvirt domain) of node `index`, 0 being the primary control plane.
+    pub fn machine(&self, index: usize) -> Machine {
+        let name = if index == 0 {
+            self.name.clone()
+        } else {
+            format!("{}-m{:02}", self.name, index + 1)
+        };
+        Machine {
+            dir: self.home.join("machines").join(&name),
+            name,
+        }
     }
-    pub fn id_rsa(&self) -> PathBuf {
-        self.machine_dir().join("id_rsa")
-    }
-    /// The guest's SSH host key, passed on every boot (see [`crate::keys`]).
-    pub fn host_key(&self) -> PathBuf {
-        self.machine_dir().join("ssh_host_ed25519_key")
-    }
-    pub fn console_log(&self) -> PathBuf {
-        self.machine_dir().join("console.log")
-    }
-    /// What kvm2 would create (the ISO copy and the raw disk); recorded, not created.
-    pub fn iso(&self) -> PathBuf {
-        self.machine_dir().join("boot2docker.iso")
-    }
-    pub fn disk(&self) -> PathBuf {
-        self.machine_dir().join(format!("{}.rawdisk", self.name))
+    /// The primary control plane's machine.
+    pub fn primary(&self) -> Machine {
+        self.machine(0)
     }
     pub fn apiserver_cert(&self) -> PathBuf {
         self.dir().join("apiserver.crt")
@@ -188,7 +181,31 @@ impl Profile {
         self.dir().join("processes.json")
     }
     pub fn exists(&self) -> bool {
-        self.config_json().exists() || self.machine_json().exists()
+        self.config_json().exists() || self.primary().config_json().exists()
+    }
+}
+
+/// One machine's directory, `machines/<m>/`.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Machine {
+    /// `machines/<m>/config.json`: libmachine's Host.
+    pub fn config_json(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn id_rsa(&self) -> PathBuf {
+        self.dir.join("id_rsa")
+    }
+    /// What kvm2 would create (the ISO copy and the raw disk); recorded, not created.
+    pub fn iso(&self) -> PathBuf {
+        self.dir.join("boot2docker.iso")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join(format!("{}.rawdisk", self.name))
     }
 }
 

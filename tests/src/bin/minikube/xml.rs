@@ -93,12 +93,11 @@ pub struct DomainSpec<'a> {
     pub private_mac: &'a str,
     pub nat_network: &'a str,
     pub nat_mac: &'a str,
-    pub console_log: &'a Path,
 }
 
 /// kvm2's domain (`domain_definition_x86.go`) with two differences: direct kernel boot of mkh's
 /// guest instead of the ISO + raw disk, and no host-passthrough CPU under TCG. The private NIC
-/// comes first, then the NAT NIC; serial console on a pty, logged to a file; virtio-rng.
+/// comes first, then the NAT NIC; serial console on a pty (no log file, as kvm2's); virtio-rng.
 pub fn domain(spec: &DomainSpec<'_>) -> String {
     let path = |p: &Path| esc(&p.to_string_lossy());
     let (domain_type, cpu) = match spec.accel {
@@ -136,7 +135,6 @@ pub fn domain(spec: &DomainSpec<'_>) -> String {
       <model type='virtio'/>
     </interface>
     <serial type='pty'>
-      <log file='{console_log}' append='on'/>
       <target port='0'/>
     </serial>
     <console type='pty'>
@@ -158,7 +156,6 @@ pub fn domain(spec: &DomainSpec<'_>) -> String {
         private_mac = esc(spec.private_mac),
         nat_network = esc(spec.nat_network),
         nat_mac = esc(spec.nat_mac),
-        console_log = path(spec.console_log),
     )
 }
 
@@ -294,7 +291,6 @@ mod tests {
             private_mac: "52:00:00:00:00:01",
             nat_network: "default",
             nat_mac: "52:00:00:00:00:02",
-            console_log: Path::new("/h/.minikube/machines/p/console.log"),
         })
     }
 

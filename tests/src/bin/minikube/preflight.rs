@@ -1,0 +1,337 @@
+//! What `minikube start` checks before it makes anything, in its order (`runStart` and
+//! `provisionWithDriver`, `cmd/minikube/cmd/start.go`, v1.38.1): the driver's health, the CPU
+//! count, the requested memory, the user; then the default memory. Each refusal has minikube's
+//! reason and exit code; those minikube lets `--force` override (`exitIfNotForced`) are printed
+//! as errors and the start goes on.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Failure, EX_PROGRAM_USAGE};
+
+/// `minUsableMem`, `minRecommendedMem`, `minimumCPUS` (`cmd/minikube/cmd/start_flags.go`).
+pub const MIN_USABLE_MEM: u32 = 1800;
+pub const MIN_RECOMMENDED_MEM: u32 = 1900;
+pub const MIN_CPUS: u32 = 2;
+
+const EX_RSRC_OVER_ALLOC_MEM: u8 = 10;
+const EX_INSUFFICIENT_MEMORY: u8 = 23;
+const EX_INSUFFICIENT_CORES: u8 = 29;
+const EX_DRV_AS_ROOT: u8 = 57;
+const EX_PROVIDER_NOT_RUNNING: u8 = 63;
+const EX_PROVIDER_NOT_FOUND: u8 = 65;
+const EX_KVM_USER_PERMISSION: u8 = 67;
+const EX_PROVIDER_ERROR: u8 = 69;
+
+/// The host as minikube sees it.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub uid: u32,
+    pub groups: Vec<String>,
+    /// MiB (`machine/info.go`).
+    pub memory_mib: u32,
+    /// Logical CPUs (`cpu.Counts(true)`).
+    pub cpus: u32,
+}
+
+impl Host {
+    pub fn current() -> Host {
+        let groups = nix::unistd::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .chain([nix::unistd::getegid()])
+            .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten())
+            .map(|g| g.name)
+            .collect();
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .map_or(0, |kib| (kib / 1024) as u32);
+        Host {
+            uid: nix::unistd::getuid().as_raw(),
+            groups,
+            memory_mib,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+}
+
+/// A refusal minikube lets `--force` override: with it, printed (without "Exiting due to")
+/// and the start goes on.
+fn unless_forced(force: bool, f: Failure) -> Result<(), Failure> {
+    if force {
+        for line in f.lines.iter().filter(|l| !l.is_empty()) {
+            eprintln!("{}", line.replacen("Exiting due to ", "", 1));
+        }
+        Ok(())
+    } else {
+        Err(f)
+    }
+}
+
+/// kvm2's health check (`status()` in `pkg/minikube/registry/drvs/kvm2/kvm2.go`): `virsh` on
+/// PATH (not force-able), then `virsh domcapabilities --virttype kvm` against `uri` within
+/// 6 s (start sets `LIBVIRT_DEFAULT_URI` to `--kvm-qemu-uri` first); only when that fails is
+/// the group looked at.
+pub fn driver_health(uri: &str, host: &Host, force: bool) -> Result<(), Failure> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|d| d.join("virsh").is_file()) {
+        return Err(Failure::styled(
+            EX_PROVIDER_NOT_FOUND,
+            vec![
+                String::new(),
+                "❌  Exiting due to PROVIDER_KVM2_NOT_FOUND: The 'kvm2' provider was not found: exec: \"virsh\": executable file not found in $PATH".into(),
+                "💡  Suggestion: Install libvirt".into(),
+                "📘  Documentation: https://minikube.sigs.k8s.io/docs/reference/drivers/kvm2/".into(),
+                String::new(),
+            ],
+        ));
+    }
+    let check = run_with_deadline(
+        Command::new("virsh")
+            .args(["domcapabilities", "--virttype", "kvm"])
+            .env("LIBVIRT_DEFAULT_URI", uri),
+        Duration::from_secs(6),
+    );
+    let failure = match check {
+        Some((true, _)) => return Ok(()),
+        None => Failure::exit(
+            EX_PROVIDER_NOT_RUNNING,
+            "PROVIDER_KVM2_NOT_RUNNING",
+            "The 'kvm2' provider was not found: virsh domcapabilities --virttype kvm timed out",
+        ),
+        Some((false, output)) if !host.groups.iter().any(|g| g.starts_with("libvirt")) => {
+            let _ = output;
+            Failure::styled(
+                EX_KVM_USER_PERMISSION,
+                vec![
+                    String::new(),
+                    "🚫  Exiting due to PR_KVM_USER_PERMISSION: libvirt group membership check failed:".into(),
+                    "user is not a member of the appropriate libvirt group".into(),
+                    "💡  Suggestion: Ensure that you are a member of the appropriate libvirt group (remember to relogin for group changes to take effect!)".into(),
+                    String::new(),
+                ],
+            )
+        }
+        Some((false, output)) => Failure::exit(
+            EX_PROVIDER_ERROR,
+            "PROVIDER_KVM2_ERROR",
+            format!(
+                "The 'kvm2' provider returned an error: virsh domcapabilities --virttype kvm failed:\n{}",
+                output.trim()
+            ),
+        ),
+    };
+    unless_forced(force, failure)
+}
+
+fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Option<(bool, String)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let end = Instant::now() + deadline;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Some((status.success(), err));
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `validateHANodeCount` (`cmd/minikube/cmd/start_flags.go`): the nodes this start asks for.
+pub fn node_count(nodes: Option<u32>, ha: bool) -> Result<u32, Failure> {
+    match (ha, nodes) {
+        (true, None) => Ok(3),
+        (true, Some(n)) if n < 3 => Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            "HA (multi-control plane) clusters require 3 or more control-plane nodes",
+        )),
+        (_, n) => Ok(n.unwrap_or(1)),
+    }
+}
+
+/// `validateCPUCount` (`cmd/minikube/cmd/start.go`); `requested` defaults to the flag's "2".
+pub fn cpus(requested: u32, host: &Host, force: bool) -> Result<(), Failure> {
+    let refuse = |msg: String| Failure::exit(EX_INSUFFICIENT_CORES, "RSRC_INSUFFICIENT_CORES", msg);
+    if host.cpus < MIN_CPUS {
+        return unless_forced(force, refuse("kvm2 has less than 2 CPUs available, but Kubernetes requires at least 2 to be available".into()));
+    }
+    if requested < MIN_CPUS {
+        return unless_forced(
+            force,
+            refuse(format!(
+                "Requested cpu count {requested} is less than the minimum allowed of {MIN_CPUS}"
+            )),
+        );
+    }
+    if requested > host.cpus {
+        return unless_forced(
+            force,
+            refuse(format!(
+                "Requested cpu count {requested} is greater than the available cpus of {}",
+                host.cpus
+            )),
+        );
+    }
+    Ok(())
+}
+
+/// `validateRequestedMemorySize` (`cmd/minikube/cmd/start.go`), for a VM driver.
+pub fn memory(requested: u32, host: &Host, force: bool) -> Result<(), Failure> {
+    if host.memory_mib < MIN_USABLE_MEM {
+        return unless_forced(
+            force,
+            Failure::exit(
+                EX_INSUFFICIENT_MEMORY,
+                "RSRC_INSUFFICIENT_SYS_MEMORY",
+                format!(
+                    "System only has {}MiB available, less than the required {MIN_USABLE_MEM}MiB for Kubernetes",
+                    host.memory_mib
+                ),
+            ),
+        );
+    }
+    if requested < MIN_USABLE_MEM {
+        return unless_forced(
+            force,
+            Failure::exit(
+                EX_INSUFFICIENT_MEMORY,
+                "RSRC_INSUFFICIENT_REQ_MEMORY",
+                format!("Requested memory allocation {requested}MiB is less than the usable minimum of {MIN_USABLE_MEM}MB"),
+            ),
+        );
+    }
+    if requested < MIN_RECOMMENDED_MEM {
+        crate::warn(format!("Requested memory allocation ({requested}MB) is less than the recommended minimum {MIN_RECOMMENDED_MEM}MB. Deployments may fail."));
+    }
+    if requested > host.memory_mib {
+        return unless_forced(
+            force,
+            Failure::exit(
+                EX_RSRC_OVER_ALLOC_MEM,
+                "RSRC_OVER_ALLOC_MEM",
+                format!(
+                    "Requested memory allocation {requested}MB is more than your system limit {}MB.",
+                    host.memory_mib
+                ),
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `validateUser` (`cmd/minikube/cmd/start.go`): root needs `--force`.
+pub fn user(
+    host: &Host,
+    force: bool,
+    profile_exists: bool,
+    delete_hint: &str,
+) -> Result<(), Failure> {
+    if host.uid != 0 {
+        return Ok(());
+    }
+    eprintln!("🛑  The \"kvm2\" driver should not be used with root privileges. If you wish to continue as root, use --force.");
+    eprintln!("💡  If you are running minikube within a VM, consider using --driver=none:");
+    eprintln!("📘    https://minikube.sigs.k8s.io/docs/reference/drivers/none/");
+    if profile_exists {
+        eprintln!("💡  Tip: To remove this root owned cluster, run: sudo {delete_hint}");
+    }
+    if force {
+        return Ok(());
+    }
+    Err(Failure::exit(
+        EX_DRV_AS_ROOT,
+        "DRV_AS_ROOT",
+        "The \"kvm2\" driver should not be used with root privileges.",
+    ))
+}
+
+/// `suggestMemoryAllocation` (`cmd/minikube/cmd/start.go`) for a VM driver: a quarter of the
+/// host's memory in steps of 100 MB, split over the nodes, between 3072 and 6144 (the whole
+/// memory under 3072).
+pub fn suggested_memory(host_mib: u32, nodes: u32) -> u32 {
+    const FALLBACK: u32 = 3072;
+    const MAXIMUM: u32 = 6144;
+    if host_mib > 0 && host_mib < FALLBACK {
+        return host_mib;
+    }
+    let mut suggested = host_mib / 400 * 100;
+    if nodes > 1 {
+        suggested /= nodes;
+    }
+    suggested.clamp(FALLBACK, MAXIMUM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Host {
+        Host {
+            uid: 1000,
+            groups: vec!["libvirt".into()],
+            memory_mib: 24000,
+            cpus: 2,
+        }
+    }
+
+    #[test]
+    fn sizes_follow_minikube_s_minimums_and_force() {
+        assert_eq!(memory(1799, &host(), false).unwrap_err().code, 23);
+        assert_eq!(memory(30000, &host(), false).unwrap_err().code, 10);
+        memory(1800, &host(), false).unwrap();
+        memory(256, &host(), true).unwrap();
+        assert_eq!(cpus(1, &host(), false).unwrap_err().code, 29);
+        assert_eq!(cpus(4, &host(), false).unwrap_err().code, 29);
+        cpus(2, &host(), false).unwrap();
+        cpus(1, &host(), true).unwrap();
+    }
+
+    #[test]
+    fn root_needs_force() {
+        let root = Host { uid: 0, ..host() };
+        assert_eq!(
+            user(&root, false, false, "minikube delete")
+                .unwrap_err()
+                .code,
+            57
+        );
+        user(&root, true, false, "minikube delete").unwrap();
+        user(&host(), false, false, "minikube delete").unwrap();
+    }
+
+    #[test]
+    fn default_memory_is_minikube_s_suggestion() {
+        assert_eq!(suggested_memory(24105, 1), 6000);
+        assert_eq!(suggested_memory(8192, 1), 3072);
+        assert_eq!(suggested_memory(15900, 1), 3900);
+        assert_eq!(suggested_memory(64000, 1), 6144);
+        assert_eq!(suggested_memory(24105, 2), 3072);
+        assert_eq!(suggested_memory(2048, 1), 2048);
+    }
+
+    #[test]
+    fn ha_means_three_nodes() {
+        assert_eq!(node_count(None, true).unwrap(), 3);
+        assert_eq!(node_count(Some(2), true).unwrap_err().code, 14);
+        assert_eq!(node_count(Some(2), false).unwrap(), 2);
+        assert_eq!(node_count(None, false).unwrap(), 1);
+    }
+}
