@@ -127,7 +127,7 @@ const START_FLAGS: &[FlagSpec] = &[
     flag("kvm-network", None, Arity::Value),
     flag("kvm-qemu-uri", None, Arity::Value),
     flag("network", None, Arity::Value),
-    flag("memory", None, Arity::Value),
+    flag("memory", Some('m'), Arity::Value),
     flag("cpus", None, Arity::Value),
     flag("disk-size", None, Arity::Value),
     flag("kubernetes-version", None, Arity::Value),
@@ -528,14 +528,15 @@ minikube (stand-in for tests of mkh: kvm2 driver only)
 Usage: minikube [-p PROFILE] COMMAND [flags]
 
 Commands:
-  start     --driver=kvm2 [--kvm-network=NAME] [--network=NAME] [--memory=MiB] [--cpus=N]
-            [--disk-size=SIZE] [--kubernetes-version=V] [--container-runtime=R]
-            [--embed-certs] [--keep-context] [--wait=LIST]
-  stop      ACPI shutdown of the VM, stops the profile's API server
-  delete    removes the VM, its private network (unless `default` or in use), the profile
-  ip        the VM's private IP (asks libvirt; fails with exit 83 when the VM is stopped)
+  start     --driver=kvm2 [--kvm-network=NAME] [--network=NAME] [-m, --memory=SIZE] [--cpus=N]
+            [-n, --nodes=N] [--ha] [--force] [--delete-on-failure] [--disk-size=SIZE]
+            [--kubernetes-version=V] [--container-runtime=R] [--embed-certs] [--keep-context]
+            [--wait=LIST]; every flag also as MINIKUBE_<FLAG>
+  stop      ACPI shutdown of every node, stops the profile's API server
+  delete    removes each node's VM, the private network (unless `default` or in use), the profile
+  ip        [-n NODE]  the node's recorded IP (exit 83 when the control plane is stopped)
   status    [-o json]   exit 0 running, 7 stopped, 85 no such profile
-  ssh-key   path of the machine's SSH private key
+  ssh-key   [-n NODE]  path of the node's SSH private key
   logs      [--file=PATH] [-n LINES]
   profile list [-o json]
   version   [--short] [-o json]
@@ -725,10 +726,11 @@ mod tests {
 
     #[test]
     fn shorthands_mean_what_the_command_says() {
-        let Command::Start(o) = p("start -n 2 -d kvm2").unwrap().command else {
+        let Command::Start(o) = p("start -n 2 -d kvm2 -m 2g").unwrap().command else {
             panic!("not start")
         };
         assert_eq!((o.nodes, o.driver.as_deref()), (Some(2), Some("kvm2")));
+        assert_eq!(o.memory_mib, Some(2048));
         assert_eq!(
             p("logs -n 5").unwrap().command,
             Command::Logs {

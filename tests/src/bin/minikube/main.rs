@@ -1,85 +1,52 @@
 //! `minikube`: a stand-in for `minikube --driver=kvm2`, for mkh's own tests on machines where the
 //! real binary (and its ISO) cannot be downloaded. It leaves in libvirt and in MINIKUBE_HOME what
-//! kvm2 leaves there, boots a real VM, and serves a REAL kube-apiserver (with etcd). It is
-//! written from the contract in `shared/docs/minikube-kvm2.md`, not from mkh's code, so that it
-//! can catch mkh's mistakes about minikube.
+//! kvm2 leaves there, boots real VMs, and serves a REAL kube-apiserver (with etcd). It is
+//! written from minikube's source, not from mkh's code, so that it can catch mkh's mistakes
+//! about minikube.
 //!
 //! # Commands
 //!
-//! `start`, `stop`, `delete`, `ip`, `status [-o json]`, `ssh-key`, `logs [--file] [-n]`,
+//! `start`, `stop`, `delete`, `ip [-n NODE]`, `status [-o json]`, `ssh-key [-n NODE]`,
+//! `logs [--file] [-n]`,
 //! `profile list [-o json]`, `version [--short] [-o json]`; `-p/--profile` anywhere (default
 //! `minikube`). See [`cli`] for the flags and [`commands`] for what each one does.
 //!
-//! # What the stand-in does as kvm2 does (what a test against it proves)
+//! # The rules it keeps, and where it cannot
 //!
-//! - Networks: the NAT network (`--kvm-network`, default `default`) must exist and is started
-//!   and autostarted if inactive, never created or deleted. The private network (`--network`,
-//!   else `mk-<profile>`) is used as it is if it exists ("found existing private KVM network ...
-//!   skipping creation"); else it is created from kvm2's template (isolated, `<dns enable='no'/>`,
-//!   DHCP range = client range minus its last address) on minikube's subnet choice (192.168.39.0/24,
-//!   third octet +11 up to 248; taken = an address on a host interface or a flock reservation in
-//!   `$TMPDIR/minikube-locks-<uid>/`; inactive libvirt networks are not looked at), autostart on.
-//! - The domain is named after the profile; the private NIC first (PrivateMAC), then the NAT NIC
-//!   (MAC); random locally administered MACs, recorded in `machines/<p>/config.json`; serial
-//!   console on a pty (logged to `machines/<p>/console.log`); virtio-rng; guest hostname
-//!   `minikube`; user `docker` with `machines/<p>/id_rsa` (RSA 2048).
-//! - Start waits for the domain to run (30 s), polls the private network's leases by PrivateMAC
-//!   every 2 s (90 s), pins the address with a DHCP host entry (`virNetworkUpdate`), waits for
-//!   SSH. Deadlines x4 under TCG.
-//! - `ip` asks libvirt every time (lease by PrivateMAC) and refuses on a stopped VM (exit 83).
-//!   `stop` is an ACPI shutdown with a 90 s deadline, then destroy; the domain stays defined.
-//!   `delete` deletes the private network unless it is `default` or another domain uses it
-//!   (also a network the caller created and passed with `--network`, as minikube does), then
-//!   destroys and undefines the domain, removes `profiles/<p>`, `machines/<p>` and the
-//!   kubeconfig entries. Deleting a profile that does not exist succeeds.
-//! - MINIKUBE_HOME (`.minikube` appended unless already the basename), KUBECONFIG (first
-//!   non-empty entry), TMPDIR (lock directory) are honoured; `profiles/<p>/config.json`
-//!   (ClusterConfig) and `machines/<p>/config.json` (libmachine Host) carry minikube's field
-//!   names; the kubeconfig gets cluster, user and context named after the profile, merged into
-//!   the existing file under a flock, by path unless `--embed-certs`, current context switched
-//!   unless `--keep-context`.
-//! - A real kube-apiserver answers on port 8443 with client-certificate auth and RBAC; Services
-//!   get ClusterIPs from 10.96.0.0/12 (`kubernetes` is 10.96.0.1); objects survive stop/start
-//!   (etcd keeps its data dir). Exit codes: 83 guest not running, 85 profile not found, 7 for
-//!   `status` of a stopped profile, 1 for a bad command line.
+//! Written from minikube v1.38.1's source (commit c93a4cb9; paths in kubernetes/minikube);
+//! `version --short` prints `v1.38.1`, `version` adds `commit: stand-in`. "Same" means the
+//! stand-in does what that source does, with its reason and exit code; "Deviation" says what
+//! it does instead, and why.
 //!
-//! # Where it differs (what only a run against real minikube proves)
+//! | # | Rule | minikube source | Stand-in |
+//! |---|------|-----------------|----------|
+//! | 1 | Profile names: DNS labels of letters, digits and `-` joined by dots, each starting and ending with a letter or digit, longer than one character; checked first; exit 14 | `pkg/minikube/config/profile.go` (`ProfileNameValid`), `cmd/minikube/cmd/start.go` | Same |
+//! | 2 | Every flag of `start` and the global ones may come from `MINIKUBE_<FLAG>` (`-` as `_`) when the command line leaves it out; empty counts as unset | `cmd/minikube/cmd/root.go`, `start_flags.go` (viper `AutomaticEnv`) | Same (`MINIKUBE_DRIVER`, `MINIKUBE_NODES`, `MINIKUBE_FORCE`, `MINIKUBE_PROFILE`, ...) |
+//! | 3 | `-d` is `--driver`, `-n` is `--nodes` (for `ip`/`ssh-key`: `--node`), `-m` is `--memory`, `-c` is `--container-runtime`, `-p` is `--profile` | `start_flags.go`, `root.go` | Same |
+//! | 4 | Driver other than kvm2 | `start.go` (`selectDriver`) | Deviation: refused, exit 56 (the stand-in has no other driver; minikube would use it) |
+//! | 5 | kvm2 health check: `virsh` on PATH, else exit 65 even with `--force`; `virsh domcapabilities --virttype kvm` against `LIBVIRT_DEFAULT_URI` = `--kvm-qemu-uri` within 6 s; on failure, not in a `libvirt*` group: exit 67, else exit 69 (both force-able) | `pkg/minikube/registry/drvs/kvm2/kvm2.go` (`status()`), `start.go` (`validateDriver`) | Same. master's group check before `virsh` (exit 65 even with `--force`) is not imitated: mkh checks it for later releases |
+//! | 6 | CPUs: fewer than 2 on the host, fewer than 2 asked, more than the host has: exit 29; default `--cpus` 2 | `start.go` (`validateCPUCount`), `start_flags.go` (`minimumCPUS`) | Same |
+//! | 7 | Memory: under 1800 MB asked: exit 23; more than the host: exit 10; under 1900: a warning; plain numbers are MB | `start.go` (`validateRequestedMemorySize`), `start_flags.go` (`minUsableMem`) | Same |
+//! | 8 | Default memory: a quarter of the host's, in 100 MB steps, split over the nodes, clamped to 3072-6144 (the whole memory under 3072) | `start.go` (`suggestMemoryAllocation`) | Same |
+//! | 9 | Root (uid 0) without `--force`: exit 57 `DRV_AS_ROOT`, after the messages on stderr; `--force` turns 5-7 into printed errors | `start.go` (`validateUser`, `exitIfNotForced`) | Same |
+//! | 10 | `--ha`: 3 control-plane nodes (fewer `--nodes` with it: exit 14); `--nodes N`: domains `<p>`, `<p>-m02`, ..., started one after the other; `Nodes[]` named `""`, `m02`, ... | `start_flags.go` (`validateHANodeCount`), `start.go` (`startWithDriver`), `config/profile.go` (`MachineName`) | Same; nodes after the first join nothing (deviation: no kubelet, see 20) |
+//! | 11 | `--delete-on-failure`: a failed start deletes the whole profile (its private network too) and tries once more | `start.go` (`maybeDeleteAndRetry`) | Same |
+//! | 12 | The NAT network (`--kvm-network`, default `default`) must exist (never created, exit 60); the private network (`--network`, else `mk-<profile>`) is used if it exists, else made from kvm2's template (isolated, `<dns enable='no'/>`, DHCP range = client range minus its last address) on minikube's subnet choice (192.168.39.0/24, third octet +11; taken = a host address or a flock in `$TMPDIR/minikube-locks-<uid>/`; inactive libvirt networks not looked at) | `pkg/drivers/kvm/network.go` (`createNetwork`), `pkg/network/network.go` | Same |
+//! | 13 | Every start: both networks autostarted and started; a private network that cannot start is deleted (unless another domain uses it) and made anew under the same name | `network.go` (`ensureNetwork`, `setupNetwork`) | Same |
+//! | 14 | Each machine: private NIC first (PrivateMAC) then NAT (MAC), random MACs recorded in `machines/<m>/config.json`, its own `machines/<m>/id_rsa` (RSA 2048), user `docker`, hostname `minikube`; serial console a pty with no log file; virtio-rng | `pkg/drivers/kvm/domain_definition_x86.go`, `domain.go`, `pkg/drivers/common/common.go` | Same |
+//! | 15 | The guest's SSH host key is new on every boot (root file system in RAM); host keys are never checked | `pkg/libmachine/ssh/client.go` (`InsecureIgnoreHostKey`), issue #5666 | Same (the guest makes its key at boot) |
+//! | 16 | Start waits 30 s for the domain to run, polls the private lease by PrivateMAC every 2 s for 90 s, pins it with a DHCP host entry, waits for SSH | `pkg/drivers/kvm/kvm.go` (`waitForStaticIP`, `addStaticIP`) | Same, deadlines x4 under TCG |
+//! | 17 | `ip [-n NODE]`: the IP recorded in `Nodes[]` once the control plane's host runs; stopped: on stdout `The control-plane node <m> host is not running: state=Stopped` and the start hint, exit 83; no machine: exit 85; domain gone: exit 80 | `cmd/minikube/cmd/ip.go`, `pkg/minikube/mustload/mustload.go` | Same |
+//! | 18 | `stop`: ACPI shutdown of each node, 90 s, then destroy | `pkg/drivers/kvm/kvm.go` (`Stop`) | Same |
+//! | 19 | `delete`: node by node; a node whose domain is gone is assumed deleted (its network is left); else Remove(): the private network first (unless `default` or used by another domain), then the domain; then the profile, machine dirs and kubeconfig entries | `cmd/minikube/cmd/delete.go`, `pkg/minikube/machine/delete.go`, `kvm.go` (`Remove`) | Same; older preloads are not pruned (no preloads) |
+//! | 20 | The ISO + raw disk, Docker, kubelet, pods | `kvm2.go`, the ISO | Deviation: mkh's tiny initramfs guest booted directly (`<kernel>`/`<initrd>`, the key on the command line); `DiskPath`, `ISO`, AuthOptions paths recorded but not created; no pod ever runs |
+//! | 21 | `<domain type='kvm'>` with `host-passthrough`, always | `domain_definition_x86.go` | Deviation: under TCG (no vmx/svm, as on these machines) `type='qemu'` without passthrough, or nothing would boot |
+//! | 22 | The API server and etcd run in the VM at its private IP, port 8443 | the ISO, kubeadm | Deviation: a real kube-apiserver 1.20.2 (whatever `--kubernetes-version` says) and etcd run on the host at the private network's host address, port 8443; the serving certificate also names the VM's IP; no scheduler, controller manager, CoreDNS or kube-proxy (Services get ClusterIPs from 10.96.0.0/12, no endpoints). So two profiles on one private network cannot run at once (refused before anything is made); clients pin `profiles/<p>/apiserver.pub`, since a home's profiles share the CA. The host-side processes are detached and outlive `minikube`, as a VM would; `stop`/`delete` end them (pid + start time, or a command line naming the profile's directory) |
+//! | 23 | `--kvm-qemu-uri` other than `qemu:///system` | `kvm2.go` | Deviation: refused (exit 56) |
+//! | 24 | Timings (43-52 s cold start), the machines lock serialising kvm2 starts, ARP fallback for the IP, `events.json`, ISO and preload downloads and their locks, `--subnet`, `--static-ip`, addons, `minikube ssh`, `delete --all/--purge`, klog output | various | Deviation: not imitated; klog-style `I file.go:N]` lines for a few events go to stderr always; `status` counts the kubelet bit only with the host down |
 //!
-//! - The guest is mkh's tiny initramfs guest booted directly (`<kernel>`/`<initrd>`/`<cmdline>`
-//!   with the authorised key and the host key on the command line), not minikube's ISO + raw
-//!   disk: no disk, no Docker, no kubelet, no pods ever run. `DiskPath`, `ISO` and the
-//!   AuthOptions certificate paths are recorded as kvm2 would but the files are not created.
-//!   Default memory/CPUs are 256 MiB / 1 (real minikube: 2-6 GiB / 2). Cold start is much
-//!   faster than kvm2's 43-52 s, so timing assumptions are not tested.
-//! - The API server (Kubernetes 1.20.2, whatever `--kubernetes-version` says) and etcd run ON THE
-//!   HOST, bound to the private network's host-side address (`https://<gateway>:8443`), not in
-//!   the VM at its private IP. The kubeconfig's server is that host-side address; the serving
-//!   certificate also names the VM's IP. There is no scheduler, controller manager, CoreDNS or
-//!   kube-proxy: namespaces never finish terminating, Services have no endpoints.
-//! - Because of that, two profiles whose VMs share one private network cannot run at the same
-//!   time (both API servers would need `<gateway>:8443`): `start` refuses with a clear message
-//!   before creating anything. Real minikube runs them side by side (each VM has its own IP).
-//!   Clients of the stand-in pin the profile's serving key (`profiles/<p>/apiserver.pub`), since
-//!   all profiles of a home share the CA.
-//! - Host-side processes are detached (setsid) and outlive the `minikube` process, as the real
-//!   VM's do; they are stopped by `stop`/`delete` (pid + start time checked, plus any etcd or
-//!   kube-apiserver whose command line names the profile's directory) and name files in
-//!   MINIKUBE_HOME on their command lines (`processes.json` records pid, start time, command).
-//!   While the guest boots, etcd and the certificates that do not name the guest's address are
-//!   already being prepared; the API server starts once the address is known, in parallel with
-//!   the wait for SSH.
-//! - Progress lines are minikube's (emoji + text, stdout); klog-style `I file.go:N] ...` lines
-//!   (found existing private network, chosen subnet) go to stderr always, not only with
-//!   `--alsologtostderr`. Error reasons and exit codes follow minikube's table, but the exact
-//!   wording of minikube's messages is not reproduced everywhere.
-//! - `status` prints `kubelet: Stopped` (true: none runs); its exit code counts the kubelet bit
-//!   only when the host is down (0 running, 7 stopped), where real minikube would add 2.
-//! - Under TCG the domain is `type='qemu'` without host-passthrough (kvm2 always asks for KVM
-//!   and host-passthrough). The libvirt URI is always `qemu:///system` (`--kvm-qemu-uri` with
-//!   another value is refused).
-//! - Not imitated: the machines lock that serialises parallel kvm2 starts in released versions,
-//!   ARP fallback for the IP, `events.json`, ISO/preload caches, `--subnet`, `--static-ip`,
-//!   multi-node, addons, `minikube ssh`, `delete --all/--purge`, klog output.
+//! Progress lines are minikube's (emoji + text, stdout); error reasons and exit codes follow
+//! minikube's table (`pkg/minikube/reason`), not always its exact wording.
 
 mod certs;
 mod cli;
