@@ -171,6 +171,7 @@ impl EnvBuilder {
                 fix: "choose another name, or remove it first with `mkh down NAME`",
             });
         }
+        backend.check_libvirt(&lv)?;
         let mut owner = Owner::for_new_object(OwnerKind::Process, &name, &settings);
         owner.home = Some(home.to_string_lossy().into_owned());
         if let Some(cluster) = backend.minikube() {

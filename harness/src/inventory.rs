@@ -73,10 +73,24 @@ pub fn claimed_objects(lv: &Libvirt) -> Result<Vec<ClaimedObject>> {
     Ok(out)
 }
 
+/// The profile whose node a domain of this name would be: `<profile>` or `<profile>-mNN`.
+fn is_node_of(domain: &str, profile: &str) -> bool {
+    match domain.strip_prefix(profile) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix("-m")
+            .is_some_and(|n| n.len() == 2 && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
 fn owner_by_profile(name: &str, xml: &str, networks: &[ClaimedObject]) -> Option<Owner> {
-    let recorded = networks
-        .iter()
-        .find(|n| n.owner.profile.as_deref() == Some(name))?;
+    let recorded = networks.iter().find(|n| {
+        n.owner
+            .profile
+            .as_deref()
+            .is_some_and(|p| is_node_of(name, p))
+    })?;
     let nic_networks: Vec<String> = crate::xml::elements(xml)
         .ok()?
         .into_iter()
@@ -248,6 +262,12 @@ mod tests {
         assert!(owner_by_profile("p1", &domain_on(&["mkh-b-nat"]), &nets).is_none());
         // A name no mkh network records.
         assert!(owner_by_profile("other", &domain_on(&["mkh-a-nat"]), &nets).is_none());
+        // A later node of the profile, untagged (a start killed before mkh tagged it).
+        let node = owner_by_profile("p1-m02", &domain_on(&["mkh-a-priv", "mkh-a-nat"]), &nets);
+        assert_eq!(node.map(|o| o.env), Some("e1".to_owned()));
+        for not_a_node in ["p1-m2", "p1-mxx", "p1-x02", "p1-m021", "p1m02"] {
+            assert!(!is_node_of(not_a_node, "p1"), "{not_a_node}");
+        }
     }
 
     use crate::libvirt::Removal;

@@ -202,6 +202,25 @@ fn check_host_key(known_hosts: &Path, machine: &str, key: &[u8]) -> Result<()> {
     }
 }
 
+/// Forgets every key recorded for `machine`, in any boot (labels `<machine>` and
+/// `<machine>@...`).
+pub(crate) fn forget_host_keys(known_hosts: &Path, machine: &str) -> Result<()> {
+    let text = match std::fs::read_to_string(known_hosts) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(known_hosts, e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            let label = l.split(' ').next().unwrap_or("");
+            label != machine && !label.starts_with(&format!("{machine}@"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(known_hosts, kept).map_err(|e| Error::io(known_hosts, e))
+}
+
 fn recorded_key(text: &str, machine: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let (m, k) = l.split_once(' ')?;
@@ -369,6 +388,21 @@ mod tests {
         assert!(matches!(err, Error::HostKeyChanged { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains("m1") && text.contains("SHA256:"), "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_machine_s_keys_of_every_boot_are_forgotten_and_no_other_s() {
+        let dir = tempfile_dir();
+        let kh = dir.join("known_hosts");
+        check_host_key(&kh, "m@boot-1", b"one").unwrap();
+        check_host_key(&kh, "m-m02@boot-2", b"two").unwrap();
+        check_host_key(&kh, "m", b"three").unwrap();
+        forget_host_keys(&kh, "m").unwrap();
+        // The same labels take new keys now; the other machine's record stays.
+        check_host_key(&kh, "m@boot-1", b"four").unwrap();
+        check_host_key(&kh, "m", b"five").unwrap();
+        assert!(check_host_key(&kh, "m-m02@boot-2", b"six").is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

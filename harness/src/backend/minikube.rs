@@ -11,6 +11,7 @@ use crate::env::{wait_ready_timed, EnvCore, Timings};
 use crate::error::{Error, Result};
 use crate::libvirt::{DomainState, Libvirt};
 use crate::machine::{Accel, Ips, Machine};
+use crate::minikube::cache;
 use crate::minikube::contract::{self, Host, Request, Version};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
 use crate::net::spec::NetworkFacts;
@@ -126,7 +127,17 @@ impl MinikubeBackend {
         if let Some(g) = group {
             let _ = env.registered(|r| r.forget_kill_group(g));
         }
-        result?;
+        if let Err(e) = result {
+            // A failed new host is deleted and made again by minikube (`startHostInternal`,
+            // `pkg/minikube/node/start.go`), its private network with it: say so first.
+            return Err(match check_private_network(env) {
+                Err(Error::NetworkReplaced { network, problem }) => Error::NetworkReplaced {
+                    network,
+                    problem: format!("{problem} (after minikube start failed: {e})"),
+                },
+                _ => e,
+            });
+        }
         // Every node's domain exists once start succeeded: make sure each carries the tag.
         tag(&env.lv)?;
         let missing = untagged.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -159,6 +170,13 @@ impl MinikubeBackend {
             })
             .collect()
     }
+}
+
+/// Each boot of a minikube machine shows a new host key: a stop or start by mkh forgets the
+/// earlier boots' keys (libvirt's domain ids, which tell boots apart otherwise, start again
+/// from 1 when libvirtd restarts).
+fn forget_boot_host_keys(machines: &[Machine]) -> Result<()> {
+    machines.iter().try_for_each(Machine::forget_boot_host_keys)
 }
 
 /// The most nodes mkh brings up in one environment (each is a VM).
@@ -204,16 +222,14 @@ impl super::ClusterBackend for MinikubeBackend {
         "minikube"
     }
 
-    fn bring_up(&self, env: &EnvCore, timings: &mut Timings) -> Result<Vec<Machine>> {
-        let cluster = &self.cluster;
-        // A minikube profile names libvirt domains: refuse one that exists already (the
-        // user's own cluster), so mkh never claims, let alone deletes, a domain it did not
-        // create.
+    /// A minikube profile names libvirt domains: refuse one that exists already (the user's
+    /// own cluster), so mkh never claims, let alone deletes, a domain it did not create.
+    fn check_libvirt(&self, lv: &Libvirt) -> Result<()> {
         for machine in self.node_machines() {
-            if env.lv.domain_state(&machine)? != DomainState::Missing {
+            if lv.domain_state(&machine)? != DomainState::Missing {
                 return Err(Error::InvalidInput {
                     what: "environment name",
-                    value: cluster.profile.clone(),
+                    value: self.cluster.profile.clone(),
                     problem: format!(
                         "libvirt already has a domain {machine} (a node of a minikube profile?)"
                     ),
@@ -221,6 +237,11 @@ impl super::ClusterBackend for MinikubeBackend {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn bring_up(&self, env: &EnvCore, timings: &mut Timings) -> Result<Vec<Machine>> {
+        let cluster = &self.cluster;
         if env.accel() != Accel::Kvm {
             tracing::warn!(
                 "this host has no working KVM: minikube's kvm2 driver always defines `type='kvm'` domains, so a real minikube cannot boot here"
@@ -236,11 +257,12 @@ impl super::ClusterBackend for MinikubeBackend {
         env.registered(|r| r.add_command(cluster.delete_command()))?;
         let started = Instant::now();
         let result = {
-            let _first_download =
-                crate::minikube::cache::first_start_lock(&shared_cache, self.version)?;
+            let key = cache::download_key(self.version, &self.options.extra_args);
+            let deadline = env.timeouts().minikube_start();
+            let _first_download = cache::first_start_lock(&shared_cache, &key, deadline)?;
             let result = self.run_start(env);
             if result.is_ok() {
-                crate::minikube::cache::mark_warm(&shared_cache, self.version);
+                cache::mark_warm(&shared_cache, &key);
             }
             result
         };
@@ -255,17 +277,19 @@ impl super::ClusterBackend for MinikubeBackend {
         Ok(machines)
     }
 
-    fn stop(&self, env: &EnvCore, _machines: &[Machine]) -> Result<()> {
+    fn stop(&self, env: &EnvCore, machines: &[Machine]) -> Result<()> {
         let args = [
             "stop".to_owned(),
             "-p".to_owned(),
             self.cluster.profile.clone(),
         ];
         self.cluster
-            .run(&args, env.timeouts().minikube_start(), &mut |_| {})
+            .run(&args, env.timeouts().minikube_start(), &mut |_| {})?;
+        forget_boot_host_keys(machines)
     }
 
     fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips> {
+        forget_boot_host_keys(machines)?;
         self.run_start(env)?;
         let Some((primary, others)) = machines.split_first() else {
             return Err(Error::InvalidInput {

@@ -31,6 +31,12 @@ pub(crate) trait ClusterBackend: Send + Sync + std::fmt::Debug {
     /// `builtin` or `minikube`, as `mkh up --json` shows it.
     fn name(&self) -> &'static str;
 
+    /// Checks what libvirt already holds, before anything of the environment is made (a
+    /// minikube profile's domains must not exist yet).
+    fn check_libvirt(&self, _lv: &crate::libvirt::Libvirt) -> Result<()> {
+        Ok(())
+    }
+
     /// Brings up the environment's first machine(s) once its networks exist, and waits until
     /// SSH answers on both networks.
     fn bring_up(&self, env: &EnvCore, timings: &mut Timings) -> Result<Vec<Machine>>;

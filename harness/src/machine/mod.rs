@@ -429,6 +429,15 @@ impl Machine {
         })
     }
 
+    /// Forgets the host keys of earlier boots of a machine whose key is new on every boot; mkh
+    /// calls it when it stops or starts such a machine. A pinned key is kept.
+    pub(crate) fn forget_boot_host_keys(&self) -> Result<()> {
+        match self.files.host_keys {
+            HostKeys::Pinned => Ok(()),
+            HostKeys::PerBoot => ssh::forget_host_keys(&self.files.known_hosts, &self.name),
+        }
+    }
+
     /// What the host key is recorded under: the machine, or for a key made anew on every boot,
     /// the machine in this boot (libvirt's domain id changes with every start).
     fn host_key_label(&self) -> Result<String> {

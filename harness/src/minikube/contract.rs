@@ -40,7 +40,8 @@ const RESERVED: &[(&str, Option<char>, &str)] = &[
     ("cpus", None, "CPUs are mkh's own option (MinikubeOptions::cpus, mkh up --cpus)"),
 ];
 
-/// Refuses extra arguments that would break isolation or that mkh sets itself.
+/// Refuses extra arguments that would break isolation or that mkh sets itself, and a
+/// `--force` minikube could not read.
 pub fn check_extra_args(args: &[String]) -> Result<()> {
     for arg in args {
         if let Some(why) = reserved_flag(arg) {
@@ -51,8 +52,28 @@ pub fn check_extra_args(args: &[String]) -> Result<()> {
                 fix: "drop it; use MinikubeOptions (memory, CPUs, nodes) or other minikube flags",
             });
         }
+        if let Some(value) = arg.strip_prefix("--force=") {
+            if parse_bool(value).is_none() {
+                return Err(Error::InvalidInput {
+                    what: "minikube start argument",
+                    value: arg.clone(),
+                    problem: "minikube reads --force as a boolean and exits 14 on anything else"
+                        .into(),
+                    fix: "write --force, --force=true or --force=false",
+                });
+            }
+        }
     }
     Ok(())
+}
+
+/// A boolean as pflag reads one (`strconv.ParseBool`).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 fn reserved_flag(arg: &str) -> Option<&'static str> {
@@ -67,12 +88,15 @@ fn reserved_flag(arg: &str) -> Option<&'static str> {
         .map(|r| r.2)
 }
 
-/// Whether the extra arguments carry `--force` (a plain bool flag of `start`).
+/// Whether the extra arguments carry `--force` (a plain bool flag of `start`; the last one
+/// counts).
 pub fn forced(args: &[String]) -> bool {
     args.iter().fold(false, |on, a| match a.as_str() {
-        "--force" | "--force=true" | "--force=1" | "--force=t" | "--force=True" => true,
-        "--force=false" | "--force=0" | "--force=f" | "--force=False" => false,
-        _ => on,
+        "--force" => true,
+        a => a
+            .strip_prefix("--force=")
+            .and_then(parse_bool)
+            .unwrap_or(on),
     })
 }
 
@@ -132,22 +156,43 @@ pub struct Host {
 
 impl Host {
     pub fn current() -> Host {
-        let groups = nix::unistd::getgroups()
-            .unwrap_or_default()
-            .into_iter()
-            .chain([nix::unistd::getegid()])
-            .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten())
-            .map(|g| g.name)
-            .collect();
         let path = std::env::var_os("PATH").unwrap_or_default();
         Host {
             uid: nix::unistd::getuid().as_raw(),
-            groups,
+            groups: user_groups(),
             virsh_on_path: std::env::split_paths(&path).any(|d| d.join("virsh").is_file()),
             memory_mib: host_memory_mib(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            cpus: logical_cpus(),
         }
     }
+}
+
+/// The user's groups as minikube reads them (`user.GroupIds()`: the user database, not the
+/// process's groups, which differ after `newgrp` or before a new login).
+fn user_groups() -> Vec<String> {
+    let uid = nix::unistd::getuid();
+    let Some(user) = nix::unistd::User::from_uid(uid).ok().flatten() else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name.as_str()) else {
+        return Vec::new();
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten())
+        .map(|g| g.name)
+        .collect()
+}
+
+/// Logical CPUs, as minikube counts them (`cpu.Counts(true)`: every processor of the host,
+/// whatever this process's affinity).
+fn logical_cpus() -> u32 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|t| t.lines().filter(|l| l.starts_with("processor")).count() as u32)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
 }
 
 fn host_memory_mib() -> u64 {
@@ -197,6 +242,12 @@ pub fn check(request: &Request<'_>, host: &Host) -> Result<()> {
         );
     }
     if !force {
+        if host.memory_mib > 0 && host.memory_mib < u64::from(MIN_MEMORY_MIB) {
+            return refuse(
+                format!("this host has {} MB of memory, under its minimum of {MIN_MEMORY_MIB} MB (RSRC_INSUFFICIENT_SYS_MEMORY, exit 23; validateRequestedMemorySize in cmd/minikube/cmd/start.go)", host.memory_mib),
+                "use a host with more memory; or pass --force to minikube yourself",
+            );
+        }
         if let Some(cpus) = request.cpus {
             if cpus < MIN_CPUS {
                 return refuse(
@@ -311,8 +362,27 @@ mod tests {
     fn force_is_read_as_pflag_reads_a_bool() {
         assert!(forced(&args(&["--force"])));
         assert!(forced(&args(&["--force=false", "--force"])));
-        assert!(!forced(&args(&["--force", "--force=false"])));
+        assert!(forced(&args(&["--force=TRUE"])));
+        assert!(!forced(&args(&["--force", "--force=F"])));
         assert!(!forced(&args(&["--forced", "force"])));
+        let err = check_extra_args(&args(&["--force=yes"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--force=yes") && err.contains("exits 14"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_host_under_the_memory_minimum_is_refused_whatever_is_asked() {
+        let small = Host {
+            memory_mib: 1024,
+            ..user()
+        };
+        let err = check(&request(&[]), &small).unwrap_err().to_string();
+        assert!(err.contains("RSRC_INSUFFICIENT_SYS_MEMORY"), "{err}");
+        check(&request(&args(&["--force"])), &small).unwrap();
     }
 
     #[test]

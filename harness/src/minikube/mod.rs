@@ -141,10 +141,15 @@ impl MinikubeCluster {
         }
     }
 
-    /// `minikube version --short`, read before anything is created.
+    /// `minikube version --short`, read before anything is created. Every minikube command
+    /// creates its MINIKUBE_HOME's directories first (`PersistentPreRun`,
+    /// `cmd/minikube/cmd/root.go`), so this one runs in a throw-away home and TMPDIR.
     pub fn version(&self) -> Result<Version> {
+        let scratch = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let out = self
             .command(["version", "--short"])
+            .env("MINIKUBE_HOME", scratch.path())
+            .env("TMPDIR", scratch.path())
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| Error::MinikubeMissing {

@@ -28,7 +28,7 @@ pub struct Invocation {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Start(StartOptions),
+    Start(Box<StartOptions>),
     Stop,
     Delete,
     Ip {
@@ -67,8 +67,8 @@ pub struct StartOptions {
     pub kvm_network: Option<String>,
     pub kvm_qemu_uri: Option<String>,
     pub network: Option<String>,
-    pub memory_mib: Option<u32>,
-    pub cpus: Option<u32>,
+    pub memory_mib: Option<Amount>,
+    pub cpus: Option<Amount>,
     pub disk_size_mb: Option<u32>,
     pub kubernetes_version: Option<String>,
     pub container_runtime: Option<String>,
@@ -85,7 +85,36 @@ pub struct StartOptions {
     pub delete_on_failure: bool,
 }
 
-/// A command-line mistake: printed as cobra prints it, exit status 1.
+/// `--memory` and `--cpus` as written: a number (MiB, CPUs), `max`, `no-limit`, or what
+/// does not parse (minikube refuses that later, in its order of checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Amount {
+    Value(u32),
+    Max,
+    NoLimit,
+    Unparsable(String),
+}
+
+impl Amount {
+    fn memory(text: &str) -> Amount {
+        match text {
+            "max" => Amount::Max,
+            "no-limit" => Amount::NoLimit,
+            t => parse_size_mib(t).map_or_else(|| Amount::Unparsable(t.into()), Amount::Value),
+        }
+    }
+
+    /// `viper.GetInt` reads what is not a number as 0 (`getCPUCount`, start_flags.go).
+    fn cpus(text: &str) -> Amount {
+        match text {
+            "max" => Amount::Max,
+            "no-limit" => Amount::NoLimit,
+            t => Amount::Value(t.trim().parse().unwrap_or(0)),
+        }
+    }
+}
+
+/// A command-line mistake: printed as cobra prints it, exit status 14 (`root.go`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError(pub String);
 
@@ -430,20 +459,8 @@ pub fn parse(
             "kvm-network" => start.kvm_network = Some(value_of(f)),
             "kvm-qemu-uri" => start.kvm_qemu_uri = Some(value_of(f)),
             "network" => start.network = Some(value_of(f)),
-            "memory" => {
-                let v = value_of(f);
-                start.memory_mib = Some(parse_size_mib(&v).ok_or_else(|| {
-                    UsageError(format!(
-                        "invalid memory size {v:?} for --memory: use a number of MB or a size such as 2g"
-                    ))
-                })?);
-            }
-            "cpus" => {
-                let v = value_of(f);
-                start.cpus = Some(v.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    UsageError(format!("invalid number of CPUs {v:?} for --cpus"))
-                })?);
-            }
+            "memory" => start.memory_mib = Some(Amount::memory(&value_of(f))),
+            "cpus" => start.cpus = Some(Amount::cpus(&value_of(f))),
             "disk-size" => {
                 let v = value_of(f);
                 start.disk_size_mb = Some(parse_size_mib(&v).ok_or_else(|| {
@@ -508,7 +525,7 @@ pub fn parse(
         )));
     }
     let command = match command_name {
-        "start" => Command::Start(start),
+        "start" => Command::Start(Box::new(start)),
         "stop" => Command::Stop,
         "delete" => Command::Delete,
         "ip" => Command::Ip { node },
@@ -595,8 +612,8 @@ mod tests {
         assert_eq!(o.driver.as_deref(), Some("kvm2"));
         assert_eq!(o.kvm_network.as_deref(), Some("nat1"));
         assert_eq!(o.network.as_deref(), Some("priv1"));
-        assert_eq!(o.memory_mib, Some(512));
-        assert_eq!(o.cpus, Some(2));
+        assert_eq!(o.memory_mib, Some(Amount::Value(512)));
+        assert_eq!(o.cpus, Some(Amount::Value(2)));
         assert!(o.embed_certs);
         assert!(!o.keep_context);
         assert_eq!(o.wait, ["apiserver", "system_pods", "all"]);
@@ -609,13 +626,7 @@ mod tests {
     fn a_boolean_never_swallows_the_next_word() {
         // `--embed-certs start` : `start` is the command, not the flag's value.
         let inv = p("--embed-certs start").unwrap();
-        assert!(matches!(
-            inv.command,
-            Command::Start(StartOptions {
-                embed_certs: true,
-                ..
-            })
-        ));
+        assert!(matches!(inv.command, Command::Start(o) if o.embed_certs));
     }
 
     #[test]
@@ -639,8 +650,17 @@ mod tests {
             .unwrap_err()
             .0
             .contains("needs an argument"));
-        assert!(p("start --memory=lots").is_err());
-        assert!(p("start --cpus=0").is_err());
+        let start = |line: &str| match p(line).unwrap().command {
+            Command::Start(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            start("start --memory=lots").memory_mib,
+            Some(Amount::Unparsable("lots".into()))
+        );
+        assert_eq!(start("start --memory=max").memory_mib, Some(Amount::Max));
+        assert_eq!(start("start --cpus=abc").cpus, Some(Amount::Value(0)));
+        assert_eq!(start("start --cpus=no-limit").cpus, Some(Amount::NoLimit));
         assert!(p("ip extra")
             .unwrap_err()
             .0
@@ -730,7 +750,7 @@ mod tests {
             panic!("not start")
         };
         assert_eq!((o.nodes, o.driver.as_deref()), (Some(2), Some("kvm2")));
-        assert_eq!(o.memory_mib, Some(2048));
+        assert_eq!(o.memory_mib, Some(Amount::Value(2048)));
         assert_eq!(
             p("logs -n 5").unwrap().command,
             Command::Logs {

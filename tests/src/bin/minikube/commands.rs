@@ -39,10 +39,19 @@ pub fn run(inv: &Invocation) -> Result<u8, Failure> {
         print!("{}", cli::USAGE);
         return Ok(0);
     }
+    let env = Env::from_process().map_err(|e| Failure::exit(EX_GUEST_ERROR, "HOST_HOME", e))?;
+    // Every command, `version` too, first makes MINIKUBE_HOME's directories
+    // (`PersistentPreRun`, `cmd/minikube/cmd/root.go`).
+    for dir in [
+        "certs", "machines", "cache", "config", "addons", "files", "logs",
+    ] {
+        let dir = env.home.join(dir);
+        fs::create_dir_all(&dir)
+            .map_err(|e| Failure::error(format!("create {}: {e}", dir.display())))?;
+    }
     if let Command::Version { short, output } = inv.command {
         return Ok(version(short, output));
     }
-    let env = Env::from_process().map_err(|e| Failure::exit(EX_GUEST_ERROR, "HOST_HOME", e))?;
     let name = inv.profile.as_str();
     match &inv.command {
         Command::Start(opts) => {
@@ -89,14 +98,13 @@ fn start_command(name: &str) -> String {
     }
 }
 
+/// `mustload.Partial` (`pkg/minikube/mustload/mustload.go`): on stdout, exit 85.
 fn profile_not_found(name: &str) -> Failure {
-    Failure::styled(
-        EX_GUEST_NOT_FOUND,
-        vec![
-            format!("🤷  Profile \"{name}\" not found. Run \"minikube profile list\" to view all profiles."),
-            format!("👉  To start a cluster, run: \"{}\"", start_command(name)),
-        ],
-    )
+    println!(
+        "🤷  Profile \"{name}\" not found. Run \"minikube profile list\" to view all profiles."
+    );
+    println!("👉  To start a cluster, run: \"{}\"", start_command(name));
+    Failure::styled(EX_GUEST_NOT_FOUND, Vec::new())
 }
 
 /// `ProfileNameValid` (`pkg/minikube/config/profile.go`): DNS labels of letters, digits and
@@ -183,6 +191,14 @@ struct Settings {
     control_planes: usize,
 }
 
+/// A resolved `--memory`/`--cpus` (see `start`, which resolves `max` before this).
+fn amount(a: &Option<cli::Amount>) -> Option<u32> {
+    match a {
+        Some(cli::Amount::Value(v)) => Some(*v),
+        _ => None,
+    }
+}
+
 /// `default_memory`: minikube's suggestion for this host, used when `--memory` is not given.
 fn settings(
     name: &str,
@@ -193,8 +209,8 @@ fn settings(
     nodes: u32,
 ) -> Settings {
     let fresh = Settings {
-        memory: opts.memory_mib.unwrap_or(default_memory),
-        cpus: opts.cpus.unwrap_or(cli::DEFAULT_CPUS),
+        memory: amount(&opts.memory_mib).unwrap_or(default_memory),
+        cpus: amount(&opts.cpus).unwrap_or(cli::DEFAULT_CPUS),
         disk: opts.disk_size_mb.unwrap_or(cli::DEFAULT_DISK_MB),
         k8s_version: opts
             .kubernetes_version
@@ -237,10 +253,10 @@ fn settings(
         control_planes: old.nodes.iter().filter(|n| n.control_plane).count().max(1),
     };
     let mut ignored = Vec::new();
-    if opts.memory_mib.is_some_and(|m| m != kept.memory) {
+    if amount(&opts.memory_mib).is_some_and(|m| m != kept.memory) {
         ignored.push("--memory");
     }
-    if opts.cpus.is_some_and(|c| c != kept.cpus) {
+    if amount(&opts.cpus).is_some_and(|c| c != kept.cpus) {
         ignored.push("--cpus");
     }
     if opts.kvm_network.as_ref().is_some_and(|n| *n != kept.nat) {
@@ -663,7 +679,12 @@ fn wait_for_guest(
             ),
         ));
     };
-    lv.pin_dhcp_host(&s.private, &macs.private, vm_ip)?;
+    if let Err(e) = lv.pin_dhcp_host(&s.private, &m.name, &macs.private, vm_ip) {
+        info(
+            "kvm.go:302",
+            format!("failed reserving static IP address {vm_ip} for domain {name}, will continue anyway: {e}"),
+        );
+    }
     Ok(vm_ip)
 }
 
@@ -695,28 +716,45 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
     }
     let host = Host::current();
     preflight::driver_health(URI, &host, opts.force)?;
-    let nodes = preflight::node_count(opts.nodes, opts.ha)?;
     let kept = old_cluster.as_ref();
-    preflight::cpus(
-        opts.cpus
-            .or(kept.map(|c| c.cpus))
-            .unwrap_or(cli::DEFAULT_CPUS),
-        &host,
-        opts.force,
-    )?;
-    if let Some(memory) = opts.memory_mib {
-        preflight::memory(memory, &host, opts.force)?;
-    }
+    // validateFlags: the CPUs always, the memory when given.
+    let cpus = match &opts.cpus {
+        Some(amount) => preflight::resolve_cpus(amount, &host)?,
+        None => kept.map_or(cli::DEFAULT_CPUS, |c| c.cpus),
+    };
+    preflight::cpus(cpus, &host, opts.force)?;
+    let memory = match &opts.memory_mib {
+        Some(amount) => {
+            let memory = preflight::resolve_memory(amount, &host)?;
+            preflight::memory(memory, &host, opts.force)?;
+            Some(memory)
+        }
+        None => None,
+    };
     preflight::user(
         &host,
         opts.force,
         existing,
-        &format!("minikube delete -p {name}"),
+        &start_command(name).replacen("start", "delete", 1),
     )?;
+    // Then the cluster config: a new one checks the HA node count and the default memory
+    // (generateNewConfigFromFlags); an existing one keeps its nodes (--nodes and --ha only
+    // warn) and has its memory checked again (start_flags.go).
+    let nodes = match kept {
+        None => preflight::node_count(opts.nodes, opts.ha)?,
+        Some(c) => c.nodes.len().max(1) as u32,
+    };
     let default_memory = preflight::suggested_memory(host.memory_mib, nodes);
-    if opts.memory_mib.is_none() && kept.is_none() {
-        preflight::memory(default_memory, &host, opts.force)?;
+    match (memory, kept) {
+        (None, None) => preflight::memory(default_memory, &host, opts.force)?,
+        (_, Some(c)) => preflight::memory(c.memory, &host, opts.force)?,
+        (Some(_), None) => {}
     }
+    let opts = &StartOptions {
+        memory_mib: memory.map(cli::Amount::Value),
+        cpus: Some(cli::Amount::Value(cpus)),
+        ..opts.clone()
+    };
     // Fail before creating anything if the control plane cannot run.
     control_plane::apiserver_binary()?;
     control_plane::etcd_binary()?;
@@ -751,7 +789,9 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             cli::DEFAULT_K8S_VERSION
         ));
     }
-    match provision(env, &p, opts, &s, old_cluster.as_ref()) {
+    let lv = Libvirt::open()?;
+    let states = check_before_provision(env, &lv, &p, &s)?;
+    match provision(env, &lv, &p, opts, &s, old_cluster.as_ref(), &states) {
         Err(failure) if opts.delete_on_failure => {
             // maybeDeleteAndRetry (cmd/minikube/cmd/start.go): the whole profile goes, its
             // private network with it, then one more try.
@@ -760,14 +800,15 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             }
             warn("Node  failed to start, deleting and trying again.");
             delete(env, name)?;
-            provision(env, &p, opts, &s, None)
+            let states = check_before_provision(env, &lv, &p, &s)?;
+            provision(env, &lv, &p, opts, &s, None, &states)
         }
         result => result,
     }
 }
 
 /// The machine's MACs: from its domain if it exists (its XML is the truth, as released kvm2
-/// reads it back), else from its saved config, else new random ones.
+/// reads it back), else new random ones (a missing host is made anew).
 fn macs_of(lv: &Libvirt, m: &Machine, s: &Settings, state: DomState) -> Result<Macs, Failure> {
     if state != DomState::Missing {
         let dom_xml = lv.domain_xml(&m.name)?.unwrap_or_default();
@@ -783,16 +824,9 @@ fn macs_of(lv: &Libvirt, m: &Machine, s: &Settings, state: DomState) -> Result<M
             nat: mac_on(&s.nat).unwrap_or_default(),
         });
     }
-    let saved: Option<MachineConfig> = config::load(&m.config_json())?;
-    Ok(match saved {
-        Some(c) if !c.driver.mac.is_empty() && !c.driver.private_mac.is_empty() => Macs {
-            private: c.driver.private_mac,
-            nat: c.driver.mac,
-        },
-        _ => Macs {
-            private: xml::random_mac(),
-            nat: xml::random_mac(),
-        },
+    Ok(Macs {
+        private: xml::random_mac(),
+        nat: xml::random_mac(),
     })
 }
 
@@ -806,6 +840,17 @@ fn boot_machine(
     state: DomState,
     accel: Accel,
 ) -> Result<(), Failure> {
+    if state == DomState::Missing && m.config_json().exists() {
+        // recreateIfNeeded (pkg/minikube/machine/fix.go): the host is gone, so it is made anew,
+        // with a new key (and new MACs, see `macs_of`).
+        info(
+            "fix.go:113",
+            format!("machine {} is missing, will recreate", m.name),
+        );
+        for key in [m.id_rsa(), m.id_rsa().with_extension("pub")] {
+            let _ = fs::remove_file(key);
+        }
+    }
     let pubkey = keys::ensure_machine_key(&m.id_rsa())?;
     save(&m.config_json(), &machine_config(env, m, s, macs, None))?;
     match state {
@@ -864,27 +909,20 @@ fn boot_machine(
     .map_err(Failure::error)
 }
 
-/// Everything after the checks: networks, each node's machine in turn (the primary control
-/// plane first, with the host-side API server), the kubeconfig.
-fn provision(
+/// What libvirt must (not) hold before this start makes anything: the NAT network, no
+/// foreign domain of a node's name, no other API server on the private network's address.
+/// Returns each node's domain state.
+fn check_before_provision(
     env: &Env,
+    lv: &Libvirt,
     p: &Profile,
-    opts: &StartOptions,
     s: &Settings,
-    old_cluster: Option<&ClusterConfig>,
-) -> Result<u8, Failure> {
-    let name = p.name.as_str();
-    let accel = Accel::detect();
-    let scale = accel.scale();
-    let lv = Libvirt::open()?;
-    let machines: Vec<Machine> = (0..s.nodes).map(|i| p.machine(i)).collect();
-
-    // Checks before anything is created.
+) -> Result<Vec<DomState>, Failure> {
     if lv.network(&s.nat)?.is_none() {
         return Err(missing_nat(&s.nat));
     }
     let mut states = Vec::new();
-    for m in &machines {
+    for m in (0..s.nodes).map(|i| p.machine(i)) {
         let state = lv.domain_state(&m.name)?;
         if state != DomState::Missing && !m.config_json().exists() {
             return Err(Failure::exit(
@@ -895,7 +933,25 @@ fn provision(
         }
         states.push(state);
     }
-    check_apiserver_address(env, &lv, p, &s.private)?;
+    check_apiserver_address(env, lv, p, &s.private)?;
+    Ok(states)
+}
+
+/// Everything after the checks: networks, each node's machine in turn (the primary control
+/// plane first, with the host-side API server), the kubeconfig.
+fn provision(
+    env: &Env,
+    lv: &Libvirt,
+    p: &Profile,
+    opts: &StartOptions,
+    s: &Settings,
+    old_cluster: Option<&ClusterConfig>,
+    states: &[DomState],
+) -> Result<u8, Failure> {
+    let name = p.name.as_str();
+    let accel = Accel::detect();
+    let scale = accel.scale();
+    let machines: Vec<Machine> = (0..s.nodes).map(|i| p.machine(i)).collect();
 
     ensure_home_dirs(env, p, s.nodes)?;
     let mut ips: Vec<Option<Ipv4Addr>> = vec![None; s.nodes];
@@ -909,9 +965,9 @@ fn provision(
     );
     let mut reservations = Vec::new();
     let primary = &machines[0];
-    let host_addr = ensure_networks(env, &lv, s, &primary.name, &mut reservations)?;
-    let macs = macs_of(&lv, primary, s, states[0])?;
-    boot_machine(env, &lv, primary, s, &macs, states[0], accel)?;
+    let host_addr = ensure_networks(env, lv, s, &primary.name, &mut reservations)?;
+    let macs = macs_of(lv, primary, s, states[0])?;
+    boot_machine(env, lv, primary, s, &macs, states[0], accel)?;
 
     let etcd_deadline = Instant::now() + APISERVER_WAIT;
     std::thread::scope(|scope| -> Result<(), Failure> {
@@ -923,7 +979,7 @@ fn provision(
             certs::ensure_apiserver_key(p)?;
             control_plane::start_etcd(p, etcd_deadline)
         });
-        let vm_ip = wait_for_guest(&lv, primary, s, &macs, scale);
+        let vm_ip = wait_for_guest(lv, primary, s, &macs, scale);
         let etcd = prep.join().expect("control-plane preparation thread");
         let vm_ip = vm_ip?;
         let etcd = etcd?;
@@ -977,10 +1033,10 @@ fn provision(
                 i + 1
             ),
         );
-        ensure_networks(env, &lv, s, &m.name, &mut reservations)?;
-        let macs = macs_of(&lv, m, s, states[i])?;
-        boot_machine(env, &lv, m, s, &macs, states[i], accel)?;
-        let vm_ip = wait_for_guest(&lv, m, s, &macs, scale)?;
+        ensure_networks(env, lv, s, &m.name, &mut reservations)?;
+        let macs = macs_of(lv, m, s, states[i])?;
+        boot_machine(env, lv, m, s, &macs, states[i], accel)?;
+        let vm_ip = wait_for_guest(lv, m, s, &macs, scale)?;
         ips[i] = Some(vm_ip);
         save(
             &m.config_json(),
@@ -1148,6 +1204,18 @@ fn delete(env: &Env, name: &str) -> Result<u8, Failure> {
         }
         lv.destroy(&m.name)?;
         lv.undefine(&m.name)?;
+        // delStaticIP: the node's DHCP host entry, where the network still exists.
+        let saved: Option<MachineConfig> = config::load(&m.config_json())?;
+        if let Some(c) = saved.filter(|c| !c.driver.ip_address.is_empty()) {
+            if let Ok(ip) = c.driver.ip_address.parse() {
+                if let Err(e) = lv.unpin_dhcp_host(&private, &m.name, &c.driver.private_mac, ip) {
+                    info(
+                        "kvm.go:530",
+                        format!("failed removing static IP address {ip}: {e}"),
+                    );
+                }
+            }
+        }
     }
 
     let dirs = [p.dir()]
@@ -1348,10 +1416,21 @@ fn status(env: &Env, name: &str, output: Output) -> Result<u8, Failure> {
             DomState::Stopped => "Stopped",
             DomState::Missing => "Nonexistent",
         };
+        let index = objects.len();
+        let control_plane = cluster
+            .as_ref()
+            .and_then(|c| c.nodes.get(index))
+            .is_some_and(|n| n.control_plane);
+        // A secondary control plane runs no API server of its own here (one on the host).
+        let (kind, irrelevant) = if control_plane {
+            ("Control Plane", "Stopped")
+        } else {
+            ("Worker", "Irrelevant")
+        };
         objects.push(json!({"Name": m.name, "Host": host, "Kubelet": "Stopped",
-                   "APIServer": "Irrelevant", "Kubeconfig": "Irrelevant", "Worker": true}));
+                   "APIServer": irrelevant, "Kubeconfig": irrelevant, "Worker": !control_plane}));
         text.push_str(&format!(
-            "{}\ntype: Worker\nhost: {host}\nkubelet: Stopped\n\n",
+            "{}\ntype: {kind}\nhost: {host}\nkubelet: Stopped\n\n",
             m.name
         ));
     }
@@ -1535,7 +1614,7 @@ mod tests {
         let given = StartOptions {
             network: Some("priv".into()),
             kvm_network: Some("nat".into()),
-            memory_mib: Some(512),
+            memory_mib: Some(cli::Amount::Value(512)),
             ..StartOptions::default()
         };
         let s = settings("p", &given, None, None, 6000, 2);

@@ -282,23 +282,67 @@ impl Libvirt {
             .map(|l| l.ip))
     }
 
-    /// Pins `mac` to `ip` with a DHCP host entry (live and persistent); an entry that already
-    /// exists is fine.
-    pub fn pin_dhcp_host(&self, network: &str, mac: &str, ip: Ipv4Addr) -> Result<(), String> {
+    /// Pins `mac` to `ip` with a DHCP host entry named after the machine (live and
+    /// persistent); an entry that already exists is fine.
+    pub fn pin_dhcp_host(
+        &self,
+        network: &str,
+        machine: &str,
+        mac: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), String> {
+        match self.update_dhcp_host(
+            network,
+            machine,
+            mac,
+            ip,
+            sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+        ) {
+            Err(e) if e.contains("existing dhcp host entry") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes the DHCP host entry that [`Libvirt::pin_dhcp_host`] added; a missing network is
+    /// fine.
+    pub fn unpin_dhcp_host(
+        &self,
+        network: &str,
+        machine: &str,
+        mac: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), String> {
+        if self.network(network)?.is_none() {
+            return Ok(());
+        }
+        self.update_dhcp_host(
+            network,
+            machine,
+            mac,
+            ip,
+            sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+        )
+    }
+
+    fn update_dhcp_host(
+        &self,
+        network: &str,
+        machine: &str,
+        mac: &str,
+        ip: Ipv4Addr,
+        command: sys::virNetworkUpdateCommand,
+    ) -> Result<(), String> {
         let net = self
             .network(network)?
             .ok_or_else(|| format!("libvirt: network {network} does not exist"))?;
-        let xml = crate::xml::dhcp_host(mac, ip);
-        match net.update(
-            sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+        let xml = crate::xml::dhcp_host(machine, mac, ip);
+        net.update(
+            command,
             sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
             -1,
             &xml,
             sys::VIR_NETWORK_UPDATE_AFFECT_LIVE | sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG,
-        ) {
-            Ok(()) => Ok(()),
-            Err(e) if e.message().contains("existing dhcp host entry") => Ok(()),
-            Err(e) => Err(fail("add DHCP host entry to network", network, e)),
-        }
+        )
+        .map_err(|e| fail("update DHCP host entries of network", network, e))
     }
 }

@@ -20,30 +20,32 @@
 //!
 //! | # | Rule | minikube source | Stand-in |
 //! |---|------|-----------------|----------|
-//! | 1 | Profile names: DNS labels of letters, digits and `-` joined by dots, each starting and ending with a letter or digit, longer than one character; checked first; exit 14 | `pkg/minikube/config/profile.go` (`ProfileNameValid`), `cmd/minikube/cmd/start.go` | Same |
+//! | 1 | Profile names: DNS labels of letters, digits and `-` joined by dots, each starting and ending with a letter or digit, longer than one character; checked first; exit 14. Command-line mistakes (unknown flags or commands) exit 14 too | `pkg/minikube/config/profile.go` (`ProfileNameValid`), `cmd/minikube/cmd/start.go`, `root.go` | Same |
 //! | 2 | Every flag of `start` and the global ones may come from `MINIKUBE_<FLAG>` (`-` as `_`) when the command line leaves it out; empty counts as unset | `cmd/minikube/cmd/root.go`, `start_flags.go` (viper `AutomaticEnv`) | Same (`MINIKUBE_DRIVER`, `MINIKUBE_NODES`, `MINIKUBE_FORCE`, `MINIKUBE_PROFILE`, ...) |
 //! | 3 | `-d` is `--driver`, `-n` is `--nodes` (for `ip`/`ssh-key`: `--node`), `-m` is `--memory`, `-c` is `--container-runtime`, `-p` is `--profile` | `start_flags.go`, `root.go` | Same |
 //! | 4 | Driver other than kvm2 | `start.go` (`selectDriver`) | Deviation: refused, exit 56 (the stand-in has no other driver; minikube would use it) |
-//! | 5 | kvm2 health check: `virsh` on PATH, else exit 65 even with `--force`; `virsh domcapabilities --virttype kvm` against `LIBVIRT_DEFAULT_URI` = `--kvm-qemu-uri` within 6 s; on failure, not in a `libvirt*` group: exit 67, else exit 69 (both force-able) | `pkg/minikube/registry/drvs/kvm2/kvm2.go` (`status()`), `start.go` (`validateDriver`) | Same. master's group check before `virsh` (exit 65 even with `--force`) is not imitated: mkh checks it for later releases |
-//! | 6 | CPUs: fewer than 2 on the host, fewer than 2 asked, more than the host has: exit 29; default `--cpus` 2 | `start.go` (`validateCPUCount`), `start_flags.go` (`minimumCPUS`) | Same |
-//! | 7 | Memory: under 1800 MB asked: exit 23; more than the host: exit 10; under 1900: a warning; plain numbers are MB | `start.go` (`validateRequestedMemorySize`), `start_flags.go` (`minUsableMem`) | Same |
+//! | 5 | kvm2 health check: `virsh` on PATH, else exit 65 even with `--force`; `virsh domcapabilities --virttype kvm` against `LIBVIRT_DEFAULT_URI` = `--kvm-qemu-uri` within 6 s; on a failure or timeout, a user (by the user database) in no `libvirt*` group: exit 67; else exit 63 (timeout) or 69; then `virsh list` (exit 69); all but 65 force-able | `pkg/minikube/registry/drvs/kvm2/kvm2.go` (`status()`), `start.go` (`validateDriver`) | Same. master's group check before `virsh` (exit 65 even with `--force`) is not imitated: mkh checks it for later releases |
+//! | 6 | CPUs: fewer than 2 on the host (logical CPUs), fewer than 2 asked, more than the host has: exit 29; default `--cpus` 2; `max` = the host's; `no-limit`: exit 14; not a number reads as 0 | `start.go` (`validateCPUCount`), `start_flags.go` (`minimumCPUS`, `getCPUCount`) | Same |
+//! | 7 | Memory: a host under 1800 MB, or under 1800 MB asked: exit 23; more than the host: exit 10; under 1900, or within 1024 MB of the host's: a warning; plain numbers are MB; `max` = the host's less 1024; `no-limit`, or what does not parse: exit 14; checked again when an existing profile starts | `start.go` (`validateRequestedMemorySize`, `validateFlags`), `start_flags.go` (`minUsableMem`, `getMemorySize`) | Same, except that an unparsable size is not force-able here |
 //! | 8 | Default memory: a quarter of the host's, in 100 MB steps, split over the nodes, clamped to 3072-6144 (the whole memory under 3072) | `start.go` (`suggestMemoryAllocation`) | Same |
 //! | 9 | Root (uid 0) without `--force`: exit 57 `DRV_AS_ROOT`, after the messages on stderr; `--force` turns 5-7 into printed errors | `start.go` (`validateUser`, `exitIfNotForced`) | Same |
-//! | 10 | `--ha`: 3 control-plane nodes (fewer `--nodes` with it: exit 14); `--nodes N`: domains `<p>`, `<p>-m02`, ..., started one after the other; `Nodes[]` named `""`, `m02`, ... | `start_flags.go` (`validateHANodeCount`), `start.go` (`startWithDriver`), `config/profile.go` (`MachineName`) | Same; nodes after the first join nothing (deviation: no kubelet, see 20) |
-//! | 11 | `--delete-on-failure`: a failed start deletes the whole profile (its private network too) and tries once more | `start.go` (`maybeDeleteAndRetry`) | Same |
+//! | 10 | `--ha`: 3 control-plane nodes (fewer `--nodes` with it: exit 14, checked after the user, for a new profile; an existing one keeps its nodes, changes only warn); `--nodes N`: domains `<p>`, `<p>-m02`, ..., started one after the other; `Nodes[]` named `""`, `m02`, ... | `start_flags.go` (`validateHANodeCount`, `generateNewConfigFromFlags`), `start.go` (`startWithDriver`), `config/profile.go` (`MachineName`) | Same; nodes after the first join nothing (deviation: no kubelet, see 20), no HA VIP is served |
+//! | 11 | `--delete-on-failure`: a start that failed once its hosts were being made deletes the whole profile (its private network too) and tries once more | `start.go` (`maybeDeleteAndRetry`) | Same |
 //! | 12 | The NAT network (`--kvm-network`, default `default`) must exist (never created, exit 60); the private network (`--network`, else `mk-<profile>`) is used if it exists, else made from kvm2's template (isolated, `<dns enable='no'/>`, DHCP range = client range minus its last address) on minikube's subnet choice (192.168.39.0/24, third octet +11; taken = a host address or a flock in `$TMPDIR/minikube-locks-<uid>/`; inactive libvirt networks not looked at) | `pkg/drivers/kvm/network.go` (`createNetwork`), `pkg/network/network.go` | Same |
 //! | 13 | Every start: both networks autostarted and started; a private network that cannot start is deleted (unless another domain uses it) and made anew under the same name | `network.go` (`ensureNetwork`, `setupNetwork`) | Same |
-//! | 14 | Each machine: private NIC first (PrivateMAC) then NAT (MAC), random MACs recorded in `machines/<m>/config.json`, its own `machines/<m>/id_rsa` (RSA 2048), user `docker`, hostname `minikube`; serial console a pty with no log file; virtio-rng | `pkg/drivers/kvm/domain_definition_x86.go`, `domain.go`, `pkg/drivers/common/common.go` | Same |
+//! | 14 | Each machine: private NIC first (PrivateMAC) then NAT (MAC), random MACs recorded in `machines/<m>/config.json`, its own `machines/<m>/id_rsa` (RSA 2048), user `docker`, hostname `minikube`; serial console a pty with no log file; virtio-rng. A machine whose domain is gone is made anew (new MACs, new key) | `pkg/drivers/kvm/domain_definition_x86.go`, `domain.go`, `pkg/drivers/common/common.go`, `pkg/minikube/machine/fix.go` | Same (random MACs are the stand-in's, not libvirt's `52:54:00` ones) |
 //! | 15 | The guest's SSH host key is new on every boot (root file system in RAM); host keys are never checked | `pkg/libmachine/ssh/client.go` (`InsecureIgnoreHostKey`), issue #5666 | Same (the guest makes its key at boot) |
-//! | 16 | Start waits 30 s for the domain to run, polls the private lease by PrivateMAC every 2 s for 90 s, pins it with a DHCP host entry, waits for SSH | `pkg/drivers/kvm/kvm.go` (`waitForStaticIP`, `addStaticIP`) | Same, deadlines x4 under TCG |
-//! | 17 | `ip [-n NODE]`: the IP recorded in `Nodes[]` once the control plane's host runs; stopped: on stdout `The control-plane node <m> host is not running: state=Stopped` and the start hint, exit 83; no machine: exit 85; domain gone: exit 80 | `cmd/minikube/cmd/ip.go`, `pkg/minikube/mustload/mustload.go` | Same |
+//! | 16 | Start waits 30 s for the domain to run, polls the private lease by PrivateMAC every 2 s for 90 s, pins it with a DHCP host entry named after the machine (a failure to pin is logged, not fatal), waits for SSH | `pkg/drivers/kvm/kvm.go` (`waitForStaticIP`, `addStaticIP`) | Same, deadlines x4 under TCG |
+//! | 17 | `ip [-n NODE]`: the IP recorded in `Nodes[]` once the control plane's host runs; stopped: on stdout `The control-plane node <m> host is not running: state=Stopped` and the start hint, exit 83; no machine: exit 85; domain gone: exit 80; no profile (every command): on stdout, exit 85 | `cmd/minikube/cmd/ip.go`, `pkg/minikube/mustload/mustload.go` | Same |
 //! | 18 | `stop`: ACPI shutdown of each node, 90 s, then destroy | `pkg/drivers/kvm/kvm.go` (`Stop`) | Same |
-//! | 19 | `delete`: node by node; a node whose domain is gone is assumed deleted (its network is left); else Remove(): the private network first (unless `default` or used by another domain), then the domain; then the profile, machine dirs and kubeconfig entries | `cmd/minikube/cmd/delete.go`, `pkg/minikube/machine/delete.go`, `kvm.go` (`Remove`) | Same; older preloads are not pruned (no preloads) |
+//! | 19 | `delete`: node by node; a node whose domain is gone is assumed deleted (its network is left); else Remove(): the private network first (unless `default` or used by another domain), then the domain, then its DHCP host entry; then the profile, machine dirs and kubeconfig entries | `cmd/minikube/cmd/delete.go`, `pkg/minikube/machine/delete.go`, `kvm.go` (`Remove`, `delStaticIP`) | Same; older preloads are not pruned (no preloads) |
 //! | 20 | The ISO + raw disk, Docker, kubelet, pods | `kvm2.go`, the ISO | Deviation: mkh's tiny initramfs guest booted directly (`<kernel>`/`<initrd>`, the key on the command line); `DiskPath`, `ISO`, AuthOptions paths recorded but not created; no pod ever runs |
 //! | 21 | `<domain type='kvm'>` with `host-passthrough`, always | `domain_definition_x86.go` | Deviation: under TCG (no vmx/svm, as on these machines) `type='qemu'` without passthrough, or nothing would boot |
 //! | 22 | The API server and etcd run in the VM at its private IP, port 8443 | the ISO, kubeadm | Deviation: a real kube-apiserver 1.20.2 (whatever `--kubernetes-version` says) and etcd run on the host at the private network's host address, port 8443; the serving certificate also names the VM's IP; no scheduler, controller manager, CoreDNS or kube-proxy (Services get ClusterIPs from 10.96.0.0/12, no endpoints). So two profiles on one private network cannot run at once (refused before anything is made); clients pin `profiles/<p>/apiserver.pub`, since a home's profiles share the CA. The host-side processes are detached and outlive `minikube`, as a VM would; `stop`/`delete` end them (pid + start time, or a command line naming the profile's directory) |
 //! | 23 | `--kvm-qemu-uri` other than `qemu:///system` | `kvm2.go` | Deviation: refused (exit 56) |
-//! | 24 | Timings (43-52 s cold start), the machines lock serialising kvm2 starts, ARP fallback for the IP, `events.json`, ISO and preload downloads and their locks, `--subnet`, `--static-ip`, addons, `minikube ssh`, `delete --all/--purge`, klog output | various | Deviation: not imitated; klog-style `I file.go:N]` lines for a few events go to stderr always; `status` counts the kubelet bit only with the host down |
+//! | 24 | Every command (`version` too) first makes MINIKUBE_HOME's `certs`, `machines`, `cache`, `config`, `addons`, `files`, `logs` | `cmd/minikube/cmd/root.go` (`PersistentPreRun`) | Same |
+//! | 25 | A new host that fails to start is deleted and made once more (`StartHost failed, but will try again`); `MINIKUBE_IN_STYLE` picks emoji or ASCII prefixes | `pkg/minikube/node/start.go` (`startHostInternal`), `pkg/minikube/out/out.go` | Deviation: not imitated (a failed start fails at once; emoji always) |
+//! | 26 | Timings (43-52 s cold start), the machines lock serialising kvm2 starts, ARP fallback for the IP, `events.json`, ISO and preload downloads and their locks, `--subnet`, `--static-ip`, addons, `minikube ssh`, `delete --all/--purge`, klog output | various | Deviation: not imitated; klog-style `I file.go:N]` lines for a few events go to stderr always; `status` counts the kubelet bit only with the host down |
 //!
 //! Progress lines are minikube's (emoji + text, stdout); error reasons and exit codes follow
 //! minikube's table (`pkg/minikube/reason`), not always its exact wording.
@@ -70,7 +72,6 @@ pub const VERSION: &str = "v1.38.1";
 pub const VERSION_BASE: &str = VERSION;
 
 // minikube's exit codes (pkg/minikube/reason/exitcodes.go).
-pub const EX_FAILURE: u8 = 1;
 pub const EX_PROGRAM_USAGE: u8 = 14;
 pub const EX_PROGRAM_CONFIG: u8 = 18;
 pub const EX_DRIVER_UNSUPPORTED: u8 = 56;
@@ -91,7 +92,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A command-line mistake, printed as cobra does.
+    /// A command-line mistake, printed as cobra does; minikube exits 14 (`root.go`).
     pub fn usage(msg: impl std::fmt::Display, command: &str) -> Failure {
         let help = if command.is_empty() {
             "minikube --help".to_string()
@@ -99,7 +100,7 @@ impl Failure {
             format!("minikube {command} --help")
         };
         Failure {
-            code: EX_FAILURE,
+            code: EX_PROGRAM_USAGE,
             lines: vec![format!("Error: {msg}"), format!("See '{help}' for usage.")],
             generic: None,
         }

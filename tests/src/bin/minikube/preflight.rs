@@ -1,12 +1,14 @@
-//! What `minikube start` checks before it makes anything, in its order (`runStart` and
-//! `provisionWithDriver`, `cmd/minikube/cmd/start.go`, v1.38.1): the driver's health, the CPU
-//! count, the requested memory, the user; then the default memory. Each refusal has minikube's
-//! reason and exit code; those minikube lets `--force` override (`exitIfNotForced`) are printed
-//! as errors and the start goes on.
+//! What `minikube start` checks before it makes anything (`runStart` and
+//! `provisionWithDriver`, `cmd/minikube/cmd/start.go`, v1.38.1), called by `commands::start`
+//! in minikube's order: the driver's health, the CPU count, the requested memory, the user;
+//! then, for a new profile, the HA node count and the default memory. Each refusal has
+//! minikube's reason and exit code; those minikube lets `--force` override (`exitIfNotForced`)
+//! are printed as errors and the start goes on.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cli::Amount;
 use crate::{Failure, EX_PROGRAM_USAGE};
 
 /// `minUsableMem`, `minRecommendedMem`, `minimumCPUS` (`cmd/minikube/cmd/start_flags.go`).
@@ -36,10 +38,17 @@ pub struct Host {
 
 impl Host {
     pub fn current() -> Host {
-        let groups = nix::unistd::getgroups()
+        // `user.GroupIds()`: the user database's groups, not the process's.
+        let uid = nix::unistd::getuid();
+        let groups = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .and_then(|u| {
+                let name = std::ffi::CString::new(u.name).ok()?;
+                nix::unistd::getgrouplist(&name, u.gid).ok()
+            })
             .unwrap_or_default()
             .into_iter()
-            .chain([nix::unistd::getegid()])
             .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten())
             .map(|g| g.name)
             .collect();
@@ -52,10 +61,14 @@ impl Host {
             })
             .map_or(0, |kib| (kib / 1024) as u32);
         Host {
-            uid: nix::unistd::getuid().as_raw(),
+            uid: uid.as_raw(),
             groups,
             memory_mib,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            // `cpu.Counts(true)`: every logical processor, whatever the affinity.
+            cpus: std::fs::read_to_string("/proc/cpuinfo")
+                .map(|t| t.lines().filter(|l| l.starts_with("processor")).count() as u32)
+                .unwrap_or(1)
+                .max(1),
         }
     }
 }
@@ -98,35 +111,59 @@ pub fn driver_health(uri: &str, host: &Host, force: bool) -> Result<(), Failure>
         Duration::from_secs(6),
     );
     let failure = match check {
-        Some((true, _)) => return Ok(()),
-        None => Failure::exit(
+        Some((true, _)) => None,
+        // A failure or a timeout: first the group (`status()` looks at it on any error).
+        _ if !host.groups.iter().any(|g| g.starts_with("libvirt")) => Some(Failure::styled(
+            EX_KVM_USER_PERMISSION,
+            vec![
+                String::new(),
+                "🚫  Exiting due to PR_KVM_USER_PERMISSION: libvirt group membership check failed:".into(),
+                "user is not a member of the appropriate libvirt group".into(),
+                "💡  Suggestion: Ensure that you are a member of the appropriate libvirt group (remember to relogin for group changes to take effect!)".into(),
+                String::new(),
+            ],
+        )),
+        None => Some(Failure::exit(
             EX_PROVIDER_NOT_RUNNING,
             "PROVIDER_KVM2_NOT_RUNNING",
             "The 'kvm2' provider was not found: virsh domcapabilities --virttype kvm timed out",
-        ),
-        Some((false, output)) if !host.groups.iter().any(|g| g.starts_with("libvirt")) => {
-            let _ = output;
-            Failure::styled(
-                EX_KVM_USER_PERMISSION,
-                vec![
-                    String::new(),
-                    "🚫  Exiting due to PR_KVM_USER_PERMISSION: libvirt group membership check failed:".into(),
-                    "user is not a member of the appropriate libvirt group".into(),
-                    "💡  Suggestion: Ensure that you are a member of the appropriate libvirt group (remember to relogin for group changes to take effect!)".into(),
-                    String::new(),
-                ],
-            )
-        }
-        Some((false, output)) => Failure::exit(
+        )),
+        Some((false, output)) => Some(Failure::exit(
             EX_PROVIDER_ERROR,
             "PROVIDER_KVM2_ERROR",
             format!(
                 "The 'kvm2' provider returned an error: virsh domcapabilities --virttype kvm failed:\n{}",
                 output.trim()
             ),
-        ),
+        )),
     };
-    unless_forced(force, failure)
+    if let Some(f) = failure {
+        return unless_forced(force, f);
+    }
+    // Then `virsh list`.
+    let list = run_with_deadline(
+        Command::new("virsh")
+            .arg("list")
+            .env("LIBVIRT_DEFAULT_URI", uri),
+        Duration::from_secs(6),
+    );
+    match list {
+        Some((true, _)) => Ok(()),
+        other => unless_forced(
+            force,
+            Failure::exit(
+                EX_PROVIDER_ERROR,
+                "PROVIDER_KVM2_ERROR",
+                format!(
+                    "The 'kvm2' provider returned an error: virsh list failed:\n{}",
+                    other
+                        .map(|(_, o)| o)
+                        .unwrap_or_else(|| "timed out".into())
+                        .trim()
+                ),
+            ),
+        ),
+    }
 }
 
 fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Option<(bool, String)> {
@@ -164,6 +201,40 @@ pub fn node_count(nodes: Option<u32>, ha: bool) -> Result<u32, Failure> {
             "HA (multi-control plane) clusters require 3 or more control-plane nodes",
         )),
         (_, n) => Ok(n.unwrap_or(1)),
+    }
+}
+
+/// `--cpus` as `getCPUCount` reads it (`cmd/minikube/cmd/start_flags.go`): `max` is every
+/// logical CPU; `no-limit` is for Docker and Podman only (exit 14).
+pub fn resolve_cpus(amount: &Amount, host: &Host) -> Result<u32, Failure> {
+    match amount {
+        Amount::Value(n) => Ok(*n),
+        Amount::Max => Ok(host.cpus),
+        Amount::NoLimit => Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            "The 'kvm2' driver does not support --cpus=no-limit",
+        )),
+        Amount::Unparsable(_) => Ok(0),
+    }
+}
+
+/// `--memory` as minikube reads it: `max` is the host's memory less 1024 MB; `no-limit` is
+/// for Docker and Podman only; what does not parse exits 14 (`validateFlags`).
+pub fn resolve_memory(amount: &Amount, host: &Host) -> Result<u32, Failure> {
+    match amount {
+        Amount::Value(n) => Ok(*n),
+        Amount::Max => Ok(host.memory_mib.saturating_sub(1024)),
+        Amount::NoLimit => Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            "The 'kvm2' driver does not support --memory=no-limit",
+        )),
+        Amount::Unparsable(text) => Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            format!("Unable to parse memory '{text}': invalid size: '{text}'"),
+        )),
     }
 }
 
@@ -220,6 +291,9 @@ pub fn memory(requested: u32, host: &Host, force: bool) -> Result<(), Failure> {
     }
     if requested < MIN_RECOMMENDED_MEM {
         crate::warn(format!("Requested memory allocation ({requested}MB) is less than the recommended minimum {MIN_RECOMMENDED_MEM}MB. Deployments may fail."));
+    }
+    if requested + 1024 > host.memory_mib && requested <= host.memory_mib {
+        crate::warn(format!("The requested memory allocation of {requested}MiB does not leave room for system overhead (total system memory: {}MiB). You may face stability issues.", host.memory_mib));
     }
     if requested > host.memory_mib {
         return unless_forced(
@@ -302,6 +376,36 @@ mod tests {
         assert_eq!(cpus(4, &host(), false).unwrap_err().code, 29);
         cpus(2, &host(), false).unwrap();
         cpus(1, &host(), true).unwrap();
+    }
+
+    #[test]
+    fn max_and_no_limit_read_as_minikube_reads_them() {
+        assert_eq!(resolve_cpus(&Amount::Max, &host()).unwrap(), 2);
+        assert_eq!(resolve_memory(&Amount::Max, &host()).unwrap(), 22976);
+        assert_eq!(
+            resolve_cpus(&Amount::NoLimit, &host()).unwrap_err().code,
+            14
+        );
+        assert_eq!(
+            resolve_memory(&Amount::NoLimit, &host()).unwrap_err().code,
+            14
+        );
+        assert_eq!(
+            resolve_memory(&Amount::Unparsable("lots".into()), &host())
+                .unwrap_err()
+                .code,
+            14
+        );
+        assert_eq!(
+            cpus(
+                resolve_cpus(&Amount::Value(0), &host()).unwrap(),
+                &host(),
+                false
+            )
+            .unwrap_err()
+            .code,
+            29
+        );
     }
 
     #[test]

@@ -38,9 +38,15 @@ pub fn private_network(name: &str, subnet: &Subnet) -> String {
     )
 }
 
-/// The DHCP host entry that pins a MAC to an address (`virNetworkUpdate`, ip-dhcp-host).
-pub fn dhcp_host(mac: &str, ip: Ipv4Addr) -> String {
-    format!("<host mac='{}' ip='{}'/>", esc(mac), ip)
+/// The DHCP host entry that pins a machine's MAC to an address (`virNetworkUpdate`,
+/// ip-dhcp-host; kvm2's `addStaticIP` names it after the machine).
+pub fn dhcp_host(machine: &str, mac: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "<host mac='{}' name='{}' ip='{}'/>",
+        esc(mac),
+        esc(machine),
+        ip
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
