@@ -16,7 +16,7 @@ use crate::blocking::Machine;
 use crate::error::{Error, Result};
 use crate::inventory::{claimed_objects, environments as group};
 use crate::libvirt::Libvirt;
-use crate::{EnvBuilder, EnvDescription, ExecOutput, NetworkRole, Settings};
+use crate::{EnvBuilder, EnvDescription, NetworkRole, Settings};
 
 fn connect(settings: &Settings) -> Result<Arc<Libvirt>> {
     Libvirt::connect_to(&settings.libvirt_uri).map(Arc::new)
@@ -52,12 +52,24 @@ pub fn machine(settings: &Settings, name: &str) -> Result<Machine> {
         .map(Machine)
 }
 
-/// Runs `words` (quoted for the guest's shell) on `machine` over `role`'s network.
-pub fn run_over_ssh(machine: &Machine, role: NetworkRole, words: &[String]) -> Result<ExecOutput> {
-    machine
-        .0
-        .ssh_now(role)?
-        .exec_now(&crate::ssh::shell_join(words))
+/// Runs `words` (quoted for the guest's shell) on `machine` over `role`'s network, with this
+/// process's standard input (then EOF) and output connected; returns its exit status.
+pub fn run_over_ssh(machine: &Machine, role: NetworkRole, words: &[String]) -> Result<i32> {
+    let session = machine.0.ssh_now(role)?;
+    let result = session.exec_streaming_now(
+        &crate::ssh::shell_join(words),
+        Some(Box::new(std::io::stdin())),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    match result {
+        // Whoever read the output stopped (`| head`): end as a writer killed by SIGPIPE.
+        Err(Error::Ssh {
+            source: Some(crate::error::SshCause::Io(e)),
+            ..
+        }) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(128 + libc::SIGPIPE),
+        other => other,
+    }
 }
 
 /// An interactive OpenSSH session on `machine`, pinned to the host key mkh checked at its own

@@ -155,4 +155,15 @@ impl SshSession {
     pub fn exec(&self, command: &str) -> Result<ExecOutput> {
         self.0.exec_now(command)
     }
+
+    /// See [`crate::SshSession::exec_streaming`].
+    pub fn exec_streaming(
+        &self,
+        command: &str,
+        stdin: Option<Box<dyn std::io::Read + Send>>,
+        stdout: &mut dyn std::io::Write,
+        stderr: &mut dyn std::io::Write,
+    ) -> Result<i32> {
+        self.0.exec_streaming_now(command, stdin, stdout, stderr)
+    }
 }

@@ -296,10 +296,9 @@ fn ssh(settings: &Settings, name: &str, role: NetworkRole, command: &[String]) -
         let status = admin::interactive_ssh(&machine, role)?;
         return Ok(exit_code(status.code().unwrap_or(255)));
     }
-    let out = admin::run_over_ssh(&machine, role, command)?;
-    print!("{}", out.stdout);
-    eprint!("{}", out.stderr);
-    Ok(exit_code(out.status))
+    // Standard input goes to the command (then EOF), its output comes back as it is made.
+    let status = admin::run_over_ssh(&machine, role, command)?;
+    Ok(exit_code(status))
 }
 
 fn exit_code(status: i32) -> ExitCode {

@@ -156,7 +156,21 @@ impl Layer {
                 )
             })?),
         };
-        let keep = var("MKH_KEEP").map(|v| v.trim() == "1");
+        let keep = match var("MKH_KEEP") {
+            None => None,
+            Some(v) => match v.trim() {
+                "" | "0" => Some(false),
+                "1" => Some(true),
+                other => {
+                    return Err(invalid(
+                        "MKH_KEEP",
+                        other,
+                        "it must be 1 (keep a failed test's environment) or 0".into(),
+                        "set it to 1 or 0, or unset it",
+                    ))
+                }
+            },
+        };
         Ok(Layer {
             libvirt_uri: var("MKH_LIBVIRT_URI").or_else(|| var("LIBVIRT_DEFAULT_URI")),
             subnet_pool: var("MKH_SUBNET_POOL"),
@@ -264,7 +278,7 @@ impl Settings {
         if !(timeout_scale.is_finite() && timeout_scale > 0.0 && timeout_scale <= 1000.0) {
             return Err(invalid(
                 "MKH_TIMEOUT_SCALE",
-                &timeout_scale.to_string(),
+                &format!("{timeout_scale:e}"),
                 "it must be a number above 0 and at most 1000".into(),
                 "set it to e.g. 2 to double every deadline, or unset it",
             ));

@@ -2,7 +2,7 @@
 //! is recorded at the first connection (per machine, not per address: both networks reach the
 //! same sshd) and checked on every later one.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -297,39 +297,72 @@ impl SshSession {
         off_thread(move || session.exec_now(&command)).await
     }
 
+    /// Runs a command with its standard streams connected: `stdin` (if any) is sent to it,
+    /// then EOF (without one, EOF at once); its stdout and stderr are written to `stdout` and
+    /// `stderr` as they come, with no size limit. Returns its exit status. A failed write
+    /// (e.g. a closed pipe) closes the channel, which ends the remote command, and is returned
+    /// as an error.
+    pub async fn exec_streaming(
+        &self,
+        command: &str,
+        stdin: Option<Box<dyn Read + Send>>,
+        mut stdout: Box<dyn Write + Send>,
+        mut stderr: Box<dyn Write + Send>,
+    ) -> Result<i32> {
+        let session = self.clone();
+        let command = command.to_owned();
+        off_thread(move || session.exec_streaming_now(&command, stdin, &mut stdout, &mut stderr))
+            .await
+    }
+
     /// [`SshSession::exec`] on this thread.
     pub(crate) fn exec_now(&self, command: &str) -> Result<ExecOutput> {
-        let fail = |problem: &str, source: ssh2::Error| {
-            ssh_error(
-                format!("{}@{}", self.target.user, self.target.ip),
-                format!("{command:?}: {problem}"),
-                Some(source.into()),
-            )
-        };
-        let session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let mut channel = session
-            .channel_session()
-            .map_err(|e| fail("open channel", e))?;
-        channel.exec(command).map_err(|e| fail("exec", e))?;
-        // Non-blocking reads of both streams in turn: a blocking read of one while the command
-        // fills the other's window (2 MiB) would wait for ever.
-        session.set_blocking(false);
-        let streams = read_both(&mut channel);
-        session.set_blocking(true);
-        let (stdout, stderr) = streams.map_err(|e| {
-            ssh_error(
-                format!("{}@{}", self.target.user, self.target.ip),
-                format!("{command:?}: read output"),
-                Some(e.into()),
-            )
-        })?;
-        channel.wait_close().map_err(|e| fail("close", e))?;
-        let status = channel.exit_status().map_err(|e| fail("exit status", e))?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let status = self.exec_streaming_now(command, None, &mut stdout, &mut stderr)?;
         Ok(ExecOutput {
             status,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+
+    /// Runs a command and streams: `stdin` (if any) to its standard input, then EOF (without
+    /// one, EOF at once); its stdout and stderr to `stdout` and `stderr` as they come, with no
+    /// size limit. Returns its exit status once it ended. When a write to `stdout` or `stderr`
+    /// fails (a closed pipe: `mkh ssh NAME -- yes | head`), the channel is closed, which ends
+    /// the remote command, and the write's error is returned. `stdin` is read on a thread of
+    /// its own, which stays blocked in a read that never returns (a terminal) after the
+    /// command ended.
+    pub(crate) fn exec_streaming_now(
+        &self,
+        command: &str,
+        stdin: Option<Box<dyn Read + Send>>,
+        stdout: &mut dyn std::io::Write,
+        stderr: &mut dyn std::io::Write,
+    ) -> Result<i32> {
+        let where_ = format!("{}@{}", self.target.user, self.target.ip);
+        let fail = |problem: &str, source: SshCause| {
+            ssh_error(&where_, format!("{command:?}: {problem}"), Some(source))
+        };
+        let session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channel = session
+            .channel_session()
+            .map_err(|e| fail("open channel", e.into()))?;
+        channel.exec(command).map_err(|e| fail("exec", e.into()))?;
+        let input = stdin.map(spawn_reader);
+        // Non-blocking: a blocking read of one stream while the command fills the other's
+        // window (2 MiB) would wait for ever, and so would a blocking write of stdin.
+        session.set_blocking(false);
+        let pumped = pump(&mut channel, input, stdout, stderr);
+        session.set_blocking(true);
+        if let Err(e) = pumped {
+            let _ = channel.close();
+            return Err(fail("stream", e.into()));
+        }
+        channel.wait_close().map_err(|e| fail("close", e.into()))?;
+        channel
+            .exit_status()
+            .map_err(|e| fail("exit status", e.into()))
     }
 
     /// The machine's address this session is connected to.
@@ -342,14 +375,74 @@ impl SshSession {
     }
 }
 
-/// Reads a non-blocking channel's stdout and stderr until both end.
-fn read_both(channel: &mut ssh2::Channel) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+/// Reads `input` on a thread of its own, in chunks, into a small queue (`None`: EOF).
+fn spawn_reader(mut input: Box<dyn Read + Send>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Moves data on a non-blocking channel until the remote side ends its output: `input` in
+/// (EOF sent once it ends, or at once without it), stdout and stderr out.
+fn pump(
+    channel: &mut ssh2::Channel,
+    input: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    stdout: &mut dyn std::io::Write,
+    stderr: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    use std::io::ErrorKind::WouldBlock;
+    use std::sync::mpsc::TryRecvError;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut input = input;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut eof_sent = false;
     loop {
         let mut progressed = false;
-        for stderr in [false, true] {
-            let read = if stderr {
+        // Standard input: what is queued, then EOF.
+        if !eof_sent {
+            if pending.is_empty() {
+                match input.as_ref().map(|rx| rx.try_recv()) {
+                    Some(Ok(chunk)) => pending = chunk,
+                    Some(Err(TryRecvError::Empty)) => {}
+                    Some(Err(TryRecvError::Disconnected)) | None => input = None,
+                }
+            }
+            if !pending.is_empty() {
+                match Write::write(channel, &pending) {
+                    Ok(n) => {
+                        pending.drain(..n);
+                        progressed |= n > 0;
+                    }
+                    Err(e) if e.kind() == WouldBlock => {}
+                    // The command stopped reading (it exited): drop the rest.
+                    Err(_) => {
+                        pending.clear();
+                        input = None;
+                    }
+                }
+            }
+            if input.is_none() && pending.is_empty() {
+                match channel.send_eof() {
+                    Ok(()) => eof_sent = true,
+                    Err(e) if e.code() == ssh2::ErrorCode::Session(-37) => {} // EAGAIN
+                    Err(_) => eof_sent = true,
+                }
+            }
+        }
+        for to_stderr in [false, true] {
+            let read = if to_stderr {
                 channel.stderr().read(&mut buf)
             } else {
                 channel.read(&mut buf)
@@ -358,14 +451,16 @@ fn read_both(channel: &mut ssh2::Channel) -> std::io::Result<(Vec<u8>, Vec<u8>)>
                 Ok(0) => {}
                 Ok(n) => {
                     progressed = true;
-                    if stderr { &mut err } else { &mut out }.extend_from_slice(&buf[..n]);
+                    let out: &mut dyn std::io::Write = if to_stderr { stderr } else { stdout };
+                    out.write_all(&buf[..n])?;
+                    out.flush()?;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
         if channel.eof() && !progressed {
-            return Ok((out, err));
+            return Ok(());
         }
         if !progressed {
             std::thread::sleep(Duration::from_millis(2));

@@ -226,6 +226,21 @@ fn megabytes_on_stderr_alone_do_not_stall_exec() {
         .unwrap();
     assert_eq!(out.stdout.trim(), "end");
     assert_eq!(out.stderr.len(), 3_000_000);
+    // A command that reads its standard input gets EOF at once.
+    assert_eq!(ssh.exec("cat; echo eof").unwrap().stdout.trim(), "eof");
+    // The streaming form: input in, both streams out as they come, the exit status back.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = ssh
+        .exec_streaming(
+            "tr a-z A-Z; echo oops >&2; exit 3",
+            Some(Box::new(std::io::Cursor::new(b"stream me".to_vec()))),
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+    assert_eq!(status, 3);
+    assert_eq!(String::from_utf8_lossy(&out), "STREAM ME");
+    assert_eq!(String::from_utf8_lossy(&err), "oops\n");
 }
 
 #[test]
@@ -262,6 +277,36 @@ fn mkh_up_json_ssh_ip_and_down_round_trip() {
     assert_eq!((code, out.trim()), (0, "docker"), "{err}");
     let (code, out, _) = mkh(&["ssh", &name, "--network", "nat", "--", "exit", "7"]);
     assert_eq!(code, 7, "{out}");
+    // Standard input reaches the command, then EOF; output streams, however large, on either
+    // stream; a reader that stops early ends the command. `timeout` exits 124 on a hang.
+    let mkh_ssh = format!("timeout 120 {} ssh {name} --", mkh_bin().display());
+    for (pipeline, expected) in [
+        (format!("echo hi | {mkh_ssh} cat"), "hi"),
+        (format!("{mkh_ssh} cat </dev/null; echo rc=$?"), "rc=0"),
+        (
+            format!("head -c 10000000 /dev/zero | {mkh_ssh} wc -c"),
+            "10000000",
+        ),
+        (
+            format!("{mkh_ssh} head -c 10000000 /dev/zero </dev/null | wc -c"),
+            "10000000",
+        ),
+        (
+            format!("{mkh_ssh} sh -c 'head -c 10000000 /dev/zero >&2' </dev/null 2>&1 >/dev/null | wc -c"),
+            "10000000",
+        ),
+        (
+            format!("{mkh_ssh} yes </dev/null | head -2; echo status=${{PIPESTATUS[0]}}"),
+            "y\ny\nstatus=141",
+        ),
+    ] {
+        let out = std::process::Command::new("bash")
+            .args(["-c", &pipeline])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.trim(), expected, "{pipeline}: {out:?}");
+    }
     let (code, out, _) = mkh(&["ip", &name, "--network", "nat"]);
     assert_eq!((code, out.trim()), (0, d["ips"]["nat"].as_str().unwrap()));
 

@@ -369,7 +369,9 @@ fn a_non_root_libvirt_user_can_run_the_network_lifecycle() {
 fn bad_settings_and_names_are_refused_before_anything_is_made() {
     let run = format!("hostile-{}", std::process::id());
     let name = format!("hostile-{}", std::process::id());
-    let cases: &[(&[(&str, &str)], &str, &[&str])] = &[
+    // (variables, `--name`, what the error must name)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &[("MKH_TIMEOUT_SCALE", "inf")],
             &name,
@@ -385,6 +387,18 @@ fn bad_settings_and_names_are_refused_before_anything_is_made() {
             &name,
             &["MKH_TIMEOUT_SCALE", "NaN"],
         ),
+        (
+            &[("MKH_TIMEOUT_SCALE", "1e308")],
+            &name,
+            &["MKH_TIMEOUT_SCALE", "1e308"],
+        ),
+        (&[("MKH_KEEP", "maybe")], &name, &["MKH_KEEP", "maybe"]),
+        (
+            &[("MKH_MEMORY_MIB", "99999999999")],
+            &name,
+            &["MKH_MEMORY_MIB", "99999999999"],
+        ),
+        (&[("MKH_NODES", "0")], &name, &["MKH_NODES"]),
         (&[("MKH_ACCEL", "bogus")], &name, &["MKH_ACCEL", "bogus"]),
         (&[("MKH_CPUS", "two")], &name, &["MKH_CPUS", "two"]),
         (
