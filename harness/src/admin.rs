@@ -130,7 +130,8 @@ pub fn down(settings: &Settings, name: &str) -> Result<()> {
 /// Removes what dead owners left (and with [`ReapScope::IncludingCli`] CLI-owned environments
 /// too), limited to one run id when given.
 pub fn reap(settings: &Settings, scope: ReapScope, run: Option<&str>) -> Result<ReapReport> {
-    crate::reaper::sweep(&*connect(settings)?, scope, run, &settings.state_dir)
+    let which = run.map_or(crate::reaper::Which::All, crate::reaper::Which::Run);
+    crate::reaper::sweep(&*connect(settings)?, scope, which, &settings.state_dir)
 }
 
 /// Every object mkh's metadata claims, split into those of `run` and the others.

@@ -160,6 +160,10 @@ impl EnvBuilder {
 
         let lv = Arc::new(Libvirt::connect_to(&uri)?);
         reaper::sweep_once(&lv, &settings.state_dir);
+        // libvirt's test driver keeps its objects in this process: nothing to watch over.
+        if settings.watchdog && !lv.is_test_driver() {
+            crate::watchdog::watch_this_process(&uri, &settings.state_dir);
+        }
         if inventory::environments(&inventory::claimed_objects(&lv)?)
             .iter()
             .any(|e| e.name == name)

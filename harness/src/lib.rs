@@ -47,6 +47,7 @@ mod settings;
 mod ssh;
 mod teardown;
 mod wait;
+mod watchdog;
 mod xml;
 
 pub use backend::Backend;

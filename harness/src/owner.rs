@@ -221,7 +221,8 @@ impl HostIdentity {
     }
 }
 
-/// Start time (clock ticks since boot) of a live process, from `/proc/<pid>/stat`.
+/// Start time (clock ticks since boot) of a live process, from `/proc/<pid>/stat`. A zombie
+/// (killed, not yet waited for by its parent) is not alive: `None`.
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_start_time(&stat)
@@ -230,8 +231,12 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
     // Field 3 (state) is the first after ')', so field 22 (starttime) is the 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Identity of the calling process.
@@ -382,6 +387,8 @@ pub(crate) mod tests {
         let stat =
             "123 (a b) c)) S 1 123 123 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(parse_start_time(stat), Some(98765));
+        // A zombie is dead, whatever its start time.
+        assert_eq!(parse_start_time(&stat.replace(")) S ", ")) Z ")), None);
         let mine = process_start_time(std::process::id());
         assert!(mine.is_some_and(|t| t > 0));
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::inventory::{claimed_objects, ClaimedObject, ObjectKind};
 use crate::libvirt::{Libvirt, Removal};
-use crate::owner::{process_start_time, HostIdentity, Liveness, Owner, OwnerKind};
+use crate::owner::{process_start_time, HostIdentity, Liveness, Owner, OwnerKind, ProcessIdentity};
 
 /// What a sweep may remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,27 @@ pub enum ReapScope {
     DeadOwners,
     /// Also CLI-owned environments (`mkh up`), live or not.
     IncludingCli,
+}
+
+/// Which owners' objects a sweep looks at (the verdict still decides).
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    /// Every owner's.
+    All,
+    /// One run's (`mkh reap --run ID`).
+    Run(&'a str),
+    /// One process's (the watchdog of that process).
+    Process(&'a ProcessIdentity),
+}
+
+impl Which<'_> {
+    fn takes(&self, owner: &Owner) -> bool {
+        match self {
+            Which::All => true,
+            Which::Run(run) => owner.run_id == *run,
+            Which::Process(p) => owner.process == **p,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +112,7 @@ pub const OWNER_RECORD: &str = "owner.json";
 /// (by the same rule as libvirt objects) loses the processes started for it — any process
 /// whose command line names a file inside it, such as a minikube stand-in's etcd and API
 /// server — and then the home itself.
-pub fn sweep_homes(state_dir: &Path, scope: ReapScope, run: Option<&str>, report: &mut ReapReport) {
+pub fn sweep_homes(state_dir: &Path, scope: ReapScope, which: Which, report: &mut ReapReport) {
     let here = HostIdentity::current();
     let envs = state_dir.join("envs");
     let Ok(entries) = std::fs::read_dir(&envs) else {
@@ -105,7 +126,7 @@ pub fn sweep_homes(state_dir: &Path, scope: ReapScope, run: Option<&str>, report
         let Ok(owner) = serde_json::from_str::<Owner>(&text) else {
             continue;
         };
-        if run.is_some_and(|r| owner.run_id != r) {
+        if !which.takes(&owner) {
             continue;
         }
         let obj = ClaimedObject {
@@ -172,15 +193,10 @@ fn kill_process(pid: i32) {
 /// one run id (`mkh reap --run ID`) when given, and, for a local hypervisor, over this user's
 /// environment homes under `state_dir`. libvirt's `test:///` driver holds no real machines: a
 /// sweep over it never touches homes or processes.
-pub fn sweep(
-    lv: &Libvirt,
-    scope: ReapScope,
-    run: Option<&str>,
-    state_dir: &Path,
-) -> Result<ReapReport> {
+pub fn sweep(lv: &Libvirt, scope: ReapScope, which: Which, state_dir: &Path) -> Result<ReapReport> {
     let here = HostIdentity::current();
     let mut objects = claimed_objects(lv)?;
-    objects.retain(|o| run.is_none_or(|r| o.owner.run_id == r));
+    objects.retain(|o| which.takes(&o.owner));
     objects.sort_by_key(|o| o.kind);
     let mut report = ReapReport::default();
     for obj in objects {
@@ -214,7 +230,7 @@ pub fn sweep(
         }
     }
     if lv.is_local() && !lv.is_test_driver() {
-        sweep_homes(state_dir, scope, run, &mut report);
+        sweep_homes(state_dir, scope, which, &mut report);
     }
     Ok(report)
 }
@@ -229,7 +245,7 @@ pub fn sweep_once(lv: &Libvirt, state_dir: &Path) {
     if !first {
         return;
     }
-    match sweep(lv, ReapScope::DeadOwners, None, state_dir) {
+    match sweep(lv, ReapScope::DeadOwners, Which::All, state_dir) {
         Ok(report) => {
             for r in &report.removed {
                 tracing::info!(object = %r.name, env = %r.env, reason = %r.reason, "reaped a dead owner's object");

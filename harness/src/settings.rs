@@ -52,6 +52,9 @@ pub struct Settings {
     pub timeout_scale: f64,
     /// `MKH_KEEP=1`: a failed test's environment stays up, handed over to the CLI.
     pub keep_failed: bool,
+    /// `MKH_WATCHDOG=0`: no watchdog process (default: one per owning process; see
+    /// the README's "Ownership and cleanup").
+    pub watchdog: bool,
     /// `MKH_BACKEND`: for the fixtures and scenario files.
     pub backend: BackendKind,
     /// `MKH_MEMORY_MIB`: the machine's memory.
@@ -84,6 +87,7 @@ struct Layer {
     accel: Option<Accel>,
     timeout_scale: Option<f64>,
     keep: Option<bool>,
+    watchdog: Option<bool>,
     backend: Option<BackendKind>,
     memory_mib: Option<u32>,
     cpus: Option<u32>,
@@ -156,21 +160,26 @@ impl Layer {
                 )
             })?),
         };
-        let keep = match var("MKH_KEEP") {
-            None => None,
-            Some(v) => match v.trim() {
-                "" | "0" => Some(false),
-                "1" => Some(true),
-                other => {
-                    return Err(invalid(
-                        "MKH_KEEP",
+        let switch = |name: &'static str, meaning: &str| -> Result<Option<bool>> {
+            match var(name) {
+                None => Ok(None),
+                Some(v) => match v.trim() {
+                    "" | "0" => Ok(Some(false)),
+                    "1" => Ok(Some(true)),
+                    other => Err(invalid(
+                        name,
                         other,
-                        "it must be 1 (keep a failed test's environment) or 0".into(),
+                        format!("it must be 1 ({meaning}) or 0"),
                         "set it to 1 or 0, or unset it",
-                    ))
-                }
-            },
+                    )),
+                },
+            }
         };
+        let keep = switch("MKH_KEEP", "keep a failed test's environment")?;
+        let watchdog = switch(
+            "MKH_WATCHDOG",
+            "a watchdog process cleans up after a killed owner",
+        )?;
         Ok(Layer {
             libvirt_uri: var("MKH_LIBVIRT_URI").or_else(|| var("LIBVIRT_DEFAULT_URI")),
             subnet_pool: var("MKH_SUBNET_POOL"),
@@ -182,6 +191,7 @@ impl Layer {
             accel,
             timeout_scale: parsed(var, "MKH_TIMEOUT_SCALE", "a number")?,
             keep,
+            watchdog,
             backend,
             memory_mib: parsed(var, "MKH_MEMORY_MIB", "a number of MiB")?,
             cpus: parsed(var, "MKH_CPUS", "a number of CPUs")?,
@@ -209,6 +219,7 @@ impl Layer {
             accel,
             timeout_scale,
             keep,
+            watchdog,
             backend,
             memory_mib,
             cpus,
@@ -316,6 +327,7 @@ impl Settings {
             accel: l.accel,
             timeout_scale,
             keep_failed: l.keep.unwrap_or(false),
+            watchdog: l.watchdog.unwrap_or(true),
             backend: l.backend.unwrap_or_default(),
             memory_mib: l.memory_mib,
             cpus: l.cpus,

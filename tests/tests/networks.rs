@@ -2,6 +2,8 @@
 //! teardown whatever happens to the owning process.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -196,8 +198,51 @@ fn a_program_that_handles_signals_itself_can_turn_mkh_s_handler_off() {
 }
 
 #[test]
+fn a_sigkilled_owner_s_watchdog_removes_its_objects_within_seconds() {
+    // The owner in a process group of its own, killed as nextest kills a test's group.
+    let mut killed = ChildEnv::start_with(Command::new(CHILD).arg("hold").process_group(0));
+    let env = killed.env_name();
+    let pid = killed.child.id() as i32;
+    let home = PathBuf::from(killed.description["home"].as_str().unwrap());
+    assert!(!objects_of_env(&env).is_empty());
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
+    wait_for_exit(&mut killed.child, Duration::from_secs(5));
+    // No other mkh process runs meanwhile: only the watchdog can remove them.
+    while !(objects_of_env(&env).is_empty() && !home.exists()) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "left 5 s after SIGKILL: {:?}, home {}",
+            objects_of_env(&env),
+            home.exists()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its work done, the watchdog is gone too.
+    let argv0 = format!("mkh-watchdog-of-{pid}");
+    while processes_named(&argv0) > 0 {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "{argv0} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Processes whose `argv[0]` is `name`.
+fn processes_named(name: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|raw| raw.split(|b| *b == 0).next() == Some(name.as_bytes()))
+        .count()
+}
+
+#[test]
 fn objects_of_a_sigkilled_process_are_removed_by_the_next_mkh_process() {
-    let mut killed = ChildEnv::start(CHILD, "hold");
+    // Without the watchdog, the reaper of the next mkh process is the line that remains.
+    let mut killed = ChildEnv::start_with(Command::new(CHILD).arg("hold").env("MKH_WATCHDOG", "0"));
     let names = killed.network_names();
     let env = killed.env_name();
     killed.signal(Signal::SIGKILL);
