@@ -99,11 +99,32 @@ pub fn interactive_ssh(machine: &Machine, role: NetworkRole) -> Result<ExitStatu
         })
 }
 
-/// Removes a CLI-owned environment; a process-owned one is refused (its process removes it).
+/// Removes a CLI-owned environment, or finishes removing one whose remover died; a
+/// process-owned one whose process lives is refused (its process removes it). While it works,
+/// the environment is this process's: if `mkh down` is killed, its watchdog (or any reaper)
+/// finishes the job.
 pub fn down(settings: &Settings, name: &str) -> Result<()> {
     let lv = connect(settings)?;
-    let env = find(&lv, name)?;
-    if env.kind == OwnerKind::Process {
+    let objects = claimed_objects(&lv)?;
+    let env = group(&objects)
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| Error::UnknownEnvironment {
+            name: name.to_owned(),
+        })?;
+    let record = objects
+        .iter()
+        .find(|o| o.owner.env == name)
+        .map(|o| o.owner.clone())
+        .expect("an environment has objects");
+    let alive = matches!(
+        record.liveness(
+            &crate::owner::HostIdentity::current(),
+            crate::owner::process_start_time
+        ),
+        crate::owner::Liveness::Alive
+    );
+    if env.kind == OwnerKind::Process && alive {
         return Err(Error::InvalidInput {
             what: "environment",
             value: name.to_owned(),
@@ -115,6 +136,15 @@ pub fn down(settings: &Settings, name: &str) -> Result<()> {
             fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
         });
     }
+    let remover = crate::owner::Owner {
+        process: crate::owner::this_process(),
+        kind: OwnerKind::Process,
+        ..record
+    };
+    if settings.watchdog && !lv.is_test_driver() {
+        crate::watchdog::watch_this_process(lv.uri(), &settings.state_dir);
+    }
+    crate::inventory::retag(&lv, &objects, name, &remover)?;
     let problems = env.teardown(lv.uri()).run();
     if problems.is_empty() {
         Ok(())

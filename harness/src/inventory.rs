@@ -106,6 +106,46 @@ fn owner_by_profile(name: &str, xml: &str, networks: &[ClaimedObject]) -> Option
     all_ours.then(|| recorded.owner.clone())
 }
 
+/// Writes `owner` into every object of environment `env` (networks redefined with it,
+/// domains tagged) and into its home's owner record: the environment changes hands.
+pub fn retag(lv: &Libvirt, objects: &[ClaimedObject], env: &str, owner: &Owner) -> Result<()> {
+    let owner_xml = owner.to_bare_element_xml();
+    let mine = objects.iter().filter(|o| o.owner.env == env);
+    // Domains first, then networks, the home's record last: a change of hands cut short
+    // leaves the rest with the previous owner, and `mkh down NAME` again finishes it.
+    let mut ordered: Vec<&ClaimedObject> = mine.collect();
+    ordered.sort_by_key(|o| o.kind);
+    for obj in ordered {
+        match obj.kind {
+            ObjectKind::Domain => {
+                lv.tag_domain(&obj.name, &owner_xml)?;
+            }
+            ObjectKind::Network => {
+                let Some(current) = lv.networks()?.into_iter().find(|n| n.name == obj.name) else {
+                    continue;
+                };
+                let xml =
+                    owner
+                        .replace_in_object_xml(&current.xml)
+                        .ok_or_else(|| Error::BadXml {
+                            object: format!("network {}", obj.name),
+                            problem: "no <metadata> element".into(),
+                        })?;
+                lv.redefine_network(&obj.name, &xml)?;
+            }
+            ObjectKind::Home => {}
+        }
+    }
+    if let Some(home) = &owner.home {
+        let record = Path::new(home).join(crate::reaper::OWNER_RECORD);
+        if record.exists() {
+            let text = serde_json::to_string(owner).expect("an owner serialises");
+            std::fs::write(&record, text).map_err(|e| Error::io(&record, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// One environment as `mkh ls` shows it.
 #[derive(Debug, Clone, Serialize)]
 #[allow(missing_docs)] // The fields are the owner record's (see [`Owner`]).

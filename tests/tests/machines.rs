@@ -2,6 +2,7 @@
 //! by MAC, SSH as `docker`, lifecycle, link state, host keys, and the CLI round trip.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -317,4 +318,114 @@ fn mkh_up_json_ssh_ip_and_down_round_trip() {
     let (code, _, err) = mkh(&["down", &name]);
     assert_ne!(code, 0);
     assert!(err.contains(&name), "{err}");
+}
+
+/// Waits until `ready` holds (at most `limit`), polling.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Whether environment `name` left anything: claimed objects, a domain of its name, its home.
+fn leftovers(name: &str) -> Vec<String> {
+    let mut left = objects_of_env(name);
+    if libvirt().lookup_domain_by_name(name).is_ok() {
+        left.push(format!("domain {name}"));
+    }
+    let home = mkh::Settings::current()
+        .unwrap()
+        .state_dir
+        .join("envs")
+        .join(name);
+    if home.exists() {
+        left.push(home.display().to_string());
+    }
+    left
+}
+
+/// How many of environment `name`'s objects the CLI owns.
+fn cli_owned(name: &str) -> usize {
+    mkh::admin::audit(&mkh::Settings::current().unwrap(), None)
+        .unwrap()
+        .others
+        .into_iter()
+        .filter(|o| o.owner.env == name && o.owner.kind == mkh::admin::OwnerKind::Cli)
+        .count()
+}
+
+#[test]
+fn a_sigkilled_mkh_up_leaves_nothing_at_any_phase() {
+    // Killed as nextest kills a test: SIGKILL to the process group, at each phase of the up.
+    let domain_exists = |name: &str| libvirt().lookup_domain_by_name(name).is_ok();
+    for phase in ["networks", "domain"] {
+        let name = format!("kup-{phase}-{}", std::process::id());
+        let mut up = std::process::Command::new(mkh_bin())
+            .args(["up", "--name", &name])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let reached = wait_until(Duration::from_secs(60), || match phase {
+            "networks" => !objects_of_env(&name).is_empty(),
+            _ => domain_exists(&name),
+        });
+        assert!(reached, "{phase}: mkh up never got there");
+        let pid = nix::unistd::Pid::from_raw(up.id() as i32);
+        nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = up.wait();
+        let clean = wait_until(Duration::from_secs(5), || leftovers(&name).is_empty());
+        assert!(
+            clean,
+            "{phase}: left 5 s after SIGKILL: {:?}",
+            leftovers(&name)
+        );
+    }
+}
+
+#[test]
+fn a_sigkilled_mkh_down_is_finished_whenever_it_was_killed() {
+    // `mkh down` killed at once, and once its removal has begun (its machine gone, its
+    // networks not yet): within 5 s either nothing is left (its watchdog finished it), or the
+    // environment is whole and still the CLI's, and a second `mkh down` removes it.
+    for phase in ["at once", "mid-removal"] {
+        let name = format!("kdown-{}-{}", phase.len(), std::process::id());
+        let (code, _, err) = mkh(&["up", "--name", &name]);
+        assert_eq!(code, 0, "{err}");
+        let whole = objects_of_env(&name).len();
+        let lv = libvirt();
+        let mut down = std::process::Command::new(mkh_bin())
+            .args(["down", &name])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if phase == "mid-removal" {
+            let began = wait_until(Duration::from_secs(30), || {
+                lv.lookup_domain_by_name(&name).is_err()
+            });
+            assert!(began, "mkh down never removed the machine");
+        }
+        let pid = nix::unistd::Pid::from_raw(down.id() as i32);
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = down.wait();
+        let settled = wait_until(Duration::from_secs(5), || {
+            let left = objects_of_env(&name).len();
+            left == 0 || (left == whole && cli_owned(&name) == whole)
+        });
+        assert!(settled, "{phase}: half removed: {:?}", leftovers(&name));
+        if !objects_of_env(&name).is_empty() {
+            let (code, out, err) = mkh(&["down", &name]);
+            assert_eq!(code, 0, "{phase}: second down: {out}{err}");
+        }
+        let clean = wait_until(Duration::from_secs(5), || leftovers(&name).is_empty());
+        assert!(clean, "{phase}: left {:?}", leftovers(&name));
+    }
 }
