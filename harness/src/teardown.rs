@@ -85,13 +85,19 @@ impl Teardown {
                 return problems;
             }
         };
+        // Objects are registered before they are made (a signal may come in between), so
+        // one of a registered name is removed only if it is this environment's: a name that
+        // was taken by someone else when mkh tried it is theirs.
+        let ours = |xml: &str| {
+            crate::owner::Owner::from_object_xml(xml).is_some_and(|o| o.env == self.env)
+        };
         for dom in self.domains.iter().rev() {
-            if let Err(e) = lv.remove_domain(dom) {
+            if let Err(e) = lv.remove_domain_if(dom, ours) {
                 problems.push(e.to_string());
             }
         }
         for net in self.networks.iter().rev() {
-            if let Err(e) = lv.remove_network(net) {
+            if let Err(e) = lv.remove_network_if(net, ours) {
                 problems.push(e.to_string());
             }
         }

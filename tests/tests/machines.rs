@@ -429,3 +429,33 @@ fn a_sigkilled_mkh_down_is_finished_whenever_it_was_killed() {
         assert!(clean, "{phase}: left {:?}", leftovers(&name));
     }
 }
+
+#[test]
+fn sigterm_or_sigint_at_any_instant_of_mkh_up_leaves_nothing() {
+    // Without the watchdog: the signal handler alone must remove whatever exists, however
+    // early the signal comes (every object is registered before it is made).
+    for round in 0..12u64 {
+        let name = format!("ksig-{round}-{}", std::process::id());
+        let mut up = std::process::Command::new(mkh_bin())
+            .args(["up", "--name", &name])
+            .env("MKH_WATCHDOG", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(round * 25));
+        let signal = if round % 2 == 0 {
+            nix::sys::signal::Signal::SIGTERM
+        } else {
+            nix::sys::signal::Signal::SIGINT
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), signal);
+        let status = up.wait().unwrap();
+        // Once it exited, nothing of it may remain (the home included).
+        assert!(
+            leftovers(&name).is_empty(),
+            "round {round} ({signal:?}, {status:?}): left {:?}",
+            leftovers(&name)
+        );
+    }
+}

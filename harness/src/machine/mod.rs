@@ -197,14 +197,15 @@ pub(crate) struct BootContext<'a> {
 }
 
 impl Machine {
-    /// Defines and starts the built-in guest on the environment's networks. `on_defined` hears
-    /// of the domain as soon as libvirt has it (for teardown). Returns once the domain runs; see
+    /// Defines and starts the built-in guest on the environment's networks. `on_define` hears
+    /// of the domain's name just before libvirt is asked to define it (for teardown: a signal
+    /// at any instant still removes it). Returns once the domain runs; see
     /// [`Machine::wait_ready_now`].
     pub(crate) fn boot_builtin(
         ctx: &BootContext<'_>,
         options: &MachineOptions,
         name: &str,
-        on_defined: &mut dyn FnMut(&str),
+        on_define: &mut dyn FnMut(&str),
     ) -> Result<Machine> {
         let image = image::ensure_guest_image(ctx.cache_dir)?;
         let key = existing_or_new_key(&key_path(ctx.home), "mkh")?;
@@ -243,8 +244,8 @@ impl Machine {
             owner: ctx.owner.clone(),
         };
         spec.validate()?;
+        on_define(name);
         ctx.lv.define_domain(name, &spec.to_xml())?;
-        on_defined(name);
         ctx.lv.start_domain(name)?;
         Ok(Machine {
             name: name.to_owned(),

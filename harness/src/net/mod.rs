@@ -123,7 +123,8 @@ pub fn taken_subnets(lv: &Libvirt) -> Result<Vec<Ipv4Net>> {
 }
 
 /// Creates the NAT and the isolated network of environment `id`. `on_created` hears of each
-/// network as soon as libvirt has it, so that a signal arriving mid-way still removes it.
+/// network's name just before libvirt is asked to make it, so that a signal at any instant
+/// still removes it.
 pub(crate) fn create_pair(
     lv: &Libvirt,
     id: &EnvId,
@@ -150,9 +151,11 @@ pub(crate) fn create_pair(
             let start = rand::rng().random_range(0..total);
             let subnet = pool.choose(&taken, 1, start)?[0];
             let spec = NetworkSpec::new(&name, kind, &name, subnet, owner.clone())?;
+            if attempt == 1 {
+                on_created(&name);
+            }
             match lv.define_and_start_network(&name, &spec.to_xml()) {
                 Ok(()) => {
-                    on_created(&name);
                     created.push(NetworkInfo {
                         name: name.clone(),
                         kind,
