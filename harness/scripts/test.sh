@@ -36,6 +36,10 @@ if [ -n "${MKH_TEST_USER:-}" ]; then
     -E 'test(/^a_non_root_libvirt_user_/)' || status=$?
 fi
 
+# The reliability test that restarts libvirtd runs alone, after everything else.
+cargo nextest run --workspace --profile "$profile" --run-ignored only --test-threads 1 \
+  -E 'test(/^alone_/)' || status=$?
+
 echo "== libvirt objects left by run $MKH_RUN_ID"
 cargo run --quiet -p mkh --bin mkh -- audit --run "$MKH_RUN_ID" || status=1
 exit $status

@@ -204,3 +204,33 @@ pub fn binaries_for_another_user(binaries: &[&str]) -> (tempfile::TempDir, Vec<P
         .collect();
     (dir, copies)
 }
+
+/// Polls `ready` every 20 ms, at most `limit`; returns whether it held.
+pub fn wait_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// What environment `name` left: the objects mkh's metadata claims for it, a domain of its
+/// name (claimed or not), its home.
+pub fn leftovers(name: &str) -> Vec<String> {
+    let mut left = objects_of_env(name);
+    if libvirt().lookup_domain_by_name(name).is_ok() && !left.iter().any(|o| o == name) {
+        left.push(format!("domain {name}"));
+    }
+    let home = mkh::Settings::current()
+        .expect("mkh settings")
+        .state_dir
+        .join("envs")
+        .join(name);
+    if home.exists() {
+        left.push(home.display().to_string());
+    }
+    left
+}

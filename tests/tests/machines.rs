@@ -320,35 +320,6 @@ fn mkh_up_json_ssh_ip_and_down_round_trip() {
     assert!(err.contains(&name), "{err}");
 }
 
-/// Waits until `ready` holds (at most `limit`), polling.
-fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if ready() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// Whether environment `name` left anything: claimed objects, a domain of its name, its home.
-fn leftovers(name: &str) -> Vec<String> {
-    let mut left = objects_of_env(name);
-    if libvirt().lookup_domain_by_name(name).is_ok() {
-        left.push(format!("domain {name}"));
-    }
-    let home = mkh::Settings::current()
-        .unwrap()
-        .state_dir
-        .join("envs")
-        .join(name);
-    if home.exists() {
-        left.push(home.display().to_string());
-    }
-    left
-}
-
 /// How many of environment `name`'s objects the CLI owns.
 fn cli_owned(name: &str) -> usize {
     mkh::admin::audit(&mkh::Settings::current().unwrap(), None)

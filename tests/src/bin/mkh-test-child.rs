@@ -8,6 +8,9 @@
 //!   arguments from `MKH_MINIKUBE_ARGS`).
 //! - `own-signals`: like `hold`, but mkh's signal handling is off: the program's own SIGTERM
 //!   handler tears the environment down and exits 0.
+//! - `hold-guest`, `once-guest`: like `hold` and `once`, with the built-in guest booted.
+//!
+//! `MKH_CHILD_ENV_NAME` names the environment (so a test can watch it being made).
 
 use std::io::Write;
 
@@ -15,13 +18,26 @@ use mkh::{Backend, Env, Settings};
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    if !["hold", "hold-cli", "hold-minikube", "once", "own-signals"].contains(&mode.as_str()) {
-        eprintln!(
-            "usage: mkh-test-child hold|hold-cli|hold-minikube|once|own-signals (got {mode:?})"
-        );
+    const MODES: [&str; 7] = [
+        "hold",
+        "hold-cli",
+        "hold-minikube",
+        "once",
+        "own-signals",
+        "hold-guest",
+        "once-guest",
+    ];
+    if !MODES.contains(&mode.as_str()) {
+        eprintln!("usage: mkh-test-child {} (got {mode:?})", MODES.join("|"));
         std::process::exit(2);
     }
     let mut builder = Env::builder();
+    if let Ok(name) = std::env::var("MKH_CHILD_ENV_NAME") {
+        builder = builder.name(name);
+    }
+    if mode.ends_with("-guest") {
+        builder = builder.guest(mkh::MachineOptions::default());
+    }
     if mode == "hold-minikube" {
         // The binary, sizes and arguments (`--force` as root) from the settings.
         let settings = Settings::current().expect("settings").minikube(None);
@@ -47,7 +63,7 @@ fn main() {
         std::io::stdout().flush().expect("stdout");
     };
     match mode.as_str() {
-        "hold" | "hold-minikube" => {
+        "hold" | "hold-minikube" | "hold-guest" => {
             print(&env.describe().expect("describe"));
             loop {
                 std::thread::park();
