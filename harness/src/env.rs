@@ -33,6 +33,9 @@ use crate::wait::off_thread;
 /// few more.
 pub(crate) const DROP_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How many failed creations' post-mortems `<state>/postmortem/` keeps (the oldest go first).
+const POST_MORTEMS_KEPT: usize = 20;
+
 /// How to make an [`Env`]: [`Env::builder`], then `.guest(..)` or `.minikube(..)`, then
 /// [`EnvBuilder::up`].
 #[derive(Debug, Clone)]
@@ -440,18 +443,20 @@ impl Env {
     }
 
     /// After a failed creation: collects what explains it into the artifact directory (the
-    /// home goes with the rest), and says where.
+    /// home goes with the rest), and says where. Without one, into `<state>/postmortem/`, which
+    /// keeps the newest [`POST_MORTEMS_KEPT`].
     fn keep_post_mortem(&self, error: Error) -> Error {
-        let dir = self.artifacts.clone().unwrap_or_else(|| {
-            self.core
-                .settings
-                .state_dir
-                .join("postmortem")
-                .join(format!("{}-{}", self.core.name, self.core.id))
-        });
+        let kept = self.core.settings.state_dir.join("postmortem");
+        let dir = self
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| kept.join(format!("{}-{}", self.core.name, self.core.id)));
         let plan = self.core.artifact_plan();
         if plan.machines.is_empty() && plan.minikube.is_none() {
             return error;
+        }
+        if self.artifacts.is_none() {
+            crate::artifacts::prune(&kept, POST_MORTEMS_KEPT);
         }
         plan.collect(&dir, Some(&error.to_string()), Some(MINIKUBE_LOGS_DEADLINE));
         Error::PostMortem {
