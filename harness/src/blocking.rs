@@ -156,6 +156,11 @@ impl SshSession {
         self.0.exec_now(command)
     }
 
+    /// See [`crate::SshSession::exec_within`].
+    pub fn exec_within(&self, command: &str, deadline: std::time::Duration) -> Result<ExecOutput> {
+        self.0.exec_within_now(command, deadline)
+    }
+
     /// See [`crate::SshSession::exec_streaming`].
     pub fn exec_streaming(
         &self,

@@ -315,6 +315,41 @@ impl SshSession {
             .await
     }
 
+    /// [`SshSession::exec`], but the command is ended once `deadline` passes (killed in the
+    /// guest with `timeout -s KILL`): then [`Error::Timeout`], with the end of what it wrote.
+    pub async fn exec_within(&self, command: &str, deadline: Duration) -> Result<ExecOutput> {
+        let session = self.clone();
+        let command = command.to_owned();
+        off_thread(move || session.exec_within_now(&command, deadline)).await
+    }
+
+    pub(crate) fn exec_within_now(&self, command: &str, deadline: Duration) -> Result<ExecOutput> {
+        let secs = deadline.as_secs_f64().max(0.001);
+        let wrapped = format!(
+            "timeout -s KILL {secs:.3} sh -c {}",
+            shell_join(&[command.to_owned()])
+        );
+        let started = std::time::Instant::now();
+        let out = self.exec_now(&wrapped)?;
+        if started.elapsed() >= deadline && out.status == 128 + 9 {
+            let tail: String = out
+                .stdout
+                .chars()
+                .rev()
+                .take(400)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(Error::Timeout {
+                what: format!("{command:?} on {}@{}", self.target.user, self.target.ip),
+                after: deadline,
+                last: format!("it was killed; its output ended with {tail:?}"),
+            });
+        }
+        Ok(out)
+    }
+
     /// [`SshSession::exec`] on this thread.
     pub(crate) fn exec_now(&self, command: &str) -> Result<ExecOutput> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());

@@ -219,7 +219,7 @@ async fn a_long_exec_leaves_a_current_thread_runtime_free() {
 }
 
 #[test]
-fn megabytes_on_stderr_alone_do_not_stall_exec() {
+fn exec_never_stalls_gives_eof_streams_and_keeps_its_deadline() {
     let env = env_with_guest();
     let ssh = env.machine().unwrap().ssh(NetworkRole::Private).unwrap();
     let out = ssh
@@ -227,6 +227,29 @@ fn megabytes_on_stderr_alone_do_not_stall_exec() {
         .unwrap();
     assert_eq!(out.stdout.trim(), "end");
     assert_eq!(out.stderr.len(), 3_000_000);
+    // A deadline ends the remote command: nothing of it runs on afterwards.
+    let started = Instant::now();
+    let err = ssh
+        .exec_within("echo begun; sleep 300", Duration::from_secs(2))
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, Error::Timeout { .. }) && err.to_string().contains("begun"),
+        "{err}"
+    );
+    let left = ssh.exec("ps | grep -c '[s]leep 300'").unwrap();
+    assert_eq!(left.stdout.trim(), "0", "the command outlived its deadline");
+    assert_eq!(
+        ssh.exec_within("echo quick", Duration::from_secs(30))
+            .unwrap()
+            .stdout
+            .trim(),
+        "quick"
+    );
     // A command that reads its standard input gets EOF at once.
     assert_eq!(ssh.exec("cat; echo eof").unwrap().stdout.trim(), "eof");
     // The streaming form: input in, both streams out as they come, the exit status back.

@@ -230,3 +230,31 @@ fn alone_a_libvirtd_restart_while_up_still_ends_in_a_full_teardown() {
         leftovers(&name)
     );
 }
+
+#[test]
+fn reap_all_never_removes_an_environment_its_live_creator_is_still_making() {
+    let run = format!("making-{}", std::process::id());
+    let name = format!("mkg-{}", std::process::id());
+    let up = Command::new(mkh_bin())
+        .args(["up", "--name", &name])
+        .env("MKH_RUN_ID", &run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || !objects_of_env(
+        &name
+    )
+    .is_empty()));
+    let (code, out, err) = mkh(&["reap", "--all", "--run", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+    let out = up.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "reap --all broke an environment being made: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, out, err) = mkh(&["down", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(leftovers(&name).is_empty());
+}
