@@ -354,36 +354,6 @@ fn cli_owned(name: &str) -> usize {
 }
 
 #[test]
-fn a_sigkilled_mkh_up_leaves_nothing_at_any_phase() {
-    // Killed as nextest kills a test: SIGKILL to the process group, at each phase of the up.
-    let domain_exists = |name: &str| libvirt().lookup_domain_by_name(name).is_ok();
-    for phase in ["networks", "domain"] {
-        let name = format!("kup-{phase}-{}", std::process::id());
-        let mut up = std::process::Command::new(mkh_bin())
-            .args(["up", "--name", &name])
-            .process_group(0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let reached = wait_until(Duration::from_secs(60), || match phase {
-            "networks" => !objects_of_env(&name).is_empty(),
-            _ => domain_exists(&name),
-        });
-        assert!(reached, "{phase}: mkh up never got there");
-        let pid = nix::unistd::Pid::from_raw(up.id() as i32);
-        nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        let _ = up.wait();
-        let clean = wait_until(Duration::from_secs(5), || leftovers(&name).is_empty());
-        assert!(
-            clean,
-            "{phase}: left 5 s after SIGKILL: {:?}",
-            leftovers(&name)
-        );
-    }
-}
-
-#[test]
 fn a_sigkilled_mkh_down_is_finished_whenever_it_was_killed() {
     // `mkh down` killed at once, and once its removal has begun (its machine gone, its
     // networks not yet): within 5 s either nothing is left (its watchdog finished it), or the

@@ -95,6 +95,54 @@ fn a_test_process_killed_at_any_phase_leaves_nothing() {
 }
 
 #[test]
+fn mkh_up_killed_at_any_phase_leaves_nothing_and_without_a_watchdog_mkh_reap_finishes() {
+    let mut report = Vec::new();
+    for (signal, watchdog) in [
+        (Signal::SIGKILL, true),
+        (Signal::SIGTERM, true),
+        (Signal::SIGKILL, false),
+    ] {
+        for phase in &PHASES[..4] {
+            let name = format!("ku{}-{}", report.len(), std::process::id());
+            let mut up = Command::new(mkh_bin())
+                .args(["up", "--name", &name])
+                .env("MKH_WATCHDOG", if watchdog { "1" } else { "0" })
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let got_there = wait_until(Duration::from_secs(120), || {
+                reached(phase, &name, &|| false)
+            });
+            assert!(got_there, "{phase}: mkh up never got there");
+            let pid = nix::unistd::Pid::from_raw(up.id() as i32);
+            let _ = nix::sys::signal::killpg(pid, signal);
+            let killed = Instant::now();
+            let _ = up.wait();
+            if !watchdog {
+                // The second line: a plain `mkh reap` (dead owners only).
+                let (code, out, err) = mkh(&["reap"]);
+                assert_eq!(code, 0, "{out}{err}");
+            }
+            let clean = wait_until(Duration::from_secs(5), || leftovers(&name).is_empty());
+            assert!(
+                clean,
+                "{signal:?} at {phase} (watchdog {watchdog}): left {:?}",
+                leftovers(&name)
+            );
+            report.push(format!(
+                "mkh up, {signal:?} at {phase}, watchdog {watchdog}: clean after {:.2} s",
+                killed.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    for line in &report {
+        println!("{line}");
+    }
+}
+
+#[test]
 fn four_processes_at_once_never_collide_and_leave_nothing() {
     let rounds = rounds();
     let workers: Vec<_> = (0..4)
