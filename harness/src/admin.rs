@@ -117,14 +117,16 @@ pub fn down(settings: &Settings, name: &str) -> Result<()> {
         .find(|o| o.owner.env == name)
         .map(|o| o.owner.clone())
         .expect("an environment has objects");
-    let alive = matches!(
+    // A process-owned environment is taken over only from an owner known to be dead (not one
+    // alive, nor one on another host).
+    let dead = matches!(
         record.liveness(
             &crate::owner::HostIdentity::current(),
             crate::owner::process_start_time
         ),
-        crate::owner::Liveness::Alive
+        crate::owner::Liveness::Dead(_)
     );
-    if env.kind == OwnerKind::Process && alive {
+    if env.kind == OwnerKind::Process && !dead {
         return Err(Error::InvalidInput {
             what: "environment",
             value: name.to_owned(),

@@ -356,8 +356,7 @@ impl EnvCore {
     /// The local record of who owns this home, for the reaper (see `reaper::sweep_homes`).
     fn write_owner_record(&self) -> Result<()> {
         let record = self.home.join(crate::reaper::OWNER_RECORD);
-        let json = serde_json::to_string_pretty(&self.owner()).expect("serialisable");
-        std::fs::write(&record, json).map_err(|e| Error::io(&record, e))
+        crate::owner::write_record(&record, &self.owner())
     }
 }
 

@@ -111,8 +111,14 @@ fn owner_by_profile(name: &str, xml: &str, networks: &[ClaimedObject]) -> Option
 pub fn retag(lv: &Libvirt, objects: &[ClaimedObject], env: &str, owner: &Owner) -> Result<()> {
     let owner_xml = owner.to_bare_element_xml();
     let mine = objects.iter().filter(|o| o.owner.env == env);
-    // Domains first, then networks, the home's record last: a change of hands cut short
+    // The home's record first, then domains, then networks: a change of hands cut short
     // leaves the rest with the previous owner, and `mkh down NAME` again finishes it.
+    if let Some(home) = &owner.home {
+        let record = Path::new(home).join(crate::reaper::OWNER_RECORD);
+        if record.exists() {
+            crate::owner::write_record(&record, owner)?;
+        }
+    }
     let mut ordered: Vec<&ClaimedObject> = mine.collect();
     ordered.sort_by_key(|o| o.kind);
     for obj in ordered {
@@ -134,13 +140,6 @@ pub fn retag(lv: &Libvirt, objects: &[ClaimedObject], env: &str, owner: &Owner) 
                 lv.redefine_network(&obj.name, &xml)?;
             }
             ObjectKind::Home => {}
-        }
-    }
-    if let Some(home) = &owner.home {
-        let record = Path::new(home).join(crate::reaper::OWNER_RECORD);
-        if record.exists() {
-            let text = serde_json::to_string(owner).expect("an owner serialises");
-            std::fs::write(&record, text).map_err(|e| Error::io(&record, e))?;
         }
     }
     Ok(())

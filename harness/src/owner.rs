@@ -251,6 +251,16 @@ pub fn this_process() -> ProcessIdentity {
     }
 }
 
+/// Writes an owner record file whole or not at all (a temporary file renamed over it): a
+/// reader never sees half a record.
+pub fn write_record(path: &std::path::Path, owner: &Owner) -> crate::error::Result<()> {
+    let text = serde_json::to_string(owner).expect("an owner serialises");
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| crate::error::Error::io(path, e))
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

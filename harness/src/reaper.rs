@@ -154,9 +154,14 @@ pub fn sweep_homes(state_dir: &Path, scope: ReapScope, which: Which, report: &mu
     }
 }
 
-/// Processes (other than this one) with an argument inside `dir`.
+/// Processes (other than this one) with an argument, or an environment variable's value,
+/// inside `dir` (a `minikube start` names its MINIKUBE_HOME only in its environment).
 fn processes_naming(dir: &Path) -> Vec<i32> {
     let prefix = format!("{}/", dir.display());
+    let names_it = |raw: &[u8]| {
+        raw.split(|b| *b == 0)
+            .any(|field| String::from_utf8_lossy(field).contains(&prefix))
+    };
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -166,9 +171,8 @@ fn processes_naming(dir: &Path) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| *pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
-                raw.split(|b| *b == 0)
-                    .any(|arg| String::from_utf8_lossy(arg).contains(&prefix))
+            ["cmdline", "environ"].iter().any(|file| {
+                std::fs::read(format!("/proc/{pid}/{file}")).is_ok_and(|raw| names_it(&raw))
             })
         })
         .collect()

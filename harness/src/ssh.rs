@@ -395,6 +395,10 @@ impl SshSession {
             return Err(fail("stream", e.into()));
         }
         channel.wait_close().map_err(|e| fail("close", e.into()))?;
+        // A command killed by a signal has no exit status: the shell's 128 + N instead.
+        if let Some(name) = channel.exit_signal().ok().and_then(|s| s.exit_signal) {
+            return Ok(128 + signal_number(&name));
+        }
         channel
             .exit_status()
             .map_err(|e| fail("exit status", e.into()))
@@ -407,6 +411,26 @@ impl SshSession {
 
     pub(crate) fn target(&self) -> &SshTarget {
         &self.target
+    }
+}
+
+/// The number of a signal as SSH names it (`KILL`, `TERM`, ...; RFC 4254), 0 if unknown.
+fn signal_number(name: &str) -> i32 {
+    match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "ABRT" => 6,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        _ => 0,
     }
 }
 
@@ -494,8 +518,14 @@ fn pump(
                 Err(e) => return Err(e),
             }
         }
+        // The remote side ended its output; it is done once it closed the channel (a
+        // command may end its output and still read its input).
         if channel.eof() && !progressed {
-            return Ok(());
+            match channel.wait_close() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == ssh2::ErrorCode::Session(-37) => {} // EAGAIN
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
         }
         if !progressed {
             std::thread::sleep(Duration::from_millis(2));

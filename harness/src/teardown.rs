@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
-use crate::libvirt::Libvirt;
+use crate::libvirt::{Libvirt, Removal};
 
 /// A command that must run before mkh removes objects (`minikube delete`), in its own process
 /// group with a deadline.
@@ -88,18 +88,26 @@ impl Teardown {
         // Objects are registered before they are made (a signal may come in between), so
         // one of a registered name is removed only if it is this environment's: a name that
         // was taken by someone else when mkh tried it is theirs.
+        let me = crate::owner::this_process();
         let ours = |xml: &str| {
-            crate::owner::Owner::from_object_xml(xml).is_some_and(|o| o.env == self.env)
+            crate::owner::Owner::from_object_xml(xml)
+                .is_some_and(|o| o.env == self.env && o.process == me)
+        };
+        let mut removed = |what: &str, name: &str, r: crate::error::Result<Removal>| {
+            match r {
+            Ok(Removal::Removed | Removal::AlreadyGone) => {}
+            // Not this environment's (any more): left in place, and said so.
+            Ok(Removal::Changed) => problems.push(format!(
+                "{what} {name} does not carry this environment's owner record (someone else's, or remade by minikube): left in place"
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
         };
         for dom in self.domains.iter().rev() {
-            if let Err(e) = lv.remove_domain_if(dom, ours) {
-                problems.push(e.to_string());
-            }
+            removed("domain", dom, lv.remove_domain_if(dom, ours));
         }
         for net in self.networks.iter().rev() {
-            if let Err(e) = lv.remove_network_if(net, ours) {
-                problems.push(e.to_string());
-            }
+            removed("network", net, lv.remove_network_if(net, ours));
         }
         for dir in &self.dirs {
             match std::fs::remove_dir_all(dir) {
@@ -216,6 +224,18 @@ fn run_all_after_signal() -> Vec<String> {
     lists.iter().flat_map(|l| lock(l).run()).collect()
 }
 
+/// Held (shared) while libvirt is asked to make an object, taken (exclusive) by the signal
+/// handler before it tears down: an object whose creation was already sent to libvirt when the
+/// signal came exists by the time the handler looks for it.
+static CREATING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Runs `make` (one libvirt call that creates an object) so that a signal's teardown waits
+/// for it.
+pub(crate) fn while_creating<T>(make: impl FnOnce() -> T) -> T {
+    let _creating = CREATING.read().unwrap_or_else(|p| p.into_inner());
+    make()
+}
+
 fn install_signal_handler() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
@@ -232,6 +252,8 @@ fn install_signal_handler() {
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     eprintln!("mkh: signal {sig} received, tearing down this process's environments");
+                    // Creations under way finish first; none starts after (the process ends).
+                    let _no_more = CREATING.write().unwrap_or_else(|p| p.into_inner());
                     for problem in run_all_after_signal() {
                         eprintln!("mkh: teardown: {problem}");
                     }

@@ -17,6 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::libvirt::Libvirt;
 use crate::owner::ProcessIdentity;
@@ -55,10 +56,14 @@ pub(crate) fn watch_this_process(uri: &str, state_dir: &Path) {
     }
 }
 
+/// How many watchdog logs `<state>/watchdog/` keeps (the oldest go first).
+const LOGS_KEPT: usize = 50;
+
 fn spawn(state_dir: &Path) -> std::io::Result<Companion> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let dir = state_dir.join("watchdog");
     crate::config::ensure_dir(&dir).map_err(std::io::Error::other)?;
+    prune_logs(&dir);
     let log_path = dir.join(format!("{}.log", std::process::id()));
     let log = File::create(&log_path)?;
     let owner =
@@ -69,12 +74,15 @@ fn spawn(state_dir: &Path) -> std::io::Result<Companion> {
         .stdin(Stdio::from(read))
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: setsid and close_range are async-signal-safe system calls; nothing else runs
+    // between fork and exec. Every descriptor above stderr is closed, so the watchdog holds
+    // none of its owner's pipes or files (std's own exec-error pipe included: a failed exec
+    // then goes unreported, and the owner runs without a watchdog).
     unsafe {
         cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
         });
     }
     let child = cmd.spawn()?;
@@ -86,13 +94,27 @@ fn spawn(state_dir: &Path) -> std::io::Result<Companion> {
     })
 }
 
-/// Runs before `main`: in a watchdog, watch and exit; in any other process, nothing.
+/// Runs before `main`: in a watchdog, watch and exit; in any other process, nothing. A
+/// process is a watchdog only if the variable is set, its standard input is a pipe and its
+/// parent is the owner the variable names; the variable is removed either way, so nothing
+/// the watchdog (or a stray process) starts inherits it.
 #[ctor::ctor]
 fn become_the_watchdog_if_asked() {
     let Some(owner) = std::env::var_os(OWNER_VAR) else {
         return;
     };
-    let code = match watch(&owner.to_string_lossy()) {
+    // SAFETY: before `main`, no other thread exists to read the environment meanwhile.
+    unsafe { std::env::remove_var(OWNER_VAR) };
+    let owner = owner.to_string_lossy().into_owned();
+    let stdin_is_pipe = nix::sys::stat::fstat(std::io::stdin())
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+    let parent_is_owner = serde_json::from_str::<ProcessIdentity>(&owner)
+        .is_ok_and(|o| o.pid == nix::unistd::getppid().as_raw() as u32);
+    if !(stdin_is_pipe && parent_is_owner) {
+        eprintln!("mkh: {OWNER_VAR} is set, but this process is no watchdog: ignored");
+        return;
+    }
+    let code = match watch(&owner) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mkh watchdog: {e}");
@@ -113,20 +135,37 @@ fn watch(owner: &str) -> Result<(), String> {
             places.insert((uri.to_owned(), PathBuf::from(state)));
         }
     }
+    // The pipe closes while the owner exits, a moment before the kernel counts it dead (a
+    // zombie, then gone): wait for that, or the reaper would still see a live owner.
+    let dead = crate::wait::until(Duration::from_secs(30), Duration::from_millis(10), || {
+        Ok((crate::owner::process_start_time(owner.pid) != Some(owner.start_time)).then_some(()))
+    });
+    if !matches!(dead, Ok(Some(()))) {
+        return Err(format!(
+            "owner pid {} closed its pipe but did not end",
+            owner.pid
+        ));
+    }
     log(&format!(
         "owner pid {} ended; sweeping {} place(s)",
         owner.pid,
         places.len()
     ));
-    // The pipe closes as the owner exits; its pid may linger a moment as a zombie, which the
-    // reaper counts as dead.
     for (uri, state_dir) in &places {
-        let lv = match Libvirt::connect_to(uri) {
-            Ok(lv) => lv,
-            Err(e) => {
-                log(&format!("{uri}: {e}"));
-                continue;
+        // libvirtd may be restarting: try for a while.
+        let mut last = String::new();
+        let lv = crate::wait::until(Duration::from_secs(60), Duration::from_secs(1), || {
+            match Libvirt::connect_to(uri) {
+                Ok(lv) => Ok(Some(lv)),
+                Err(e) => {
+                    last = e.to_string();
+                    Ok(None)
+                }
             }
+        });
+        let Ok(Some(lv)) = lv else {
+            log(&format!("{uri}: {last}"));
+            continue;
         };
         match reaper::sweep(
             &lv,
@@ -149,6 +188,23 @@ fn watch(owner: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Keeps the newest [`LOGS_KEPT`] logs (less one, for the one about to be made).
+fn prune_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    logs.sort();
+    let excess = (logs.len() + 1).saturating_sub(LOGS_KEPT);
+    for (_, path) in logs.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn log(line: &str) {

@@ -218,6 +218,19 @@ fn a_sigkilled_owner_s_watchdog_removes_its_objects_within_seconds() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The watchdog noticed its owner's end and swept (another test's mkh process, starting
+    // meanwhile, may have swept first: the removals are then in its log, not the watchdog's).
+    let log = mkh::Settings::current()
+        .unwrap()
+        .state_dir
+        .join("watchdog")
+        .join(format!("{pid}.log"));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains(&format!("owner pid {pid} ended; sweeping 1 place(s)")),
+        "{}: {text}",
+        log.display()
+    );
     // Its work done, the watchdog is gone too.
     let argv0 = format!("mkh-watchdog-of-{pid}");
     while processes_named(&argv0) > 0 {

@@ -145,59 +145,56 @@ fn mkh_up_killed_at_any_phase_leaves_nothing_and_without_a_watchdog_mkh_reap_fin
 #[test]
 fn four_processes_at_once_never_collide_and_leave_nothing() {
     let rounds = rounds();
-    let workers: Vec<_> = (0..4)
-        .map(|w| {
-            std::thread::spawn(move || {
-                let mut times = Vec::new();
-                let mut subnets = Vec::new();
-                for r in 0..rounds {
+    let mut times = Vec::new();
+    for r in 0..rounds {
+        // Four processes make environments at once; all four live together, then end.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
                     let name = format!("par{w}r{r}-{}", std::process::id());
+                    barrier.wait();
                     let start = Instant::now();
                     let mut child = ChildEnv::start_with(
                         Command::new(CHILD)
-                            .arg("once")
+                            .arg("hold")
                             .env("MKH_CHILD_ENV_NAME", &name),
                     );
-                    subnets.push(child.subnets());
-                    let status = child.child.wait().unwrap();
-                    assert!(status.success(), "worker {w} round {r}: {status:?}");
-                    times.push(start.elapsed());
+                    let subnets = child.subnets();
+                    barrier.wait();
+                    child.signal(Signal::SIGTERM);
+                    let _ = child.child.wait();
+                    let took = start.elapsed();
                     assert!(
                         leftovers(&name).is_empty(),
                         "{name}: {:?}",
                         leftovers(&name)
                     );
-                }
-                (times, subnets)
+                    (subnets, took)
+                })
             })
-        })
-        .collect();
-    let mut all_times = Vec::new();
-    let mut rounds_subnets: Vec<Vec<Vec<String>>> = vec![Vec::new(); rounds as usize];
-    for w in workers {
-        let (times, subnets) = w.join().expect("a worker panicked");
-        all_times.extend(times);
-        for (r, s) in subnets.into_iter().enumerate() {
-            rounds_subnets[r].push(s);
+            .collect();
+        let mut seen = Vec::new();
+        for w in workers {
+            let (subnets, took) = w.join().expect("a worker failed");
+            seen.extend(subnets);
+            times.push(took);
         }
-    }
-    // Environments alive at the same time never share a subnet (a round's four overlap).
-    for (r, envs) in rounds_subnets.iter().enumerate() {
-        let mut seen: Vec<&String> = envs.iter().flatten().collect();
         let total = seen.len();
         seen.sort();
         seen.dedup();
         assert_eq!(
             seen.len(),
             total,
-            "round {r}: a subnet was given twice: {envs:?}"
+            "round {r}: a subnet was given twice among live environments"
         );
     }
-    all_times.sort();
+    times.sort();
     println!(
         "4 processes x {rounds} rounds: round time median {:.2} s, max {:.2} s",
-        all_times[all_times.len() / 2].as_secs_f64(),
-        all_times.last().unwrap().as_secs_f64()
+        times[times.len() / 2].as_secs_f64(),
+        times.last().unwrap().as_secs_f64()
     );
 }
 
@@ -253,6 +250,18 @@ fn a_user_s_mkh_named_network_and_domain_survive_every_mkh_command() {
 fn alone_a_libvirtd_restart_while_up_still_ends_in_a_full_teardown() {
     let mut child = ChildEnv::start(CHILD, "hold-guest");
     let name = child.env_name();
+    let daemon = || {
+        Command::new("pgrep")
+            .args(["-x", "libvirtd"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let before = daemon();
+    assert!(
+        !before.is_empty(),
+        "this test restarts a monolithic libvirtd; none runs"
+    );
     let restart = Command::new("sh")
         .args([
             "-c",
@@ -267,6 +276,11 @@ fn alone_a_libvirtd_restart_while_up_still_ends_in_a_full_teardown() {
             .output()
             .is_ok_and(|o| o.status.success())),
         "libvirtd did not come back"
+    );
+    let after = daemon();
+    assert!(
+        !after.is_empty() && after != before,
+        "libvirtd was not restarted ({before} -> {after})"
     );
     // The environment survived the restart, and its owner's teardown still removes it all.
     assert!(objects_of_env(&name).contains(&name));

@@ -245,8 +245,10 @@ impl Machine {
         };
         spec.validate()?;
         on_define(name);
-        ctx.lv.define_domain(name, &spec.to_xml())?;
-        ctx.lv.start_domain(name)?;
+        crate::teardown::while_creating(|| {
+            ctx.lv.define_domain(name, &spec.to_xml())?;
+            ctx.lv.start_domain(name)
+        })?;
         Ok(Machine {
             name: name.to_owned(),
             lv: ctx.lv.clone(),

@@ -154,7 +154,9 @@ pub(crate) fn create_pair(
             if attempt == 1 {
                 on_created(&name);
             }
-            match lv.define_and_start_network(&name, &spec.to_xml()) {
+            match crate::teardown::while_creating(|| {
+                lv.define_and_start_network(&name, &spec.to_xml())
+            }) {
                 Ok(()) => {
                     created.push(NetworkInfo {
                         name: name.clone(),
