@@ -72,47 +72,9 @@ impl ArtifactPlan {
     }
 }
 
-/// Removes the oldest directories in `dir` (by modification time) until at most `keep - 1`
-/// remain, making room for one more.
-pub(crate) fn prune(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut bundles: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    bundles.sort();
-    let excess = (bundles.len() + 1).saturating_sub(keep);
-    for (_, path) in bundles.into_iter().take(excess) {
-        let _ = std::fs::remove_dir_all(path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pruning_keeps_the_newest_and_makes_room_for_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        for i in 0..5 {
-            let d = tmp.path().join(format!("b{i}"));
-            std::fs::create_dir(&d).unwrap();
-            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
-            std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
-        }
-        prune(tmp.path(), 3);
-        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["b3", "b4"]);
-        prune(&tmp.path().join("none"), 3);
-    }
 
     #[test]
     fn the_layout_holds_what_was_there_and_skips_what_was_not() {

@@ -57,3 +57,50 @@ impl Timeouts {
         self.scaled(5)
     }
 }
+
+/// Removes the oldest entries of `dir` that `counted` picks (by modification time; files or
+/// directories) until at most `keep - 1` remain, making room for one more. Best effort.
+pub(crate) fn prune_oldest(dir: &Path, keep: usize, counted: impl Fn(&std::fs::DirEntry) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter(|e| counted(e))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort();
+    let excess = (found.len() + 1).saturating_sub(keep);
+    for (_, path) in found.into_iter().take(excess) {
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_and_makes_room_for_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let d = tmp.path().join(format!("b{i}"));
+            std::fs::create_dir(&d).unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
+            std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
+        }
+        prune_oldest(tmp.path(), 3, |e| e.path().is_dir());
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b3", "b4"]);
+        prune_oldest(&tmp.path().join("none"), 3, |_| true);
+    }
+}

@@ -455,7 +455,7 @@ impl Env {
             return error;
         }
         if self.artifacts.is_none() {
-            crate::artifacts::prune(&kept, POST_MORTEMS_KEPT);
+            config::prune_oldest(&kept, POST_MORTEMS_KEPT, |e| e.path().is_dir());
         }
         plan.collect(&dir, Some(&error.to_string()), Some(MINIKUBE_LOGS_DEADLINE));
         Error::PostMortem {

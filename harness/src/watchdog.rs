@@ -63,7 +63,9 @@ fn spawn(state_dir: &Path) -> std::io::Result<Companion> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let dir = state_dir.join("watchdog");
     crate::config::ensure_dir(&dir).map_err(std::io::Error::other)?;
-    prune_logs(&dir);
+    crate::config::prune_oldest(&dir, LOGS_KEPT, |e| {
+        e.path().extension().is_some_and(|x| x == "log")
+    });
     let log_path = dir.join(format!("{}.log", std::process::id()));
     let log = File::create(&log_path)?;
     let owner =
@@ -188,23 +190,6 @@ fn watch(owner: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Keeps the newest [`LOGS_KEPT`] logs (less one, for the one about to be made).
-fn prune_logs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    logs.sort();
-    let excess = (logs.len() + 1).saturating_sub(LOGS_KEPT);
-    for (_, path) in logs.into_iter().take(excess) {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 fn log(line: &str) {
