@@ -21,8 +21,8 @@ use crate::minikube::MinikubeCluster;
 /// nextest's grace period only).
 pub(crate) const MINIKUBE_LOGS_DEADLINE: Duration = Duration::from_secs(20);
 
-/// What to collect: plain data, so that a signal handler can collect it too.
-#[derive(Debug, Clone)]
+/// What to collect: plain data, so that a signal handler and the watchdog can collect it too.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ArtifactPlan {
     pub uri: String,
     /// (domain name, console log where its backend keeps one)

@@ -353,7 +353,7 @@ impl EnvCore {
         }
     }
 
-    /// The local record of who owns this home, for the reaper (see `reaper::sweep_homes`).
+    /// The local record of who owns this home, for the reaper (see `reaper::sweep`).
     fn write_owner_record(&self) -> Result<()> {
         let record = self.home.join(crate::reaper::OWNER_RECORD);
         crate::owner::write_record(&record, &self.owner())
@@ -465,10 +465,12 @@ impl Env {
     }
 
     /// Lets a signal that ends the process keep the artifacts first, when a directory was
-    /// given (without `minikube logs`, which may take longer than the grace period).
+    /// given (without `minikube logs`, which may take longer than the grace period), and the
+    /// watchdog keep them after a SIGKILL.
     fn arm_signal_artifacts(&self) {
         if let Some(dir) = &self.artifacts {
             let plan = self.core.artifact_plan();
+            crate::watchdog::keep_artifacts_of(&self.core.name, dir, &plan);
             let dir = dir.clone();
             let _ = self.core.registered(|r| {
                 r.on_signal(Box::new(move || {
@@ -721,25 +723,18 @@ fn describe(core: &EnvCore, machines: &[Machine]) -> Result<EnvDescription> {
 fn hand_over(core: &EnvCore, machines: &[Machine]) -> Result<EnvDescription> {
     lock(&core.owner).kind = OwnerKind::Cli;
     let owner = core.owner();
-    let owner_xml = owner.to_bare_element_xml();
-    for net in [&core.networks().nat.name, &core.networks().private.name] {
-        let current = core
-            .lv
-            .networks()?
-            .into_iter()
-            .find(|n| &n.name == net)
-            .ok_or_else(|| torn_down(&core.name))?;
-        let xml = owner
-            .replace_in_object_xml(&current.xml)
-            .ok_or_else(|| Error::BadXml {
-                object: format!("network {net}"),
-                problem: "no <metadata> element".into(),
-            })?;
-        core.lv.redefine_network(net, &xml)?;
+    let objects = inventory::claimed_objects(&core.lv)?;
+    let networks = [&core.networks().nat.name, &core.networks().private.name];
+    let whole = networks.iter().all(|net| {
+        objects.iter().any(|o| {
+            o.kind == inventory::ObjectKind::Network && &&o.name == net && o.owner.env == core.name
+        })
+    });
+    if !whole {
+        return Err(torn_down(&core.name));
     }
-    for machine in machines {
-        core.lv.tag_domain(machine.name(), &owner_xml)?;
-    }
+    // Killed half-way, the environment has two owners; the reaper judges it whole.
+    inventory::retag(&core.lv, &objects, &core.name, &owner)?;
     core.write_owner_record()?;
     // From now on nothing of this process removes it.
     drop(core.take_registration());

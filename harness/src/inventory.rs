@@ -111,8 +111,8 @@ fn owner_by_profile(name: &str, xml: &str, networks: &[ClaimedObject]) -> Option
 pub fn retag(lv: &Libvirt, objects: &[ClaimedObject], env: &str, owner: &Owner) -> Result<()> {
     let owner_xml = owner.to_bare_element_xml();
     let mine = objects.iter().filter(|o| o.owner.env == env);
-    // The home's record first, then domains, then networks: a change of hands cut short
-    // leaves the rest with the previous owner, and `mkh down NAME` again finishes it.
+    // The home's record first, then domains, then networks. A change of hands cut short leaves
+    // objects of two owners: the reaper judges the environment whole (see `reaper::judge`).
     if let Some(home) = &owner.home {
         let record = Path::new(home).join(crate::reaper::OWNER_RECORD);
         if record.exists() {

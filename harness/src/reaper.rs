@@ -1,9 +1,11 @@
 //! The reaper removes what dead owners left: objects whose owner process is gone (pid dead, or
 //! alive with another start time, or the host rebooted since). It never touches an object that
 //! mkh's metadata does not claim, whatever its name, and never one whose owner it cannot judge
-//! (another host). Concurrent reapers do not fail each other: an object already gone is fine.
+//! (another host). It judges an environment whole: a creation, hand-over or `mkh down` cut
+//! short leaves objects with different owners, and they go or stay together. Concurrent
+//! reapers do not fail each other: an object already gone is fine.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -50,34 +52,133 @@ pub enum Verdict {
     Keep(String),
 }
 
-/// The reaper's decision for one claimed object: a pure function of its owner and this host.
-pub fn verdict(
-    obj: &ClaimedObject,
-    scope: ReapScope,
+/// What the owners of one environment's objects, taken together, say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EnvState {
+    /// A live process owns part of it: it is being made, handed over or taken over.
+    Busy(String),
+    /// A process that owned part of it is dead and no live one owns any: its creation, its
+    /// hand-over to the CLI or its `mkh down` was cut short. It goes whole.
+    Abandoned(String),
+    /// Only CLI owners (or owners that cannot be judged from here): judged object by object.
+    Settled,
+}
+
+fn env_state(
+    objects: &[&ClaimedObject],
     here: &HostIdentity,
-    start_time_of: impl Fn(u32) -> Option<u64>,
-) -> Verdict {
+    host: &impl HostProcesses,
+) -> EnvState {
+    let mut dead = None;
+    for obj in objects
+        .iter()
+        .filter(|o| o.owner.kind == OwnerKind::Process)
+    {
+        let pid = obj.owner.process.pid;
+        match obj.owner.liveness(here, |pid| host.start_time_of(pid)) {
+            Liveness::Alive => {
+                return EnvState::Busy(format!(
+                    "owner pid {pid} is alive and holds this environment"
+                ))
+            }
+            // It collects the artifacts first: leave it to the watchdog.
+            Liveness::Dead(_) if host.watchdog_of(pid) => {
+                return EnvState::Busy(format!(
+                    "owner pid {pid} is dead and its watchdog is removing this environment"
+                ))
+            }
+            Liveness::Dead(why) => {
+                dead.get_or_insert(why);
+            }
+            Liveness::Unknown(_) => {}
+        }
+    }
+    let changing_hands = objects.iter().any(|o| o.owner.kind == OwnerKind::Cli);
+    match dead {
+        Some(why) if changing_hands => EnvState::Abandoned(format!(
+            "{why} while the environment changed hands (hand-over to the CLI or `mkh down`)"
+        )),
+        Some(why) => EnvState::Abandoned(why),
+        None => EnvState::Settled,
+    }
+}
+
+/// What the reaper asks of this host's processes.
+pub trait HostProcesses {
+    /// The start time of process `pid`, if it runs.
+    fn start_time_of(&self, pid: u32) -> Option<u64>;
+    /// Whether another process is the watchdog of (dead) owner `pid`.
+    fn watchdog_of(&self, pid: u32) -> bool;
+}
+
+/// This host's processes, read from `/proc`.
+struct Proc;
+
+impl HostProcesses for Proc {
+    fn start_time_of(&self, pid: u32) -> Option<u64> {
+        process_start_time(pid)
+    }
+
+    fn watchdog_of(&self, pid: u32) -> bool {
+        crate::watchdog::running_for(pid)
+    }
+}
+
+/// The reaper's decisions for `objects` (libvirt's and homes), a pure function of their owners
+/// and this host. An environment is judged whole, from all its objects' owners: a live process
+/// owning any part keeps all of it (even from `reap --all`); a dead one with no live one gives
+/// all of it up, CLI-owned parts included (a change of hands was cut short), unless that dead
+/// owner's watchdog is at work on it. `which` selects
+/// environments: those with at least one object it takes.
+pub fn judge<'a>(
+    objects: &'a [ClaimedObject],
+    scope: ReapScope,
+    which: Which,
+    here: &HostIdentity,
+    host: &impl HostProcesses,
+) -> Vec<(&'a ClaimedObject, Verdict)> {
+    let mut by_env: BTreeMap<&str, Vec<&ClaimedObject>> = BTreeMap::new();
+    for obj in objects {
+        by_env.entry(obj.owner.env.as_str()).or_default().push(obj);
+    }
+    let mut judged = Vec::new();
+    for env_objects in by_env.into_values() {
+        if !env_objects.iter().any(|o| which.takes(&o.owner)) {
+            continue;
+        }
+        let state = env_state(&env_objects, here, host);
+        for obj in env_objects {
+            judged.push((obj, verdict(obj, &state, scope, here)));
+        }
+    }
+    judged.sort_by_key(|(o, _)| o.kind);
+    judged
+}
+
+fn verdict(obj: &ClaimedObject, env: &EnvState, scope: ReapScope, here: &HostIdentity) -> Verdict {
     if obj.owner.process.host != here.host {
         return Verdict::Keep(format!(
             "owner is on host {:?}: only mkh there may remove it",
             obj.owner.process.host
         ));
     }
+    match env {
+        EnvState::Busy(why) => return Verdict::Keep(why.clone()),
+        EnvState::Abandoned(why) => return Verdict::Reap(why.clone()),
+        EnvState::Settled => {}
+    }
     match (obj.owner.kind, scope) {
         (OwnerKind::Cli, ReapScope::IncludingCli) => {
-            return Verdict::Reap("CLI-owned environment, `reap --all`".into())
+            Verdict::Reap("CLI-owned environment, `reap --all`".into())
         }
         (OwnerKind::Cli, ReapScope::DeadOwners) => {
-            return Verdict::Keep(
-                "CLI-owned environment: `mkh down` or `mkh reap --all` removes it".into(),
-            )
+            Verdict::Keep("CLI-owned environment: `mkh down` or `mkh reap --all` removes it".into())
         }
-        (OwnerKind::Process, _) => {}
-    }
-    match obj.owner.liveness(here, start_time_of) {
-        Liveness::Alive => Verdict::Keep(format!("owner pid {} is alive", obj.owner.process.pid)),
-        Liveness::Dead(why) => Verdict::Reap(why),
-        Liveness::Unknown(why) => Verdict::Keep(why),
+        // A settled environment's process owners are those that cannot be judged here.
+        (OwnerKind::Process, _) => Verdict::Keep(format!(
+            "owner pid {} cannot be judged from this host",
+            obj.owner.process.pid
+        )),
     }
 }
 
@@ -108,49 +209,46 @@ pub struct ReapReport {
 /// The file in every environment home that names its owner.
 pub const OWNER_RECORD: &str = "owner.json";
 
-/// Sweeps environment homes under this user's state directory: a home whose owner is gone
-/// (by the same rule as libvirt objects) loses the processes started for it — any process
-/// whose command line names a file inside it, such as a minikube stand-in's etcd and API
-/// server — and then the home itself.
-pub fn sweep_homes(state_dir: &Path, scope: ReapScope, which: Which, report: &mut ReapReport) {
-    let here = HostIdentity::current();
-    let envs = state_dir.join("envs");
-    let Ok(entries) = std::fs::read_dir(&envs) else {
-        return;
+/// The environment homes under this user's state directory, each claimed by its owner record.
+fn home_objects(state_dir: &Path) -> Vec<ClaimedObject> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("envs")) else {
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let home = entry.path();
-        let Ok(text) = std::fs::read_to_string(home.join(OWNER_RECORD)) else {
-            continue;
-        };
-        let Ok(owner) = serde_json::from_str::<Owner>(&text) else {
-            continue;
-        };
-        if !which.takes(&owner) {
-            continue;
-        }
-        let obj = ClaimedObject {
-            kind: ObjectKind::Home,
-            name: home.display().to_string(),
-            active: false,
-            owner,
-        };
-        let Verdict::Reap(why) = verdict(&obj, scope, &here, process_start_time) else {
-            continue;
-        };
-        for pid in processes_naming(&home) {
-            kill_process(pid);
-        }
-        match std::fs::remove_dir_all(&home) {
-            Ok(()) => report.removed.push(Reaped {
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let home = entry.path();
+            Some(ClaimedObject {
                 kind: ObjectKind::Home,
-                name: obj.name,
-                env: obj.owner.env,
-                reason: why,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => report.errors.push(format!("{}: {e}", home.display())),
-        }
+                name: home.display().to_string(),
+                active: false,
+                owner: home_owner(&home)?,
+            })
+        })
+        .collect()
+}
+
+fn home_owner(home: &Path) -> Option<Owner> {
+    let text = std::fs::read_to_string(home.join(OWNER_RECORD)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Removes a home judged from its record, if the record is unchanged: first the processes
+/// started for it (any process naming a file inside it, such as a minikube stand-in's etcd
+/// and API server), then the directory.
+fn remove_home(home: &Path, judged: &Owner) -> std::io::Result<Removal> {
+    match home_owner(home) {
+        None if !home.exists() => return Ok(Removal::AlreadyGone),
+        Some(owner) if owner != *judged => return Ok(Removal::Changed),
+        _ => {}
+    }
+    for pid in processes_naming(home) {
+        kill_process(pid);
+    }
+    match std::fs::remove_dir_all(home) {
+        Ok(()) => Ok(Removal::Removed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Removal::AlreadyGone),
+        Err(e) => Err(e),
     }
 }
 
@@ -193,48 +291,49 @@ fn kill_process(pid: i32) {
     let _ = kill(pid, Signal::SIGKILL);
 }
 
-/// One sweep over libvirt's objects (domains first, then the networks they sit on), limited to
-/// one run id (`mkh reap --run ID`) when given, and, for a local hypervisor, over this user's
-/// environment homes under `state_dir`. libvirt's `test:///` driver holds no real machines: a
-/// sweep over it never touches homes or processes.
+/// One sweep over libvirt's objects (domains first, then the networks they sit on) and, for a
+/// local hypervisor, this user's environment homes under `state_dir`, judged environment by
+/// environment (see [`judge`]). libvirt's `test:///` driver holds no real machines: a sweep over
+/// it never touches homes or processes.
 pub fn sweep(lv: &Libvirt, scope: ReapScope, which: Which, state_dir: &Path) -> Result<ReapReport> {
     let here = HostIdentity::current();
     let mut objects = claimed_objects(lv)?;
-    objects.retain(|o| which.takes(&o.owner));
-    objects.sort_by_key(|o| o.kind);
+    if lv.is_local() && !lv.is_test_driver() {
+        objects.extend(home_objects(state_dir));
+    }
     let mut report = ReapReport::default();
-    for obj in objects {
+    for (obj, verdict) in judge(&objects, scope, which, &here, &Proc) {
         let entry = |reason: String| Reaped {
             kind: obj.kind,
             name: obj.name.clone(),
             env: obj.owner.env.clone(),
             reason,
         };
-        match verdict(&obj, scope, &here, process_start_time) {
-            Verdict::Keep(why) => report.kept.push(entry(why)),
-            Verdict::Reap(why) => {
-                // Judged from a listing: remove only if the object still has the owner it
-                // was judged by (a name may have been reused since).
-                let unchanged = |xml: &str| match Owner::from_object_xml(xml) {
-                    Some(owner) => owner == obj.owner,
-                    // A minikube domain claimed by the profile rule carries no record.
-                    None => obj.kind == ObjectKind::Domain,
-                };
-                let removal = match obj.kind {
-                    ObjectKind::Domain => lv.remove_domain_if(&obj.name, unchanged),
-                    ObjectKind::Network => lv.remove_network_if(&obj.name, unchanged),
-                    ObjectKind::Home => continue,
-                };
-                match removal {
-                    Ok(Removal::Removed) => report.removed.push(entry(why)),
-                    Ok(Removal::AlreadyGone | Removal::Changed) => {}
-                    Err(e) => report.errors.push(e.to_string()),
-                }
+        let why = match verdict {
+            Verdict::Keep(why) => {
+                report.kept.push(entry(why));
+                continue;
             }
+            Verdict::Reap(why) => why,
+        };
+        // Judged from a listing: remove only if the object still has the owner it was
+        // judged by (a name may have been reused, or an environment changed hands, since).
+        let unchanged = |xml: &str| match Owner::from_object_xml(xml) {
+            Some(owner) => owner == obj.owner,
+            // A minikube domain claimed by the profile rule carries no record.
+            None => obj.kind == ObjectKind::Domain,
+        };
+        let removal = match obj.kind {
+            ObjectKind::Domain => lv.remove_domain_if(&obj.name, unchanged),
+            ObjectKind::Network => lv.remove_network_if(&obj.name, unchanged),
+            ObjectKind::Home => remove_home(Path::new(&obj.name), &obj.owner)
+                .map_err(|e| crate::error::Error::io(&obj.name, e)),
+        };
+        match removal {
+            Ok(Removal::Removed) => report.removed.push(entry(why)),
+            Ok(Removal::AlreadyGone | Removal::Changed) => {}
+            Err(e) => report.errors.push(e.to_string()),
         }
-    }
-    if lv.is_local() && !lv.is_test_driver() {
-        sweep_homes(state_dir, scope, which, &mut report);
     }
     Ok(report)
 }
@@ -267,10 +366,10 @@ mod tests {
     use super::*;
     use crate::owner::{Owner, ProcessIdentity};
 
-    fn obj(kind: OwnerKind, pid: u32, start: u64) -> ClaimedObject {
+    fn obj(kind: ObjectKind, owner: OwnerKind, pid: u32, start: u64) -> ClaimedObject {
         ClaimedObject {
-            kind: ObjectKind::Network,
-            name: "mkh-abcdef-nat".into(),
+            kind,
+            name: format!("mkh-abcdef-{kind:?}"),
             active: true,
             owner: Owner {
                 process: ProcessIdentity {
@@ -282,7 +381,7 @@ mod tests {
                 run_id: "r".into(),
                 test: None,
                 created: 0,
-                kind,
+                kind: owner,
                 env: "mkh-abcdef".into(),
                 home: None,
                 profile: None,
@@ -298,41 +397,128 @@ mod tests {
         }
     }
 
+    /// Processes that run (pid 10 started at tick 5, any other at 7) and watchdogs.
+    struct Seen<'a> {
+        alive: &'a [u32],
+        watchdogs: &'a [u32],
+    }
+
+    impl HostProcesses for Seen<'_> {
+        fn start_time_of(&self, pid: u32) -> Option<u64> {
+            self.alive
+                .contains(&pid)
+                .then_some(if pid == 10 { 5 } else { 7 })
+        }
+        fn watchdog_of(&self, pid: u32) -> bool {
+            self.watchdogs.contains(&pid)
+        }
+    }
+
+    const NONE: Seen = Seen {
+        alive: &[],
+        watchdogs: &[],
+    };
+
+    /// Whether each object would be reaped, with processes `alive` running.
+    fn reaped(objects: &[ClaimedObject], scope: ReapScope, alive: &[u32]) -> Vec<bool> {
+        reaped_with(
+            objects,
+            scope,
+            &Seen {
+                alive,
+                watchdogs: &[],
+            },
+        )
+    }
+
+    fn reaped_with(objects: &[ClaimedObject], scope: ReapScope, seen: &Seen) -> Vec<bool> {
+        let judged = judge(objects, scope, Which::All, &here(), seen);
+        objects
+            .iter()
+            .map(|o| {
+                let (_, v) = judged.iter().find(|(j, _)| j.name == o.name).unwrap();
+                matches!(v, Verdict::Reap(_))
+            })
+            .collect()
+    }
+
     #[test]
     fn dead_or_reused_pids_are_reaped_live_ones_kept() {
-        let o = obj(OwnerKind::Process, 10, 5);
-        let d = ReapScope::DeadOwners;
-        assert!(matches!(
-            verdict(&o, d, &here(), |_| Some(5)),
-            Verdict::Keep(_)
-        ));
-        assert!(matches!(
-            verdict(&o, d, &here(), |_| None),
-            Verdict::Reap(_)
-        ));
-        assert!(matches!(
-            verdict(&o, d, &here(), |_| Some(6)),
-            Verdict::Reap(_)
-        ));
+        let o = [obj(ObjectKind::Network, OwnerKind::Process, 10, 5)];
+        assert_eq!(reaped(&o, ReapScope::DeadOwners, &[10]), [false]);
+        assert_eq!(reaped(&o, ReapScope::DeadOwners, &[]), [true]);
+        let reused = [obj(ObjectKind::Network, OwnerKind::Process, 10, 4)];
+        assert_eq!(reaped(&reused, ReapScope::DeadOwners, &[10]), [true]);
         // --all does not touch live processes' objects either.
-        let all = ReapScope::IncludingCli;
-        assert!(matches!(
-            verdict(&o, all, &here(), |_| Some(5)),
-            Verdict::Keep(_)
-        ));
+        assert_eq!(reaped(&o, ReapScope::IncludingCli, &[10]), [false]);
     }
 
     #[test]
     fn cli_environments_only_go_with_all() {
-        let o = obj(OwnerKind::Cli, 10, 5);
-        assert!(matches!(
-            verdict(&o, ReapScope::DeadOwners, &here(), |_| None),
-            Verdict::Keep(_)
-        ));
-        assert!(matches!(
-            verdict(&o, ReapScope::IncludingCli, &here(), |_| None),
-            Verdict::Reap(_)
-        ));
+        let o = [obj(ObjectKind::Network, OwnerKind::Cli, 10, 5)];
+        assert_eq!(reaped(&o, ReapScope::DeadOwners, &[]), [false]);
+        assert_eq!(reaped(&o, ReapScope::IncludingCli, &[]), [true]);
+    }
+
+    #[test]
+    fn a_change_of_hands_cut_short_goes_whole() {
+        // A hand-over to the CLI killed half-way: some objects already the CLI's.
+        let handing_over = [
+            obj(ObjectKind::Domain, OwnerKind::Process, 10, 5),
+            obj(ObjectKind::Network, OwnerKind::Cli, 10, 5),
+            obj(ObjectKind::Home, OwnerKind::Process, 10, 5),
+        ];
+        assert_eq!(
+            reaped(&handing_over, ReapScope::DeadOwners, &[]),
+            [true, true, true]
+        );
+        // A `mkh down` (pid 20) killed while re-tagging the CLI's environment (pid 10).
+        let taking_over = [
+            obj(ObjectKind::Domain, OwnerKind::Cli, 10, 5),
+            obj(ObjectKind::Network, OwnerKind::Cli, 10, 5),
+            obj(ObjectKind::Home, OwnerKind::Process, 20, 7),
+        ];
+        assert_eq!(
+            reaped(&taking_over, ReapScope::DeadOwners, &[]),
+            [true, true, true]
+        );
+        // While the remover lives, nothing goes, not even with --all.
+        assert_eq!(
+            reaped(&taking_over, ReapScope::IncludingCli, &[20]),
+            [false, false, false]
+        );
+    }
+
+    #[test]
+    fn a_dead_owner_s_environment_is_left_to_its_watchdog() {
+        let o = [obj(ObjectKind::Domain, OwnerKind::Process, 10, 5)];
+        let seen = Seen {
+            alive: &[],
+            watchdogs: &[10],
+        };
+        assert_eq!(reaped_with(&o, ReapScope::IncludingCli, &seen), [false]);
+    }
+
+    #[test]
+    fn a_process_selects_the_environments_it_holds_part_of() {
+        let mut objects = vec![
+            obj(ObjectKind::Network, OwnerKind::Cli, 10, 5),
+            obj(ObjectKind::Home, OwnerKind::Process, 20, 7),
+        ];
+        let mut other = obj(ObjectKind::Domain, OwnerKind::Process, 30, 1);
+        other.owner.env = "mkh-other".into();
+        objects.push(other);
+        let remover = objects[1].owner.process.clone();
+        let judged = judge(
+            &objects,
+            ReapScope::DeadOwners,
+            Which::Process(&remover),
+            &here(),
+            &NONE,
+        );
+        let mut names: Vec<&str> = judged.iter().map(|(o, _)| o.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["mkh-abcdef-Home", "mkh-abcdef-Network"]);
     }
 
     #[test]
@@ -342,11 +528,9 @@ mod tests {
             boot_id: "x".into(),
         };
         for kind in [OwnerKind::Process, OwnerKind::Cli] {
-            let o = obj(kind, 10, 5);
-            assert!(matches!(
-                verdict(&o, ReapScope::IncludingCli, &elsewhere, |_| None),
-                Verdict::Keep(_)
-            ));
+            let o = [obj(ObjectKind::Network, kind, 10, 5)];
+            let judged = judge(&o, ReapScope::IncludingCli, Which::All, &elsewhere, &NONE);
+            assert!(matches!(judged[0].1, Verdict::Keep(_)));
         }
     }
 }

@@ -8,7 +8,10 @@
 //! The watchdog is the owner's own executable, started again (`/proc/self/exe`) with
 //! `MKH_WATCHDOG_OWNER` set: a constructor that runs before `main` in every program linking
 //! mkh (a test binary, the `mkh` CLI, a user's program) sees the variable and becomes the
-//! watchdog instead. It logs to `<state>/watchdog/<pid>.log`.
+//! watchdog instead. It logs to `<state>/watchdog/<pid>.log`, and, for an environment given an
+//! artifact directory (every fixture's), collects the artifacts a failure keeps (console logs,
+//! definitions, leases) into that directory before it removes anything, and logs there what it
+//! removed (`watchdog.log`): a test killed by its timeout leaves what explains it.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -19,8 +22,9 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::artifacts::ArtifactPlan;
 use crate::libvirt::Libvirt;
-use crate::owner::ProcessIdentity;
+use crate::owner::{Owner, OwnerKind, ProcessIdentity};
 use crate::reaper::{self, ReapScope, Which};
 
 const OWNER_VAR: &str = "MKH_WATCHDOG_OWNER";
@@ -34,12 +38,75 @@ struct Companion {
 
 static COMPANION: Mutex<Option<Companion>> = Mutex::new(None);
 
+/// One line of the pipe: tab-separated, the kind first. Paths and URIs hold no tab or newline
+/// that mkh accepts; the plan is JSON, which escapes both.
+enum Told {
+    /// Sweep this libvirt URI with this state directory.
+    Place { uri: String, state_dir: PathBuf },
+    /// Environment `env` keeps its failure artifacts in `dir`, collected by `plan`.
+    Artifacts {
+        env: String,
+        dir: PathBuf,
+        plan: Box<ArtifactPlan>,
+    },
+}
+
+impl Told {
+    fn line(&self) -> Option<String> {
+        Some(match self {
+            Told::Place { uri, state_dir } => format!("place\t{uri}\t{}\n", state_dir.display()),
+            Told::Artifacts { env, dir, plan } => format!(
+                "artifacts\t{env}\t{}\t{}\n",
+                dir.display(),
+                serde_json::to_string(plan).ok()?
+            ),
+        })
+    }
+
+    fn parse(line: &str) -> Option<Told> {
+        let mut fields = line.splitn(4, '\t');
+        Some(match (fields.next()?, fields.next()?, fields.next()?) {
+            ("place", uri, state_dir) => Told::Place {
+                uri: uri.to_owned(),
+                state_dir: state_dir.into(),
+            },
+            ("artifacts", env, dir) => Told::Artifacts {
+                env: env.to_owned(),
+                dir: dir.into(),
+                plan: Box::new(serde_json::from_str(fields.next()?).ok()?),
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// Makes sure a watchdog watches this process's objects on `uri` (state under `state_dir`).
 /// Best effort: without one, the reaper of the next mkh process is the only line.
 pub(crate) fn watch_this_process(uri: &str, state_dir: &Path) {
-    let line = format!("{uri}\t{}\n", state_dir.display());
+    let told = Told::Place {
+        uri: uri.to_owned(),
+        state_dir: state_dir.to_owned(),
+    };
+    tell(&told, Some(state_dir));
+}
+
+/// Tells this process's watchdog, if it has one, where environment `env` keeps its failure
+/// artifacts and how to collect them.
+pub(crate) fn keep_artifacts_of(env: &str, dir: &Path, plan: &ArtifactPlan) {
+    let told = Told::Artifacts {
+        env: env.to_owned(),
+        dir: dir.to_owned(),
+        plan: Box::new(plan.clone()),
+    };
+    tell(&told, None);
+}
+
+/// Sends `told` to the watchdog, starting one first when `start_in` (a state directory) is
+/// given and there is none yet.
+fn tell(told: &Told, start_in: Option<&Path>) {
+    let Some(line) = told.line() else { return };
     let mut slot = COMPANION.lock().unwrap_or_else(|p| p.into_inner());
-    if slot.is_none() {
+    if let (None, Some(state_dir)) = (slot.as_ref(), start_in) {
         match spawn(state_dir) {
             Ok(c) => *slot = Some(c),
             Err(e) => {
@@ -71,7 +138,7 @@ fn spawn(state_dir: &Path) -> std::io::Result<Companion> {
     let owner =
         serde_json::to_string(&crate::owner::this_process()).map_err(std::io::Error::other)?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0(format!("mkh-watchdog-of-{}", std::process::id()))
+    cmd.arg0(watchdog_name(std::process::id()))
         .env(OWNER_VAR, owner)
         .stdin(Stdio::from(read))
         .stdout(log.try_clone()?)
@@ -94,6 +161,31 @@ fn spawn(state_dir: &Path) -> std::io::Result<Companion> {
         pipe: File::from(write),
         told: BTreeSet::new(),
     })
+}
+
+/// The name a watchdog runs under (its `argv[0]`).
+fn watchdog_name(owner_pid: u32) -> String {
+    format!("mkh-watchdog-of-{owner_pid}")
+}
+
+/// Whether a process other than this one is the watchdog of owner `pid`.
+pub(crate) fn running_for(owner_pid: u32) -> bool {
+    let name = watchdog_name(owner_pid);
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    // Numbered entries only: `/proc/self` is this process.
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| pid != me)
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|raw| raw.split(|b| *b == 0).next() == Some(name.as_bytes()))
 }
 
 /// Runs before `main`: in a watchdog, watch and exit; in any other process, nothing. A
@@ -131,10 +223,15 @@ fn watch(owner: &str) -> Result<(), String> {
     let owner: ProcessIdentity =
         serde_json::from_str(owner).map_err(|e| format!("bad {OWNER_VAR}: {e}"))?;
     let mut places: BTreeSet<(String, PathBuf)> = BTreeSet::new();
+    let mut artifacts: Vec<(String, PathBuf, ArtifactPlan)> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        if let Some((uri, state)) = line.split_once('\t') {
-            places.insert((uri.to_owned(), PathBuf::from(state)));
+        match Told::parse(&line) {
+            Some(Told::Place { uri, state_dir }) => {
+                places.insert((uri, state_dir));
+            }
+            Some(Told::Artifacts { env, dir, plan }) => artifacts.push((env, dir, *plan)),
+            None => log(&format!("ignored a line it cannot read: {line:?}")),
         }
     }
     // The pipe closes while the owner exits, a moment before the kernel counts it dead (a
@@ -169,6 +266,12 @@ fn watch(owner: &str) -> Result<(), String> {
             log(&format!("{uri}: {last}"));
             continue;
         };
+        let mine: Vec<_> = artifacts.iter().filter(|(_, _, p)| p.uri == *uri).collect();
+        for (env, dir, plan) in &mine {
+            if left_by(&lv, plan, &owner) {
+                plan.collect(dir, Some(&format!("the owner, pid {}, ended without tearing environment {env} down: mkh's watchdog collected this, then removed it (see watchdog.log)", owner.pid)), None);
+            }
+        }
         match reaper::sweep(
             &lv,
             ReapScope::DeadOwners,
@@ -177,10 +280,14 @@ fn watch(owner: &str) -> Result<(), String> {
         ) {
             Ok(report) => {
                 for r in &report.removed {
-                    log(&format!(
-                        "removed {:?} {} ({}): {}",
-                        r.kind, r.name, r.env, r.reason
-                    ));
+                    let line = format!("removed {:?} {} ({}): {}", r.kind, r.name, r.env, r.reason);
+                    log(&line);
+                    if let Some((_, dir, _)) = mine.iter().find(|(env, _, _)| *env == r.env) {
+                        log_in(dir, &line);
+                    }
+                }
+                for k in &report.kept {
+                    log(&format!("kept {:?} {} ({}): {}", k.kind, k.name, k.env, k.reason));
                 }
                 for e in &report.errors {
                     log(&format!("error: {e}"));
@@ -192,6 +299,61 @@ fn watch(owner: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a machine of `plan` is still there with `owner`'s process record: the owner did not
+/// tear it down (and did not hand it to the CLI).
+fn left_by(lv: &Libvirt, plan: &ArtifactPlan, owner: &ProcessIdentity) -> bool {
+    plan.machines.iter().any(|(name, _)| {
+        lv.domain_xml(name)
+            .ok()
+            .and_then(|xml| Owner::from_object_xml(&xml))
+            .is_some_and(|o| o.kind == OwnerKind::Process && o.process == *owner)
+    })
+}
+
 fn log(line: &str) {
     eprintln!("{} mkh watchdog: {line}", crate::owner::now_unix());
+}
+
+/// Appends a line to `watchdog.log` in an artifact directory.
+fn log_in(dir: &Path, line: &str) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("watchdog.log"));
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{} {line}", crate::owner::now_unix());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_owner_tells_reads_back() {
+        let plan = ArtifactPlan {
+            uri: "qemu:///system".into(),
+            machines: vec![("m".into(), Some("/h/m.console.log".into()))],
+            networks: vec!["mkh-x-nat".into()],
+            minikube: None,
+        };
+        let told = [
+            Told::Place {
+                uri: "qemu:///system".into(),
+                state_dir: "/var/state".into(),
+            },
+            Told::Artifacts {
+                env: "e".into(),
+                dir: "/a/b c".into(),
+                plan: Box::new(plan),
+            },
+        ];
+        for t in told {
+            let line = t.line().unwrap();
+            let back = Told::parse(line.trim_end_matches('\n')).unwrap();
+            assert_eq!(back.line().unwrap(), line);
+        }
+        assert!(Told::parse("artifacts\te\t/a\tnot json").is_none());
+        assert!(Told::parse("qemu:///system\t/var/state").is_none());
+    }
 }

@@ -44,9 +44,8 @@ fn reached(phase: &str, name: &str, printed: &dyn Fn() -> bool) -> bool {
         "networks up" => networks == 2,
         "domain defined" => libvirt().lookup_domain_by_name(name).is_ok(),
         "booting" => domain_running(name),
-        "SSH up" => printed(),
-        // `once-guest` tears down right after it is up: its machine goes first.
-        _ => printed() && libvirt().lookup_domain_by_name(name).is_err(),
+        // `once-guest` starts its teardown as soon as it has printed.
+        _ => printed(),
     }
 }
 
@@ -62,10 +61,12 @@ fn a_test_process_killed_at_any_phase_leaves_nothing() {
                 "hold-guest"
             };
             let out = tempfile::NamedTempFile::new().unwrap();
+            let artifacts = tempfile::tempdir().unwrap();
             // In a process group of its own, signalled as nextest signals a test's group.
             let mut child = Command::new(CHILD)
                 .arg(mode)
                 .env("MKH_CHILD_ENV_NAME", &name)
+                .env("MKH_CHILD_ARTIFACTS", artifacts.path())
                 .stdout(out.reopen().unwrap())
                 .stderr(Stdio::null())
                 .process_group(0)
@@ -76,12 +77,36 @@ fn a_test_process_killed_at_any_phase_leaves_nothing() {
                 wait_until(Duration::from_secs(120), || reached(phase, &name, &printed));
             assert!(got_there, "{phase}: the child never got there");
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let in_teardown = phase == "during teardown" && !objects_of_env(&name).is_empty();
             let _ = nix::sys::signal::killpg(pid, signal);
             let killed = Instant::now();
+            assert!(
+                phase != "during teardown" || in_teardown,
+                "{signal:?}: the teardown had ended before the kill"
+            );
             let _ = child.wait();
             let clean = wait_until(Duration::from_secs(5), || leftovers(&name).is_empty());
             let took = killed.elapsed();
             assert!(clean, "{signal:?} at {phase}: left {:?}", leftovers(&name));
+            if phase == "SSH up" {
+                // Collected by the signal handler (SIGTERM) or the watchdog (SIGKILL), which
+                // also logs there what it removed.
+                let has = |f: &str| artifacts.path().join(f).exists();
+                for file in [format!("{name}.console.log"), format!("{name}.domain.xml")] {
+                    assert!(
+                        has(&file),
+                        "{signal:?} at {phase}: no {file} in the artifacts"
+                    );
+                }
+                if signal == Signal::SIGKILL {
+                    let log = std::fs::read_to_string(artifacts.path().join("watchdog.log"))
+                        .unwrap_or_default();
+                    assert!(
+                        log.contains(&format!("removed Domain {name} ")),
+                        "the watchdog's log in the artifacts: {log:?}"
+                    );
+                }
+            }
             report.push(format!(
                 "{signal:?} at {phase}: clean after {:.2} s",
                 took.as_secs_f64()

@@ -82,7 +82,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// One environment's minikube cluster: where its files are and how to run minikube for it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct MinikubeCluster {
     pub profile: String,
     pub binary: PathBuf,

@@ -10,7 +10,8 @@
 //!   handler tears the environment down and exits 0.
 //! - `hold-guest`, `once-guest`: like `hold` and `once`, with the built-in guest booted.
 //!
-//! `MKH_CHILD_ENV_NAME` names the environment (so a test can watch it being made).
+//! `MKH_CHILD_ENV_NAME` names the environment (so a test can watch it being made);
+//! `MKH_CHILD_ARTIFACTS` gives it an artifact directory, as the fixtures do.
 
 use std::io::Write;
 
@@ -34,6 +35,9 @@ fn main() {
     let mut builder = Env::builder();
     if let Ok(name) = std::env::var("MKH_CHILD_ENV_NAME") {
         builder = builder.name(name);
+    }
+    if let Some(dir) = std::env::var_os("MKH_CHILD_ARTIFACTS") {
+        builder = builder.artifacts_on_failure(dir);
     }
     if mode.ends_with("-guest") {
         builder = builder.guest(mkh::MachineOptions::default());
