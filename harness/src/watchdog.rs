@@ -287,7 +287,10 @@ fn watch(owner: &str) -> Result<(), String> {
                     }
                 }
                 for k in &report.kept {
-                    log(&format!("kept {:?} {} ({}): {}", k.kind, k.name, k.env, k.reason));
+                    log(&format!(
+                        "kept {:?} {} ({}): {}",
+                        k.kind, k.name, k.env, k.reason
+                    ));
                 }
                 for e in &report.errors {
                     log(&format!("error: {e}"));

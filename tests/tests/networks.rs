@@ -242,6 +242,37 @@ fn a_sigkilled_owner_s_watchdog_removes_its_objects_within_seconds() {
     }
 }
 
+#[test]
+fn a_hand_over_cut_short_by_sigkill_is_removed_whole() {
+    // A kill in the middle of the hand-over to the CLI leaves some objects the CLI's and the
+    // rest the dead process's: made here by re-tagging one network as the hand-over does.
+    let mut killed = ChildEnv::start_with(Command::new(CHILD).arg("hold").process_group(0));
+    let env = killed.env_name();
+    let home = PathBuf::from(killed.description["home"].as_str().unwrap());
+    let handed = &killed.network_names()[0];
+    let lv = libvirt();
+    let xml = lv
+        .lookup_network_by_name(handed)
+        .unwrap()
+        .xml_desc(0)
+        .unwrap();
+    assert!(xml.contains(r#"kind="process""#), "{xml}");
+    lv.define_network_xml(&xml.replace(r#"kind="process""#, r#"kind="cli""#))
+        .unwrap();
+    let pid = killed.child.id() as i32;
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    wait_for_exit(&mut killed.child, Duration::from_secs(5));
+    let gone = wait_until(Duration::from_secs(5), || {
+        objects_of_env(&env).is_empty() && !home.exists()
+    });
+    assert!(
+        gone,
+        "left 5 s after SIGKILL: {:?}, home {}",
+        objects_of_env(&env),
+        home.exists()
+    );
+}
+
 /// Processes whose `argv[0]` is `name`.
 fn processes_named(name: &str) -> usize {
     std::fs::read_dir("/proc")
