@@ -202,7 +202,9 @@ fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_pro
         std::process::Command::new(env!("CARGO_BIN_EXE_mkh-test-child"))
             .arg("hold-minikube")
             .env("MKH_MINIKUBE", STANDIN)
-            .env("MKH_MINIKUBE_ARGS", "--force"),
+            .env("MKH_MINIKUBE_ARGS", "--force")
+            // Without a watchdog (which the next process's reaper would leave the work to).
+            .env("MKH_WATCHDOG", "0"),
     );
     let name = child.env_name();
     let home = PathBuf::from(child.description["home"].as_str().unwrap());
