@@ -489,6 +489,19 @@ impl Env {
         &self.core.name
     }
 
+    /// The environment's libvirt connection.
+    pub(crate) fn libvirt(&self) -> &crate::libvirt::Libvirt {
+        &self.core.lv
+    }
+
+    /// Collects what explains a failure (`error`) into the artifact directory, when one was
+    /// given; returns it.
+    pub(crate) fn collect_failure_now(&self, error: &str) -> Option<PathBuf> {
+        let (plan, dir) = self.failure_artifacts()?;
+        plan.collect(&dir, Some(error), Some(MINIKUBE_LOGS_DEADLINE));
+        Some(dir)
+    }
+
     /// Its two networks.
     pub fn networks(&self) -> &NetworkPair {
         self.core.networks()

@@ -57,6 +57,22 @@ pub enum Error {
         problem: String,
     },
 
+    #[error("{}:{line}:{column}: {problem}", .file.display())]
+    BadScenario {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        problem: String,
+    },
+
+    #[error("`{command}` failed on {machine} (exit status {status}): {stderr}")]
+    GuestCommand {
+        machine: String,
+        command: String,
+        status: i32,
+        stderr: String,
+    },
+
     #[error("libvirt returned XML that mkh cannot read ({object}): {problem}")]
     BadXml { object: String, problem: String },
 

@@ -43,6 +43,7 @@ mod process;
 #[cfg(test)]
 mod real_vm_tests;
 mod reaper;
+pub mod scenario;
 mod settings;
 mod ssh;
 mod teardown;

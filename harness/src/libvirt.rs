@@ -115,6 +115,26 @@ impl Libvirt {
         Ok(())
     }
 
+    /// Stops a network (it stays defined); stopped already is fine.
+    pub fn stop_network(&self, name: &str) -> Result<()> {
+        let net = self.network(name)?;
+        if net.is_active().unwrap_or(true) {
+            net.destroy()
+                .map_err(|source| failed("stop network", name, source))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a defined network; running already is fine.
+    pub fn start_network(&self, name: &str) -> Result<()> {
+        let net = self.network(name)?;
+        if !net.is_active().unwrap_or(false) {
+            net.create()
+                .map_err(|source| failed("start network", name, source))?;
+        }
+        Ok(())
+    }
+
     /// Replaces a network's persistent definition (same name and UUID) without restarting it:
     /// the way to change its metadata on a libvirt without network metadata calls.
     pub fn redefine_network(&self, name: &str, xml: &str) -> Result<()> {
@@ -391,6 +411,12 @@ impl Libvirt {
         self.conn
             .domain_capabilities(None, Some("x86_64"), None, Some(virttype), 0)
             .ok()
+    }
+
+    fn network(&self, name: &str) -> Result<virt::network::Network> {
+        self.conn
+            .lookup_network_by_name(name)
+            .map_err(|source| failed("look up network", name, source))
     }
 
     fn domain(&self, name: &str) -> Result<virt::domain::Domain> {

@@ -115,6 +115,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Scenario files: bring up an environment, break its network, check what happens.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
     /// List every libvirt object mkh's metadata claims; with --run, fail if any of that run is left.
     Audit {
         /// A run id (MKH_RUN_ID or NEXTEST_RUN_ID of the run to check).
@@ -122,6 +125,34 @@ enum Command {
         run: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Run scenario files one after the other; exit 0 only if all passed.
+    #[command(after_help = "Example:\n  mkh scenario run scenarios/*.toml --junit scenarios.xml")]
+    Run {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Leave a failed scenario's environment up (handed to the CLI: `mkh down NAME`).
+        #[arg(long)]
+        keep: bool,
+        /// Print the report as JSON on stdout (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
+        /// Also write a JUnit XML report to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<std::path::PathBuf>,
+        /// No progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Parse and check scenario files without creating anything.
+    #[command(after_help = "Example:\n  mkh scenario check scenarios/*.toml")]
+    Check {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
     },
 }
 
@@ -224,7 +255,76 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reap { all, run, json } => reap(&settings, all, run.as_deref(), json),
         Command::Audit { run, json } => audit(&settings, run.as_deref(), json),
+        Command::Scenario(command) => scenario(settings, command),
     }
+}
+
+fn scenario(settings: Settings, command: ScenarioCommand) -> Result<ExitCode> {
+    use mkh::scenario::{self, report, Progress, RunOptions, Scenario};
+    let (files, run) = match command {
+        ScenarioCommand::Check { files } => (files, None),
+        ScenarioCommand::Run {
+            files,
+            keep,
+            json,
+            junit,
+            quiet,
+        } => (files, Some((keep, json, junit, quiet))),
+    };
+    // Every file is checked before any runs.
+    let mut scenarios = Vec::new();
+    let mut bad = 0;
+    for file in &files {
+        match Scenario::load(file) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                eprintln!("mkh: {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!(
+            "mkh: {bad} of {} scenario file(s) are invalid; nothing was run",
+            files.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some((keep, json, junit, quiet)) = run else {
+        for s in &scenarios {
+            println!("{}: ok ({} steps)", s.file.display(), s.steps.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let options = RunOptions {
+        settings,
+        keep_failed: keep,
+        progress: if quiet {
+            Progress::Quiet
+        } else {
+            Progress::Lines
+        },
+    };
+    let reports: Vec<_> = scenarios
+        .iter()
+        .map(|s| scenario::run(s, &options))
+        .collect();
+    if json {
+        println!("{}", report::json(&reports));
+    } else {
+        print!("{}", report::table(&reports));
+    }
+    if let Some(path) = junit {
+        std::fs::write(&path, report::junit(&reports)).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+    }
+    Ok(if report::all_passed(&reports) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn up(settings: Settings, name: Option<String>, backend: Backend, json: bool) -> Result<ExitCode> {

@@ -325,8 +325,10 @@ impl SshSession {
 
     pub(crate) fn exec_within_now(&self, command: &str, deadline: Duration) -> Result<ExecOutput> {
         let secs = deadline.as_secs_f64().max(0.001);
+        // The login shell's own `sh` by path: busybox's `timeout` would otherwise run its `sh`
+        // applet (ash), which prefers busybox's applets (`tc`, `ip`, `ping`) to PATH's tools.
         let wrapped = format!(
-            "timeout -s KILL {secs:.3} sh -c {}",
+            "timeout -s KILL {secs:.3} \"$(command -v sh)\" -c {}",
             shell_join(&[command.to_owned()])
         );
         let started = std::time::Instant::now();

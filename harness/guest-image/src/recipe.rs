@@ -82,6 +82,8 @@ pub(crate) const MODULES: &[(&str, ModuleUse)] = &[
     ("cls_u32", ModuleUse::ShipOptional),
     ("cls_matchall", ModuleUse::ShipOptional),
     ("act_mirred", ModuleUse::ShipOptional),
+    // `action drop` of tc filters (scenario blocks).
+    ("act_gact", ModuleUse::ShipOptional),
 ];
 
 /// A file written verbatim into the initramfs.

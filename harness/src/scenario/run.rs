@@ -1,0 +1,846 @@
+//! Runs a checked scenario: brings its environment up, runs its steps in order with live
+//! progress, tears the environment down (or hands a failed one to the CLI with `keep`), and
+//! reports each step.
+//!
+//! Faults are made inside the guests, with tools every machine has (the built-in guest ships
+//! them; so does minikube's ISO): `tc` netem for impairments and `tc` ingress filters for
+//! blocks, blackhole routes for partitions. This host's kernel has no netem qdisc, so the
+//! guest's is the one mkh can rely on; each step's report names the mechanism it used.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::format::{BackendChoice, Block, Impair, Reach, Scenario, Step};
+use crate::env::Env;
+use crate::error::{Error, Result};
+use crate::machine::{Machine, MachineOptions, NetworkRole};
+use crate::settings::{BackendKind, Settings};
+
+/// How a run reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A line per step on standard error, with the elapsed time.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+/// How to run scenarios.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// mkh's settings (libvirt, caches, minikube binary, timeouts).
+    pub settings: Settings,
+    /// Leave a failed scenario's environment up, handed to the CLI.
+    pub keep_failed: bool,
+    /// Progress lines or none.
+    pub progress: Progress,
+}
+
+/// What became of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "outcome", content = "reason")]
+pub enum Outcome {
+    /// Every step passed.
+    Passed,
+    /// A step's check did not hold.
+    Failed,
+    /// A step, or the environment, could not be done.
+    Error,
+    /// Not run: what it needs is missing here.
+    Skipped(String),
+}
+
+/// One step as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// 1-based.
+    pub index: usize,
+    /// Its line in the file.
+    pub line: usize,
+    /// What it does, in one line.
+    pub step: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// How it was done (for faults), or why it failed (expected and seen).
+    pub detail: Option<String>,
+}
+
+/// One scenario's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// The file.
+    pub file: PathBuf,
+    /// What it reproduces.
+    pub description: String,
+    /// Passed, failed, error or skipped.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// What went wrong, when something did: `file:line: step: expected …, seen …`.
+    pub problem: Option<String>,
+    /// The steps that ran.
+    pub steps: Vec<StepReport>,
+    /// Seconds, environment included.
+    pub seconds: f64,
+    /// The environment left up for inspection (`keep`), to remove with `mkh down NAME`.
+    pub kept: Option<String>,
+    /// Where a failed scenario's artifacts are.
+    pub artifacts: Option<PathBuf>,
+}
+
+/// A step that did not pass.
+enum StepError {
+    /// A check did not hold.
+    Check { expected: String, seen: String },
+    /// Something could not be done.
+    Mkh(Error),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        StepError::Mkh(e)
+    }
+}
+
+type StepResult = std::result::Result<Option<String>, StepError>;
+
+/// Runs one scenario.
+pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
+    let started = Instant::now();
+    let mut report = ScenarioReport {
+        file: scenario.file.clone(),
+        description: scenario.description.clone(),
+        outcome: Outcome::Passed,
+        problem: None,
+        steps: Vec::new(),
+        seconds: 0.0,
+        kept: None,
+        artifacts: None,
+    };
+    let say = |line: String| {
+        if options.progress == Progress::Lines {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{:>7.1}s  {line}", started.elapsed().as_secs_f64());
+        }
+    };
+    say(format!(
+        "{}: {}",
+        scenario.file.display(),
+        first_line(&scenario.description)
+    ));
+    if let Some(reason) = missing_need(scenario, &options.settings) {
+        say(format!("skipped: {reason}"));
+        report.outcome = Outcome::Skipped(reason);
+        return report;
+    }
+    let settings = environment_settings(scenario, &options.settings);
+    let artifacts = artifact_dir(&settings, scenario);
+    say(format!(
+        "bringing up the environment ({} backend, {} machine(s))",
+        match scenario.environment.backend {
+            BackendChoice::Builtin => "built-in",
+            BackendChoice::Minikube => "minikube",
+        },
+        scenario.environment.machine_count()
+    ));
+    let env = match bring_up(scenario, &settings, &artifacts) {
+        Ok(env) => env,
+        Err(e) => {
+            report.outcome = Outcome::Error;
+            report.problem = Some(format!("{}: the environment: {e}", scenario.file.display()));
+            say(format!("error: {e}"));
+            report.seconds = started.elapsed().as_secs_f64();
+            return report;
+        }
+    };
+    say(format!("environment {} is up", env.name()));
+    let mut state = State::default();
+    let total = scenario.steps.len();
+    for (i, (line, step)) in scenario.steps.iter().enumerate() {
+        let step_started = Instant::now();
+        let text = summary(step);
+        let result = run_step(&env, step, &mut state);
+        let seconds = step_started.elapsed().as_secs_f64();
+        let (passed, detail) = match &result {
+            Ok(detail) => (true, detail.clone()),
+            Err(StepError::Check { expected, seen }) => {
+                (false, Some(format!("expected {expected}, seen {seen}")))
+            }
+            Err(StepError::Mkh(e)) => (false, Some(e.to_string())),
+        };
+        say(format!(
+            "[{:>2}/{total}] {text} … {} ({seconds:.2} s){}",
+            i + 1,
+            if passed { "ok" } else { "FAILED" },
+            detail
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ));
+        report.steps.push(StepReport {
+            index: i + 1,
+            line: *line,
+            step: text.clone(),
+            passed,
+            seconds,
+            detail: detail.clone(),
+        });
+        if !passed {
+            report.outcome = match result {
+                Err(StepError::Check { .. }) => Outcome::Failed,
+                _ => Outcome::Error,
+            };
+            report.problem = Some(format!(
+                "{}:{line}: step {} ({text}): {}",
+                scenario.file.display(),
+                i + 1,
+                detail.unwrap_or_default()
+            ));
+            break;
+        }
+    }
+    if report.outcome != Outcome::Passed {
+        report.artifacts = env.collect_failure_now(report.problem.as_deref().unwrap_or(""));
+        if let Some(dir) = &report.artifacts {
+            say(format!("what explains it is in {}", dir.display()));
+        }
+        if options.keep_failed {
+            match env.hand_over_now() {
+                Ok(d) => {
+                    say(format!(
+                        "kept {} up: `mkh down {}` removes it",
+                        d.name, d.name
+                    ));
+                    report.kept = Some(d.name);
+                }
+                Err(e) => say(format!("could not keep the environment: {e}")),
+            }
+        }
+    }
+    if report.kept.is_none() {
+        let mut env = env;
+        if let Err(e) = env.teardown_now() {
+            say(format!("teardown: {e}"));
+            if report.outcome == Outcome::Passed {
+                report.outcome = Outcome::Error;
+                report.problem = Some(format!("teardown: {e}"));
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    say(format!(
+        "{}: {} in {:.1} s",
+        scenario.file.display(),
+        outcome_word(&report.outcome),
+        report.seconds
+    ));
+    report
+}
+
+/// `passed`, `FAILED`, `error` or `skipped`.
+pub fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Passed => "passed",
+        Outcome::Failed => "FAILED",
+        Outcome::Error => "error",
+        Outcome::Skipped(_) => "skipped",
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+/// What the scenario needs that this host lacks, if anything.
+fn missing_need(scenario: &Scenario, settings: &Settings) -> Option<String> {
+    if scenario.environment.backend == BackendChoice::Minikube {
+        if let Err(e) = crate::minikube::find_binary(settings.minikube.as_deref()) {
+            return Some(format!("needs minikube ({e})"));
+        }
+    }
+    None
+}
+
+fn environment_settings(scenario: &Scenario, settings: &Settings) -> Settings {
+    let e = &scenario.environment;
+    let mut s = settings.clone();
+    s.backend = match e.backend {
+        BackendChoice::Builtin => BackendKind::Builtin,
+        BackendChoice::Minikube => BackendKind::Minikube,
+    };
+    if let Some(m) = &e.memory_mib {
+        s.memory_mib = Some(*m.get_ref());
+    }
+    if let Some(c) = &e.cpus {
+        s.cpus = Some(*c.get_ref());
+    }
+    if let Some(n) = &e.nodes {
+        s.nodes = Some(*n.get_ref());
+    }
+    if let Some(args) = &e.minikube_args {
+        s.minikube_args = args.get_ref().clone();
+    }
+    s
+}
+
+/// How many failed scenarios' artifact directories are kept (the oldest go first).
+const ARTIFACTS_KEPT: usize = 20;
+
+fn artifact_dir(settings: &Settings, scenario: &Scenario) -> PathBuf {
+    let root = settings.state_dir.join("scenario-artifacts");
+    crate::config::prune_oldest(&root, ARTIFACTS_KEPT, |e| e.path().is_dir());
+    let stem = scenario
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "scenario".into());
+    root.join(format!(
+        "{stem}-{}-{}",
+        crate::owner::now_unix(),
+        std::process::id()
+    ))
+}
+
+fn bring_up(scenario: &Scenario, settings: &Settings, artifacts: &std::path::Path) -> Result<Env> {
+    let mut env = Env::builder()
+        .settings(settings.clone())
+        .backend(settings.backend())
+        .artifacts_on_failure(artifacts)
+        .up_now()?;
+    if scenario.environment.backend == BackendChoice::Builtin {
+        let base = match settings.backend() {
+            crate::Backend::Builtin(o) => o,
+            _ => MachineOptions::default(),
+        };
+        for i in 2..=scenario.environment.machine_count() {
+            env.add_machine_now(&base.clone().with_suffix(format!("m{i}")))?;
+        }
+    }
+    Ok(env)
+}
+
+/// What the steps leave for later steps.
+#[derive(Default)]
+struct State {
+    remembered: BTreeMap<String, String>,
+    /// Active blocks: (machine, network, what) → the ingress filter's preference.
+    blocks: std::collections::HashMap<(usize, NetworkRole, String), u32>,
+    next_pref: u32,
+}
+
+fn machine_index(name: &str) -> usize {
+    name.trim_start_matches('m').parse::<usize>().unwrap_or(1) - 1
+}
+
+fn machine<'a>(env: &'a Env, name: &str) -> &'a Machine {
+    &env.machines()[machine_index(name)]
+}
+
+fn selected<'a>(env: &'a Env, name: &str) -> Vec<&'a Machine> {
+    if name == "all" {
+        env.machines().iter().collect()
+    } else {
+        vec![machine(env, name)]
+    }
+}
+
+/// The network a fault on `role` is set up over: the other one.
+fn control(role: NetworkRole) -> NetworkRole {
+    match role {
+        NetworkRole::Nat => NetworkRole::Private,
+        NetworkRole::Private => NetworkRole::Nat,
+    }
+}
+
+/// Runs a shell command in a guest as `docker`; fails unless it exits 0.
+fn guest(m: &Machine, over: NetworkRole, command: &str) -> Result<String> {
+    let out = m
+        .ssh_now(over)?
+        .exec_within_now(command, Duration::from_secs(60))?;
+    if out.status == 0 {
+        Ok(out.stdout)
+    } else {
+        Err(Error::GuestCommand {
+            machine: m.name().to_owned(),
+            command: command.to_owned(),
+            status: out.status,
+            stderr: out.stderr.trim().to_owned(),
+        })
+    }
+}
+
+/// The guest's name for the NIC on `role` (found by its MAC).
+fn nic_name(m: &Machine, role: NetworkRole) -> Result<String> {
+    let mac = m.mac(role).to_ascii_lowercase();
+    let found = guest(
+        m,
+        control(role),
+        &format!(
+            "for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && echo \"${{d##*/}}\"; done; true"
+        ),
+    )?;
+    found
+        .lines()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::GuestCommand {
+            machine: m.name().to_owned(),
+            command: format!("find the NIC with MAC {mac}"),
+            status: 1,
+            stderr: "no interface has that MAC".into(),
+        })
+}
+
+fn retrying(within: Option<f64>, mut attempt: impl FnMut() -> StepResult) -> StepResult {
+    let deadline = within.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    loop {
+        let result = attempt();
+        match (&result, deadline) {
+            (Ok(_), _) | (_, None) => return result,
+            (Err(_), Some(d)) if Instant::now() >= d => return result,
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+fn check(holds: bool, expected: impl Into<String>, seen: impl Into<String>) -> StepResult {
+    if holds {
+        Ok(None)
+    } else {
+        Err(StepError::Check {
+            expected: expected.into(),
+            seen: seen.into(),
+        })
+    }
+}
+
+fn run_step(env: &Env, step: &Step, state: &mut State) -> StepResult {
+    match step {
+        Step::Start(s) => {
+            for m in selected(env, s.machine.get_ref()) {
+                m.start_now()?;
+            }
+            Ok(None)
+        }
+        Step::Stop(s) => {
+            for m in selected(env, s.machine.get_ref()) {
+                m.stop_now()?;
+            }
+            Ok(None)
+        }
+        Step::Restart(s) => {
+            for m in selected(env, s.machine.get_ref()) {
+                m.restart_now()?;
+            }
+            Ok(None)
+        }
+        Step::Link(l) => {
+            machine(env, l.machine.get_ref()).set_link_now(l.network, l.up)?;
+            Ok(Some("libvirt link state of the NIC".into()))
+        }
+        Step::DestroyNetwork(n) => {
+            env.libvirt().stop_network(&network(env, n.network).name)?;
+            Ok(None)
+        }
+        Step::StartNetwork(n) => {
+            env.libvirt().start_network(&network(env, n.network).name)?;
+            Ok(None)
+        }
+        Step::Partition(p) | Step::Heal(p) => {
+            let cut = matches!(step, Step::Partition(_));
+            let pair: Vec<&Machine> = p
+                .machines
+                .get_ref()
+                .iter()
+                .map(|m| machine(env, m.get_ref()))
+                .collect();
+            for (a, b) in [(pair[0], pair[1]), (pair[1], pair[0])] {
+                let peer = b.ip_now(p.network)?;
+                let command = if cut {
+                    format!("ip route replace blackhole {peer}/32")
+                } else {
+                    format!("ip route del blackhole {peer}/32 2>/dev/null; true")
+                };
+                guest(a, control(p.network), &command)?;
+            }
+            Ok(Some("blackhole routes in both guests".into()))
+        }
+        Step::Impair(i) => impair(env, i),
+        Step::ClearImpairment(n) => {
+            let m = machine(env, n.machine.get_ref());
+            let nic = nic_name(m, n.network)?;
+            guest(
+                m,
+                control(n.network),
+                &format!("tc qdisc del dev {nic} root 2>/dev/null; true"),
+            )?;
+            Ok(Some(format!("netem removed from the guest's {nic}")))
+        }
+        Step::Block(b) => block(env, b, state, true),
+        Step::Unblock(b) => block(env, b, state, false),
+        Step::Run(r) => {
+            let m = machine(env, r.machine.get_ref());
+            let within = r.within_s.as_ref().map(|s| *s.get_ref());
+            let mut output = String::new();
+            let result = retrying(within, || {
+                let out = m
+                    .ssh_now(r.network)?
+                    .exec_within_now(r.command.get_ref(), Duration::from_secs(120))?;
+                if let Some(status) = &r.status {
+                    check(
+                        i64::from(out.status) == *status.get_ref(),
+                        format!("exit status {}", status.get_ref()),
+                        format!("{} (stderr: {:?})", out.status, clip(&out.stderr)),
+                    )?;
+                }
+                if let Some(pattern) = &r.stdout {
+                    let re = regex::Regex::new(pattern.get_ref()).expect("checked when parsed");
+                    check(
+                        re.is_match(&out.stdout),
+                        format!("stdout matching /{}/", pattern.get_ref()),
+                        format!("{:?}", clip(&out.stdout)),
+                    )?;
+                }
+                output = out.stdout.trim().to_owned();
+                Ok(None)
+            });
+            if result.is_ok() {
+                if let Some(name) = &r.remember {
+                    state.remembered.insert(name.get_ref().clone(), output);
+                }
+            }
+            result
+        }
+        Step::RememberIp(r) => {
+            let ip = machine(env, r.machine.get_ref()).ip_now(r.network)?;
+            state
+                .remembered
+                .insert(r.name.get_ref().clone(), ip.to_string());
+            Ok(Some(format!("{} = {ip}", r.name.get_ref())))
+        }
+        Step::ExpectIp(e) => {
+            let m = machine(env, e.machine.get_ref());
+            retrying(e.within_s.as_ref().map(|s| *s.get_ref()), || {
+                let ip = m.ip_now(e.network)?;
+                if let Some(cidr) = &e.within {
+                    let net: Ipv4Net = cidr.get_ref().parse().expect("checked when parsed");
+                    return check(net.contains(&ip), format!("an IP in {net}"), ip.to_string());
+                }
+                let (name, same) = match (&e.equals, &e.differs) {
+                    (Some(n), _) => (n, true),
+                    (_, Some(n)) => (n, false),
+                    _ => unreachable!("checked when parsed"),
+                };
+                let remembered = &state.remembered[name.get_ref()];
+                check(
+                    (ip.to_string() == *remembered) == same,
+                    format!(
+                        "{} {} ({remembered})",
+                        if same {
+                            "the same IP as"
+                        } else {
+                            "an IP other than"
+                        },
+                        name.get_ref()
+                    ),
+                    ip.to_string(),
+                )
+            })
+        }
+        Step::ExpectReachable(r) => reach(env, r, true),
+        Step::ExpectUnreachable(r) => reach(env, r, false),
+        Step::ExpectSsh(n) => {
+            let m = machine(env, n.machine.get_ref());
+            retrying(n.within_s.as_ref().map(|s| *s.get_ref()), || {
+                let seen = match m.ssh_now(n.network).and_then(|s| s.exec_now("echo ok")) {
+                    Ok(out) if out.stdout.trim() == "ok" => return Ok(None),
+                    Ok(out) => format!("`echo ok` printed {:?}", clip(&out.stdout)),
+                    Err(e) => e.to_string(),
+                };
+                check(false, format!("SSH over {}", n.network.as_str()), seen)
+            })
+        }
+        Step::ExpectIpFails(f) => {
+            let re = regex::Regex::new(f.matches.get_ref()).expect("checked when parsed");
+            match machine(env, f.machine.get_ref()).ip_now(f.network) {
+                Ok(ip) => check(
+                    false,
+                    format!("an error matching /{}/", f.matches.get_ref()),
+                    format!("an answer: {ip}"),
+                ),
+                Err(e) => {
+                    let message = e.to_string();
+                    check(
+                        re.is_match(&message),
+                        format!("an error matching /{}/", f.matches.get_ref()),
+                        message,
+                    )
+                }
+            }
+        }
+        Step::Sleep(s) => {
+            std::thread::sleep(Duration::from_secs_f64(*s.seconds.get_ref()));
+            Ok(None)
+        }
+    }
+}
+
+fn network(env: &Env, role: NetworkRole) -> &crate::net::NetworkInfo {
+    let pair = env.networks();
+    match role {
+        NetworkRole::Nat => &pair.nat,
+        NetworkRole::Private => &pair.private,
+    }
+}
+
+fn impair(env: &Env, i: &Impair) -> StepResult {
+    let m = machine(env, i.machine.get_ref());
+    let nic = nic_name(m, i.network)?;
+    let mut netem = String::new();
+    if let Some(d) = &i.delay_ms {
+        netem += &format!(" delay {}ms", d.get_ref());
+        if let Some(j) = &i.jitter_ms {
+            netem += &format!(" {}ms", j.get_ref());
+        }
+    }
+    if let Some(l) = &i.loss_percent {
+        netem += &format!(" loss {}%", l.get_ref());
+    }
+    if let Some(c) = &i.corrupt_percent {
+        netem += &format!(" corrupt {}%", c.get_ref());
+    }
+    if let Some(r) = &i.rate_kbit {
+        netem += &format!(" rate {}kbit", r.get_ref());
+    }
+    guest(
+        m,
+        control(i.network),
+        &format!("tc qdisc replace dev {nic} root netem{netem}"),
+    )?;
+    Ok(Some(format!(
+        "netem on the guest's {nic} (outgoing):{netem}"
+    )))
+}
+
+fn block(env: &Env, b: &Block, state: &mut State, on: bool) -> StepResult {
+    let index = machine_index(b.machine.get_ref());
+    let m = &env.machines()[index];
+    let nic = nic_name(m, b.network)?;
+    let (what, matcher) = match (&b.port, &b.peer) {
+        (Some(port), _) => (
+            format!("port {}", port.get_ref()),
+            format!(
+                "match ip protocol 6 0xff match ip dport {} 0xffff",
+                port.get_ref()
+            ),
+        ),
+        (None, Some(peer)) => {
+            let ip = if peer.get_ref() == "host" {
+                network(env, b.network).gateway
+            } else {
+                machine(env, peer.get_ref()).ip_now(b.network)?
+            };
+            (
+                format!("peer {} ({ip})", peer.get_ref()),
+                format!("match ip src {ip}/32"),
+            )
+        }
+        _ => unreachable!("checked when parsed"),
+    };
+    let key = (index, b.network, what.clone());
+    if on {
+        if state.blocks.contains_key(&key) {
+            return Ok(Some(format!("{what} was blocked already")));
+        }
+        state.next_pref += 1;
+        let pref = 100 + state.next_pref;
+        guest(
+            m,
+            control(b.network),
+            &format!(
+                "tc qdisc add dev {nic} ingress 2>/dev/null; tc filter add dev {nic} parent ffff: pref {pref} protocol ip u32 {matcher} action drop"
+            ),
+        )?;
+        state.blocks.insert(key, pref);
+        Ok(Some(format!(
+            "tc ingress filter on the guest's {nic} drops {what}"
+        )))
+    } else {
+        let Some(pref) = state.blocks.remove(&key) else {
+            return Ok(Some(format!("{what} was not blocked")));
+        };
+        guest(
+            m,
+            control(b.network),
+            &format!("tc filter del dev {nic} parent ffff: pref {pref}"),
+        )?;
+        Ok(Some(format!("{what} unblocked on the guest's {nic}")))
+    }
+}
+
+/// Reachability by ping, or by a TCP connection when `tcp_port` is given.
+fn reach(env: &Env, r: &Reach, expect: bool) -> StepResult {
+    let to = machine(env, r.to.get_ref());
+    let from = r.from.get_ref().as_str();
+    retrying(r.within_s.as_ref().map(|s| *s.get_ref()), || {
+        let ip = to.ip_now(r.network)?;
+        let (how, answered) = match &r.tcp_port {
+            None => {
+                let answered = if from == "host" {
+                    host_ping(ip)
+                } else {
+                    from_guest(
+                        machine(env, from),
+                        r.network,
+                        &format!("ping -c 1 -W 1 {ip}"),
+                    )?
+                };
+                ("ping".to_owned(), answered)
+            }
+            Some(port) => {
+                let port = *port.get_ref();
+                let open = if from == "host" {
+                    let addr = SocketAddr::from((ip, port));
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+                } else {
+                    from_guest(
+                        machine(env, from),
+                        r.network,
+                        &format!("nc -w 2 {ip} {port} </dev/null >/dev/null"),
+                    )?
+                };
+                (format!("TCP port {port}"), open)
+            }
+        };
+        check(
+            answered == expect,
+            format!(
+                "{} {} from {from} ({ip} over {})",
+                how,
+                if expect { "answering" } else { "silent" },
+                r.network.as_str()
+            ),
+            format!(
+                "{how} {}",
+                if answered {
+                    "answered"
+                } else {
+                    "got no answer"
+                }
+            ),
+        )
+    })
+}
+
+/// Whether a probe run in `source` (over the other network than the one probed) exits 0.
+fn from_guest(source: &Machine, probed: NetworkRole, command: &str) -> Result<bool> {
+    let out = source
+        .ssh_now(control(probed))?
+        .exec_within_now(command, Duration::from_secs(10))?;
+    Ok(out.status == 0)
+}
+
+fn host_ping(ip: Ipv4Addr) -> bool {
+    std::process::Command::new("ping")
+        .args(["-c", "1", "-W", "1", "-n", "-q", &ip.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 300;
+    let s = s.trim();
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// A step in one line, for progress and reports.
+pub fn summary(step: &Step) -> String {
+    let nic = |m: &str, n: NetworkRole| format!("{m} {}", n.as_str());
+    match step {
+        Step::Start(m) => format!("start {}", m.machine.get_ref()),
+        Step::Stop(m) => format!("stop {}", m.machine.get_ref()),
+        Step::Restart(m) => format!("restart {}", m.machine.get_ref()),
+        Step::Link(l) => format!(
+            "link {} {}",
+            nic(l.machine.get_ref(), l.network),
+            if l.up { "up" } else { "down" }
+        ),
+        Step::DestroyNetwork(n) => format!("destroy network {}", n.network.as_str()),
+        Step::StartNetwork(n) => format!("start network {}", n.network.as_str()),
+        Step::Partition(p) | Step::Heal(p) => format!(
+            "{} {} on {}",
+            if matches!(step, Step::Partition(_)) {
+                "partition"
+            } else {
+                "heal"
+            },
+            p.machines
+                .get_ref()
+                .iter()
+                .map(|m| m.get_ref().as_str())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            p.network.as_str()
+        ),
+        Step::Impair(i) => format!("impair {}", nic(i.machine.get_ref(), i.network)),
+        Step::ClearImpairment(n) => {
+            format!("clear impairment {}", nic(n.machine.get_ref(), n.network))
+        }
+        Step::Block(b) | Step::Unblock(b) => format!(
+            "{} {} on {}",
+            if matches!(step, Step::Block(_)) {
+                "block"
+            } else {
+                "unblock"
+            },
+            b.port
+                .as_ref()
+                .map(|p| format!("port {}", p.get_ref()))
+                .or_else(|| b.peer.as_ref().map(|p| format!("peer {}", p.get_ref())))
+                .unwrap_or_default(),
+            nic(b.machine.get_ref(), b.network)
+        ),
+        Step::Run(r) => format!(
+            "run on {}: {}",
+            nic(r.machine.get_ref(), r.network),
+            clip(r.command.get_ref())
+        ),
+        Step::RememberIp(r) => format!(
+            "remember IP of {} as {}",
+            nic(r.machine.get_ref(), r.network),
+            r.name.get_ref()
+        ),
+        Step::ExpectIp(e) => format!("expect IP of {}", nic(e.machine.get_ref(), e.network)),
+        Step::ExpectReachable(r) => format!(
+            "expect {} reachable from {} over {}",
+            r.to.get_ref(),
+            r.from.get_ref(),
+            r.network.as_str()
+        ),
+        Step::ExpectUnreachable(r) => format!(
+            "expect {} unreachable from {} over {}",
+            r.to.get_ref(),
+            r.from.get_ref(),
+            r.network.as_str()
+        ),
+        Step::ExpectSsh(n) => format!("expect SSH to {}", nic(n.machine.get_ref(), n.network)),
+        Step::ExpectIpFails(f) => format!(
+            "expect `ip` of {} to fail",
+            nic(f.machine.get_ref(), f.network)
+        ),
+        Step::Sleep(s) => format!("sleep {} s", s.seconds.get_ref()),
+    }
+}
