@@ -391,14 +391,8 @@ impl Checker<'_> {
                 "`description` is empty: say what the scenario reproduces",
             );
         }
-        let (environment, env_span) = match raw.environment {
-            Some(e) => {
-                let span = e.span();
-                (e.into_inner(), span)
-            }
-            None => (EnvironmentSpec::default(), 0..0),
-        };
-        self.check_environment(&environment, env_span)?;
+        let environment = raw.environment.map(Spanned::into_inner).unwrap_or_default();
+        self.check_environment(&environment)?;
         if raw.step.is_empty() {
             return self.err(
                 0..0,
@@ -428,7 +422,7 @@ impl Checker<'_> {
         })
     }
 
-    fn check_environment(&self, e: &EnvironmentSpec, span: std::ops::Range<usize>) -> Result<()> {
+    fn check_environment(&self, e: &EnvironmentSpec) -> Result<()> {
         let builtin = e.backend == BackendChoice::Builtin;
         if let Some(m) = &e.machines {
             if !builtin {
@@ -461,9 +455,8 @@ impl Checker<'_> {
                     "`minikube_args` needs `backend = \"minikube\"`",
                 );
             }
-            let args: Vec<String> = args.get_ref().clone();
-            if let Err(e) = crate::minikube::contract::check_extra_args(&args) {
-                return self.err(span, e.to_string());
+            if let Err(e) = crate::minikube::contract::check_extra_args(args.get_ref()) {
+                return self.err(args.span(), e.to_string());
             }
         }
         Ok(())
@@ -734,6 +727,142 @@ impl Checker<'_> {
                 self.regex(&f.matches)
             }
             Step::Sleep(s) => self.seconds(&Some(s.seconds.clone()), "seconds"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario> {
+        Scenario::parse(Path::new("s.toml"), text.as_bytes())
+    }
+
+    /// The error's position and message, for a file that must be refused.
+    fn refused(text: &str) -> (usize, usize, String) {
+        match parse(text) {
+            Err(Error::BadScenario {
+                file,
+                line,
+                column,
+                problem,
+            }) => {
+                assert_eq!(file, Path::new("s.toml"));
+                (line, column, problem)
+            }
+            other => panic!("{text:?} was not refused as a scenario: {other:?}"),
+        }
+    }
+
+    const HEAD: &str = "description = \"d\"\n";
+
+    #[test]
+    fn a_good_file_parses_with_each_step_s_line() {
+        let s = parse(&format!(
+            "{HEAD}[environment]\nmachines = 2\n\n[[step]]\nremember-ip = {{ machine = \"m2\", network = \"nat\", as = \"a\" }}\n\n[[step]]\nexpect-ip = {{ machine = \"m1\", network = \"nat\", differs = \"a\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.environment.machine_count(), 2);
+        let lines: Vec<usize> = s.steps.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [5, 8]);
+    }
+
+    #[test]
+    fn malformed_files_are_refused_each_with_its_own_position_and_reason() {
+        let step = |body: &str| format!("{HEAD}[[step]]\n{body}\n");
+        // (file, the text the error must point at, what it must say)
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("description = \n".into(), "", "string values must be quoted"),
+            (step("fly = { machine = \"m1\" }"), "fly", "unknown variant `fly`"),
+            (step("stop = { }"), "{ }", "missing field `machine`"),
+            (step("stop = { machine = 1 }"), "1 }", "invalid type: integer `1`, expected a string"),
+            (step("stop = { machine = \"m1\", speed = 3 }"), "speed", "unknown field `speed`"),
+            (step("expect-ip = { machine = \"m1\", network = \"nat\", in = \"10.0.0.0/33\" }"), "\"10.0.0.0/33\"", "expected an IPv4 CIDR"),
+            (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = -5 }"), "-5", "expected u32"),
+            (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = 99999999 }"), "99999999", "at most 60000"),
+            (step("impair = { machine = \"m1\", network = \"nat\", loss_percent = nan }"), "nan", "a percentage"),
+            (step("link = { machine = \"m1\", network = \"dmz\", up = true }"), "\"dmz\"", "unknown variant `dmz`, expected `nat` or `private`"),
+            (step("expect-ip = { machine = \"m1\", network = \"nat\", equals = \"ghost\" }"), "\"ghost\"", "\"ghost\" was never remembered"),
+            (step("stop = { machine = \"m3\" }"), "\"m3\"", "no machine \"m3\": this scenario has m1, or \"all\""),
+            (step("sleep = { seconds = inf }"), "inf", "expected seconds"),
+            (step("run = { machine = \"m1\", command = \"true\", stdout = \"(\" }"), "\"(\"", "not a regular expression"),
+            (step("block = { machine = \"m1\", network = \"nat\" }"), "\"m1\", network", "exactly one of `port`"),
+            (step("partition = { network = \"private\", machines = [\"m1\", \"m1\"] }"), "[\"m1\", \"m1\"]", "two different machines"),
+            (format!("{HEAD}[environment]\nmachines = 0\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "0", "expected 1 to 8"),
+            (format!("{HEAD}[environment]\nnodes = 2\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "2", "`nodes` is for `backend = \"minikube\"`"),
+            (format!("{HEAD}[environment]\nbackend = \"minikube\"\nminikube_args = [\"--driver=docker\"]\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "[\"--driver", "--driver=kvm2"),
+            (HEAD.into(), "description", "no steps"),
+            ("   \n\n".into(), "   ", "the file is empty"),
+            ("[[step]]\nstop = { machine = \"m1\" }\n".into(), "[[step]]", "missing field `description`"),
+            ("description = \"x\"\nextra = 1\n[[step]]\nstop = { machine = \"m1\" }\n".into(), "extra", "unknown field `extra`"),
+        ];
+        for (text, token, needle) in &cases {
+            let (line, column, problem) = refused(text);
+            assert!(
+                problem.contains(needle),
+                "{text:?}: {problem:?} lacks {needle:?}"
+            );
+            let at: String = text
+                .lines()
+                .nth(line - 1)
+                .unwrap_or("")
+                .chars()
+                .skip(column - 1)
+                .collect();
+            assert!(
+                at.starts_with(token),
+                "{text:?}: {line}:{column} points at {at:?}, not {token:?}"
+            );
+        }
+        assert!(cases.len() >= 12);
+    }
+
+    #[test]
+    fn binary_and_huge_files_are_refused_before_parsing() {
+        let binary = b"description = \"x\"\n\x00\x01\x02";
+        match Scenario::parse(Path::new("b.toml"), binary) {
+            Err(Error::BadScenario {
+                line,
+                column,
+                problem,
+                ..
+            }) => {
+                assert_eq!((line, column), (2, 1));
+                assert!(problem.contains("binary file"), "{problem}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let latin1 = b"description = \"caf\xe9\"\n";
+        let e = Scenario::parse(Path::new("l.toml"), latin1).unwrap_err();
+        assert!(e.to_string().contains("l.toml:1:19: not UTF-8"), "{e}");
+        let huge = format!("{HEAD}# {}\n", "x".repeat(MAX_FILE_BYTES));
+        let e = parse(&huge).unwrap_err();
+        assert!(e.to_string().contains("over the 262144-byte limit"), "{e}");
+    }
+
+    #[test]
+    fn positions_count_characters_not_bytes() {
+        assert_eq!(position("é = 1\nab".as_bytes(), 9), (2, 3));
+        assert_eq!(position(b"", 0), (1, 1));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn no_input_makes_the_parser_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = Scenario::parse(Path::new("p.toml"), &bytes);
+        }
+
+        #[test]
+        fn no_step_shaped_input_makes_the_parser_panic(
+            kind in "(stop|start|impair|block|expect-ip|run|partition|sleep|link|fly)",
+            key in "(machine|network|delay_ms|loss_percent|port|peer|in|equals|seconds|machines|up|x)",
+            value in "(\"m1\"|\"m9\"|\"nat\"|-1|0|1e400|nan|inf|\\[\\]|\\[\"m1\", \"m2\"\\]|true|\"10.0.0.0/8\"|\"\\(\")",
+        ) {
+            let text = format!("description = \"d\"\n[[step]]\n{kind} = {{ {key} = {value} }}\n");
+            let _ = Scenario::parse(Path::new("p.toml"), text.as_bytes());
         }
     }
 }

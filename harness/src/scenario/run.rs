@@ -80,6 +80,8 @@ pub struct ScenarioReport {
     pub file: PathBuf,
     /// What it reproduces.
     pub description: String,
+    /// The environment it ran in (removed afterwards unless `kept`).
+    pub environment: Option<String>,
     /// Passed, failed, error or skipped.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -117,6 +119,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
     let mut report = ScenarioReport {
         file: scenario.file.clone(),
         description: scenario.description.clone(),
+        environment: None,
         outcome: Outcome::Passed,
         problem: None,
         steps: Vec::new(),
@@ -161,6 +164,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
         }
     };
     say(format!("environment {} is up", env.name()));
+    report.environment = Some(env.name().to_owned());
     let mut state = State::default();
     let total = scenario.steps.len();
     for (i, (line, step)) in scenario.steps.iter().enumerate() {

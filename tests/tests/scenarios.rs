@@ -1,0 +1,81 @@
+//! The shipped scenarios, one test per file under `scenarios/` (adding a file adds a test), and
+//! a scenario whose check is false.
+
+use std::path::PathBuf;
+
+use mkh::scenario::{self, Outcome, Progress, RunOptions, Scenario};
+use mkh_tests::*;
+use rstest::rstest;
+
+fn options() -> RunOptions {
+    let mut settings = mkh::Settings::current().expect("settings");
+    // Scenarios on the minikube backend run on the stand-in here.
+    settings.minikube = Some(env!("CARGO_BIN_EXE_minikube").into());
+    RunOptions {
+        settings,
+        keep_failed: false,
+        progress: Progress::Lines,
+    }
+}
+
+#[rstest]
+fn the_shipped_scenario_passes_and_leaves_nothing(#[files("../scenarios/*.toml")] file: PathBuf) {
+    let scenario = Scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let report = scenario::run(&scenario, &options());
+    assert_eq!(
+        report.outcome,
+        Outcome::Passed,
+        "{}",
+        report.problem.clone().unwrap_or_default()
+    );
+    assert_eq!(report.steps.len(), scenario.steps.len());
+    let env = report.environment.expect("it ran in an environment");
+    assert!(leftovers(&env).is_empty(), "{:?}", leftovers(&env));
+}
+
+#[test]
+fn a_false_check_fails_naming_its_step_the_expected_and_the_seen_value_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wrong.toml");
+    std::fs::write(
+        &file,
+        "description = \"the NAT IP is not where this file says\"\n\n[[step]]\nexpect-ssh = { machine = \"m1\", network = \"nat\" }\n\n[[step]]\nexpect-ip = { machine = \"m1\", network = \"nat\", in = \"192.0.2.0/24\" }\n\n[[step]]\nexpect-ssh = { machine = \"m1\", network = \"private\" }\n",
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let (code, out, err) = mkh(&[
+        "scenario",
+        "run",
+        "--json",
+        "--junit",
+        junit.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["passed"], false);
+    let s = &report["scenarios"][0];
+    assert_eq!(s["outcome"], "failed");
+    let problem = s["problem"].as_str().unwrap();
+    assert!(
+        problem.starts_with(&format!(
+            "{}:6: step 2 (expect IP of m1 nat)",
+            file.display()
+        )),
+        "{problem}"
+    );
+    assert!(
+        problem.contains("expected an IP in 192.0.2.0/24, seen 10."),
+        "{problem}"
+    );
+    // The step after the failure did not run; the progress said which failed.
+    assert_eq!(s["steps"].as_array().unwrap().len(), 2);
+    assert!(err.contains("[ 2/3] expect IP of m1 nat … FAILED"), "{err}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<failure message=\""), "{xml}");
+    // Its artifacts are kept, like a failed test's.
+    let artifacts = PathBuf::from(s["artifacts"].as_str().unwrap());
+    assert!(artifacts.join("error.txt").exists());
+    let env = s["environment"].as_str().unwrap();
+    assert!(leftovers(env).is_empty(), "{:?}", leftovers(env));
+}
