@@ -57,6 +57,14 @@ pub enum Error {
         problem: String,
     },
 
+    #[error("the Kubernetes API server of {env} refused to {action}: {source}")]
+    KubeRequest {
+        env: String,
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("{}:{line}:{column}: {problem}", .file.display())]
     BadScenario {
         file: PathBuf,

@@ -9,8 +9,12 @@ use rstest::rstest;
 
 fn options() -> RunOptions {
     let mut settings = mkh::Settings::current().expect("settings");
-    // Scenarios on the minikube backend run on the stand-in here.
+    // Scenarios on the minikube backend run on the stand-in here, which, like minikube,
+    // refuses root without `--force` (the test command runs as root).
     settings.minikube = Some(env!("CARGO_BIN_EXE_minikube").into());
+    if nix::unistd::getuid().is_root() {
+        settings.minikube_args.push("--force".into());
+    }
     RunOptions {
         settings,
         keep_failed: false,

@@ -136,6 +136,10 @@ pub enum Step {
     ExpectSsh(Nic),
     /// Checks that asking for a machine's IP fails, with a message matching a pattern.
     ExpectIpFails(IpFails),
+    /// Applies a Kubernetes object (server-side apply) to the cluster's API server.
+    Apply(Apply),
+    /// Checks a Service's ClusterIP.
+    ExpectClusterIp(ClusterIp),
     /// Waits.
     Sleep(Sleep),
 }
@@ -285,6 +289,33 @@ pub struct IpFails {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
+pub struct Apply {
+    /// The object, as a TOML table (`apiVersion`, `kind`, `metadata.name`, …).
+    pub manifest: Spanned<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ClusterIp {
+    pub service: Spanned<String>,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// A CIDR it lies in.
+    #[serde(rename = "in")]
+    pub within: Option<Spanned<String>>,
+    /// The address it must be.
+    pub equals: Option<Spanned<String>>,
+    pub within_s: Option<Spanned<f64>>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
 pub struct Sleep {
     pub seconds: Spanned<f64>,
 }
@@ -410,7 +441,12 @@ impl Checker<'_> {
         let mut steps = Vec::new();
         for step in raw.step {
             let line = position(self.bytes, step.span().start).0;
-            self.check_step(step.get_ref(), machines, &mut remembered)?;
+            self.check_step(
+                step.get_ref(),
+                machines,
+                environment.backend,
+                &mut remembered,
+            )?;
             steps.push((line, step.into_inner()));
         }
         Ok(Scenario {
@@ -582,7 +618,13 @@ impl Checker<'_> {
         }
     }
 
-    fn check_step(&self, step: &Step, count: u32, remembered: &mut BTreeSet<String>) -> Result<()> {
+    fn check_step(
+        &self,
+        step: &Step,
+        count: u32,
+        backend: BackendChoice,
+        remembered: &mut BTreeSet<String>,
+    ) -> Result<()> {
         match step {
             Step::Start(m) | Step::Stop(m) | Step::Restart(m) => {
                 self.machine(&m.machine, count, true)
@@ -695,13 +737,7 @@ impl Checker<'_> {
                 self.machine(&e.machine, count, false)?;
                 self.seconds(&e.within_s, "within_s")?;
                 match (&e.within, &e.equals, &e.differs) {
-                    (Some(cidr), None, None) => match cidr.get_ref().parse::<Ipv4Net>() {
-                        Ok(_) => Ok(()),
-                        Err(_) => self.err(
-                            cidr.span(),
-                            format!("`in` = {:?}: expected an IPv4 CIDR such as \"10.96.0.0/12\"", cidr.get_ref()),
-                        ),
-                    },
+                    (Some(cidr), None, None) => self.cidr(cidr),
                     (None, Some(n), None) | (None, None, Some(n)) => self.name_known(n, remembered),
                     _ => self.err(
                         e.machine.span(),
@@ -726,7 +762,73 @@ impl Checker<'_> {
                 self.machine(&f.machine, count, false)?;
                 self.regex(&f.matches)
             }
+            Step::Apply(a) => {
+                self.needs_api_server(a.manifest.span(), backend)?;
+                let m = a.manifest.get_ref();
+                for key in ["apiVersion", "kind"] {
+                    if !m.get(key).is_some_and(toml::Value::is_str) {
+                        return self.err(
+                            a.manifest.span(),
+                            format!("the manifest has no `{key}` string"),
+                        );
+                    }
+                }
+                let named = m
+                    .get("metadata")
+                    .and_then(|md| md.get("name"))
+                    .is_some_and(toml::Value::is_str);
+                if named {
+                    Ok(())
+                } else {
+                    self.err(
+                        a.manifest.span(),
+                        "the manifest has no `metadata.name` string",
+                    )
+                }
+            }
+            Step::ExpectClusterIp(c) => {
+                self.needs_api_server(c.service.span(), backend)?;
+                self.seconds(&c.within_s, "within_s")?;
+                match (&c.within, &c.equals) {
+                    (Some(cidr), None) => self.cidr(cidr),
+                    (None, Some(ip)) => match ip.get_ref().parse::<std::net::Ipv4Addr>() {
+                        Ok(_) => Ok(()),
+                        Err(_) => self.err(
+                            ip.span(),
+                            format!("`equals` = {:?}: expected an IPv4 address", ip.get_ref()),
+                        ),
+                    },
+                    _ => self.err(
+                        c.service.span(),
+                        "expected exactly one of `in` (a CIDR) or `equals` (an address)",
+                    ),
+                }
+            }
             Step::Sleep(s) => self.seconds(&Some(s.seconds.clone()), "seconds"),
+        }
+    }
+
+    fn needs_api_server(&self, span: std::ops::Range<usize>, backend: BackendChoice) -> Result<()> {
+        if backend == BackendChoice::Minikube {
+            Ok(())
+        } else {
+            self.err(
+                span,
+                "this step needs a Kubernetes API server: set `backend = \"minikube\"` in `[environment]`",
+            )
+        }
+    }
+
+    fn cidr(&self, cidr: &Spanned<String>) -> Result<()> {
+        match cidr.get_ref().parse::<Ipv4Net>() {
+            Ok(_) => Ok(()),
+            Err(_) => self.err(
+                cidr.span(),
+                format!(
+                    "`in` = {:?}: expected an IPv4 CIDR such as \"10.96.0.0/12\"",
+                    cidr.get_ref()
+                ),
+            ),
         }
     }
 }
@@ -792,6 +894,7 @@ mod tests {
             (format!("{HEAD}[environment]\nmachines = 0\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "0", "expected 1 to 8"),
             (format!("{HEAD}[environment]\nnodes = 2\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "2", "`nodes` is for `backend = \"minikube\"`"),
             (format!("{HEAD}[environment]\nbackend = \"minikube\"\nminikube_args = [\"--driver=docker\"]\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "[\"--driver", "--driver=kvm2"),
+            (step("expect-cluster-ip = { service = \"kubernetes\", equals = \"10.96.0.1\" }"), "\"kubernetes\"", "needs a Kubernetes API server"),
             (HEAD.into(), "description", "no steps"),
             ("   \n\n".into(), "   ", "the file is empty"),
             ("[[step]]\nstop = { machine = \"m1\" }\n".into(), "[[step]]", "missing field `description`"),

@@ -4,6 +4,7 @@
 //! summary table, JSON and JUnit.
 
 mod format;
+mod kube_steps;
 pub mod report;
 mod run;
 

@@ -264,6 +264,16 @@ fn first_line(s: &str) -> &str {
 
 /// What the scenario needs that this host lacks, if anything.
 fn missing_need(scenario: &Scenario, settings: &Settings) -> Option<String> {
+    let talks_to_kube = scenario
+        .steps
+        .iter()
+        .any(|(_, s)| matches!(s, Step::Apply(_) | Step::ExpectClusterIp(_)));
+    if talks_to_kube && !cfg!(feature = "kube") {
+        return Some(
+            "its Kubernetes steps need mkh built with the `kube` feature (the test suite's is)"
+                .into(),
+        );
+    }
     if scenario.environment.backend == BackendChoice::Minikube {
         if let Err(e) = crate::minikube::find_binary(settings.minikube.as_deref()) {
             return Some(format!("needs minikube ({e})"));
@@ -288,8 +298,9 @@ fn environment_settings(scenario: &Scenario, settings: &Settings) -> Settings {
     if let Some(n) = &e.nodes {
         s.nodes = Some(*n.get_ref());
     }
+    // After the settings' own (MKH_MINIKUBE_ARGS, e.g. `--force` for root).
     if let Some(args) = &e.minikube_args {
-        s.minikube_args = args.get_ref().clone();
+        s.minikube_args.extend(args.get_ref().iter().cloned());
     }
     s
 }
@@ -589,6 +600,31 @@ fn run_step(env: &Env, step: &Step, state: &mut State) -> StepResult {
                 }
             }
         }
+        Step::Apply(a) => Ok(Some(super::kube_steps::apply(env, a)?)),
+        Step::ExpectClusterIp(c) => retrying(c.within_s.as_ref().map(|s| *s.get_ref()), || {
+            let seen = super::kube_steps::cluster_ip(env, c)?;
+            let shown = seen.map_or_else(
+                || "no such Service (or no ClusterIP)".into(),
+                |ip| ip.to_string(),
+            );
+            let service = format!("{}/{}", c.namespace, c.service.get_ref());
+            match (&c.within, &c.equals) {
+                (Some(cidr), _) => {
+                    let net: Ipv4Net = cidr.get_ref().parse().expect("checked when parsed");
+                    check(
+                        seen.is_some_and(|ip| net.contains(&ip)),
+                        format!("the ClusterIP of {service} in {net}"),
+                        shown,
+                    )
+                }
+                (_, Some(ip)) => check(
+                    seen.is_some_and(|s| s.to_string() == *ip.get_ref()),
+                    format!("the ClusterIP of {service} to be {}", ip.get_ref()),
+                    shown,
+                ),
+                _ => unreachable!("checked when parsed"),
+            }
+        }),
         Step::Sleep(s) => {
             std::thread::sleep(Duration::from_secs_f64(*s.seconds.get_ref()));
             Ok(None)
@@ -844,6 +880,25 @@ pub fn summary(step: &Step) -> String {
         Step::ExpectIpFails(f) => format!(
             "expect `ip` of {} to fail",
             nic(f.machine.get_ref(), f.network)
+        ),
+        Step::Apply(a) => format!(
+            "apply {}/{}",
+            a.manifest
+                .get_ref()
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("?"),
+            a.manifest
+                .get_ref()
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("?")
+        ),
+        Step::ExpectClusterIp(c) => format!(
+            "expect the ClusterIP of {}/{}",
+            c.namespace,
+            c.service.get_ref()
         ),
         Step::Sleep(s) => format!("sleep {} s", s.seconds.get_ref()),
     }
