@@ -385,9 +385,13 @@ impl Machine {
     }
 
     pub(crate) fn ip_now(&self, role: NetworkRole) -> Result<Ipv4Addr> {
+        self.ip_within(role, self.timeouts.lease())
+    }
+
+    /// [`Machine::ip_now`], waiting at most `deadline` for a lease.
+    pub(crate) fn ip_within(&self, role: NetworkRole, deadline: Duration) -> Result<Ipv4Addr> {
         self.require_running()?;
         let nic = self.nic(role);
-        let deadline = self.timeouts.lease();
         let mut seen = Vec::new();
         let mut first = true;
         let ip = until(deadline, Duration::from_millis(250), || {

@@ -118,6 +118,8 @@ pub enum Step {
     Impair(Impair),
     /// Removes a NIC's impairment.
     ClearImpairment(Nic),
+    /// Asks a machine's DHCP client to renew its lease on one NIC, or to release it.
+    Dhcp(Dhcp),
     /// Drops what reaches a machine's NIC on one port, or from one peer.
     Block(Block),
     /// Undoes a block.
@@ -197,6 +199,25 @@ pub struct Impair {
     pub loss_percent: Option<Spanned<f64>>,
     pub corrupt_percent: Option<Spanned<f64>>,
     pub rate_kbit: Option<Spanned<u32>>,
+}
+
+/// What to ask of a DHCP client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpAction {
+    /// Renew the lease now (or obtain one anew after a release).
+    Renew,
+    /// Give the lease back: the host then sees no lease, as after one expired.
+    Release,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Dhcp {
+    pub machine: MachineRef,
+    pub network: NetworkRole,
+    pub action: DhcpAction,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +305,7 @@ pub struct IpFails {
     pub network: NetworkRole,
     /// A regular expression the error must match.
     pub matches: Spanned<String>,
+    pub within_s: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -630,6 +652,7 @@ impl Checker<'_> {
                 self.machine(&m.machine, count, true)
             }
             Step::Link(l) => self.machine(&l.machine, count, false),
+            Step::Dhcp(d) => self.machine(&d.machine, count, false),
             Step::DestroyNetwork(_) | Step::StartNetwork(_) => Ok(()),
             Step::Partition(p) | Step::Heal(p) => {
                 let list = p.machines.get_ref();
@@ -760,6 +783,7 @@ impl Checker<'_> {
             }
             Step::ExpectIpFails(f) => {
                 self.machine(&f.machine, count, false)?;
+                self.seconds(&f.within_s, "within_s")?;
                 self.regex(&f.matches)
             }
             Step::Apply(a) => {
