@@ -5,6 +5,7 @@
 //! networks, the teardown registration) sits behind an `Arc`, so that every async call can hand
 //! it to a blocking thread; machines are handles that share the same connection.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -195,6 +196,7 @@ impl EnvBuilder {
             home,
             networks: OnceLock::new(),
             accel: OnceLock::new(),
+            generations: Mutex::new(BTreeMap::new()),
             backend,
             registration: Mutex::new(Some(registration)),
         };
@@ -248,6 +250,8 @@ pub(crate) struct EnvCore {
     pub home: PathBuf,
     networks: OnceLock<NetworkPair>,
     accel: OnceLock<Accel>,
+    /// Machines made again (`recreate_machine_now`): name → times.
+    generations: Mutex<BTreeMap<String, u32>>,
     pub backend: Box<dyn ClusterBackend>,
     /// `None` once torn down or handed over.
     registration: Mutex<Option<Registration>>,
@@ -316,6 +320,7 @@ impl EnvCore {
             owner: &owner,
             cache_dir: &self.settings.cache_dir,
             timeouts: self.timeouts(),
+            generation: lock(&self.generations).get(&name).copied().unwrap_or(0),
         };
         let started = Instant::now();
         let machine = Machine::boot_builtin(&ctx, options, &name, &mut |dom| {
@@ -592,6 +597,30 @@ impl Env {
         self.check_machine(name)?;
         self.core.lv.remove_domain(name)?;
         self.machines.retain(|m| m.name() != name);
+        Ok(())
+    }
+
+    /// Replaces machine `index` by a new one booted with `options` under the same name: new
+    /// MACs, same hostname (as minikube recreates a VM whose domain went missing).
+    pub(crate) fn recreate_machine_now(
+        &mut self,
+        index: usize,
+        options: &MachineOptions,
+    ) -> Result<()> {
+        let name = self.machines[index].name().to_owned();
+        self.core.lv.remove_domain(&name)?;
+        *lock(&self.core.generations)
+            .entry(name.clone())
+            .or_insert(0) += 1;
+        let others: Vec<String> = self
+            .machine_names()
+            .into_iter()
+            .filter(|n| *n != name)
+            .collect();
+        let mut timings = Timings::default();
+        let machine = self.core.boot_machine(options, &others, &mut timings)?;
+        self.machines[index] = machine;
+        self.arm_signal_artifacts();
         Ok(())
     }
 

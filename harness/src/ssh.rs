@@ -325,10 +325,18 @@ impl SshSession {
 
     pub(crate) fn exec_within_now(&self, command: &str, deadline: Duration) -> Result<ExecOutput> {
         let secs = deadline.as_secs_f64().max(0.001);
-        // The login shell's own `sh` by path: busybox's `timeout` would otherwise run its `sh`
-        // applet (ash), which prefers busybox's applets (`tc`, `ip`, `ping`) to PATH's tools.
+        // The command runs in a session of its own (`setsid`), killed whole at the deadline.
+        // Its shell is the login shell's `sh`, by path: busybox's `setsid` or `timeout` would
+        // otherwise run their `sh` applet (ash), which prefers busybox's applets (`tc`, `ip`,
+        // `ping`) to PATH's tools.
+        let deadline_script = format!(
+            "setsid \"$0\" -c \"$1\" & p=$!; \
+             (sleep {secs:.3}; kill -KILL -$p) >/dev/null 2>&1 </dev/null & w=$!; \
+             wait $p; s=$?; kill -KILL $w 2>/dev/null; exit $s"
+        );
         let wrapped = format!(
-            "timeout -s KILL {secs:.3} \"$(command -v sh)\" -c {}",
+            "sh -c {} \"$(command -v sh)\" {}",
+            shell_join(&[deadline_script]),
             shell_join(&[command.to_owned()])
         );
         let started = std::time::Instant::now();

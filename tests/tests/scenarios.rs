@@ -83,3 +83,43 @@ fn a_false_check_fails_naming_its_step_the_expected_and_the_seen_value_and_leave
     let env = s["environment"].as_str().unwrap();
     assert!(leftovers(env).is_empty(), "{:?}", leftovers(env));
 }
+
+#[test]
+fn keep_leaves_a_failed_scenario_s_environment_up_for_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kept.toml");
+    std::fs::write(
+        &file,
+        "description = \"fails at once\"\n[[step]]\nrun = { machine = \"m1\", command = \"exit 3\", status = 0 }\n",
+    )
+    .unwrap();
+    let (code, out, err) = mkh(&[
+        "scenario",
+        "run",
+        "--keep",
+        "--json",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let s = &report["scenarios"][0];
+    assert!(
+        s["problem"]
+            .as_str()
+            .unwrap()
+            .contains("expected exit status 0, seen 3"),
+        "{s}"
+    );
+    let kept = s["kept"].as_str().expect("kept").to_owned();
+    assert_eq!(s["environment"].as_str(), Some(kept.as_str()));
+    assert!(
+        err.contains(&format!("`mkh down {kept}` removes it")),
+        "{err}"
+    );
+    // Still up, the CLI's, and SSH answers; `mkh down` removes it.
+    let (code, out, _) = mkh(&["ssh", &kept, "--", "echo", "still-here"]);
+    assert_eq!((code, out.trim()), (0, "still-here"));
+    let (code, _, err) = mkh(&["down", &kept]);
+    assert_eq!(code, 0, "{err}");
+    assert!(leftovers(&kept).is_empty(), "{:?}", leftovers(&kept));
+}

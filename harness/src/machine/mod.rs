@@ -194,6 +194,9 @@ pub(crate) struct BootContext<'a> {
     pub owner: &'a Owner,
     pub cache_dir: &'a Path,
     pub timeouts: Timeouts,
+    /// How many times a machine of this name was made before in this environment: each time
+    /// gets new MACs.
+    pub generation: u32,
 }
 
 impl Machine {
@@ -222,7 +225,10 @@ impl Machine {
             .map(|&role| Nic {
                 role,
                 network: ctx.networks.get(role).name.clone(),
-                mac: derive_mac(name, role),
+                mac: match ctx.generation {
+                    0 => derive_mac(name, role),
+                    g => derive_mac(&format!("{name}/{g}"), role),
+                },
             })
             .collect();
         let files = MachineFiles {

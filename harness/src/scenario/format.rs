@@ -104,6 +104,9 @@ pub enum Step {
     Stop(Machines),
     /// Stops and starts a machine.
     Restart(Machines),
+    /// Replaces a machine by a new one of the same name and hostname, with new MACs (what
+    /// minikube does when it recreates a VM).
+    Recreate(Machines),
     /// Sets one NIC's link down or up.
     Link(Link),
     /// Stops one of the environment's networks (it stays defined).
@@ -253,12 +256,25 @@ fn nat() -> NetworkRole {
     NetworkRole::Nat
 }
 
+/// How an IP is looked up in the network's DHCP leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lookup {
+    /// The lease of the machine's MAC (what mkh does).
+    #[default]
+    Mac,
+    /// The first lease with the machine's hostname (what a lookup by name finds).
+    Hostname,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct RememberIp {
     pub machine: MachineRef,
     pub network: NetworkRole,
+    #[serde(default)]
+    pub by: Lookup,
     #[serde(rename = "as")]
     pub name: Spanned<String>,
 }
@@ -269,6 +285,8 @@ pub struct RememberIp {
 pub struct ExpectIp {
     pub machine: MachineRef,
     pub network: NetworkRole,
+    #[serde(default)]
+    pub by: Lookup,
     /// A CIDR it lies in.
     #[serde(rename = "in")]
     pub within: Option<Spanned<String>>,
@@ -650,6 +668,12 @@ impl Checker<'_> {
         match step {
             Step::Start(m) | Step::Stop(m) | Step::Restart(m) => {
                 self.machine(&m.machine, count, true)
+            }
+            Step::Recreate(m) => {
+                if backend == BackendChoice::Minikube {
+                    return self.err(m.machine.span(), "`recreate` is for the built-in guest");
+                }
+                self.machine(&m.machine, count, false)
             }
             Step::Link(l) => self.machine(&l.machine, count, false),
             Step::Dhcp(d) => self.machine(&d.machine, count, false),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::format::{BackendChoice, Block, DhcpAction, Impair, Reach, Scenario, Step};
+use super::format::{BackendChoice, Block, DhcpAction, Impair, Lookup, Reach, Scenario, Step};
 use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineOptions, NetworkRole};
@@ -165,12 +165,18 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
     };
     say(format!("environment {} is up", env.name()));
     report.environment = Some(env.name().to_owned());
-    let mut state = State::default();
+    let mut state = State {
+        settings: settings.clone(),
+        remembered: BTreeMap::new(),
+        blocks: Default::default(),
+        next_pref: 0,
+    };
+    let mut env = env;
     let total = scenario.steps.len();
     for (i, (line, step)) in scenario.steps.iter().enumerate() {
         let step_started = Instant::now();
         let text = summary(step);
-        let result = run_step(&env, step, &mut state);
+        let result = run_step(&mut env, step, &mut state);
         let seconds = step_started.elapsed().as_secs_f64();
         let (passed, detail) = match &result {
             Ok(detail) => (true, detail.clone()),
@@ -330,20 +336,29 @@ fn bring_up(scenario: &Scenario, settings: &Settings, artifacts: &std::path::Pat
         .artifacts_on_failure(artifacts)
         .up_now()?;
     if scenario.environment.backend == BackendChoice::Builtin {
-        let base = match settings.backend() {
-            crate::Backend::Builtin(o) => o,
-            _ => MachineOptions::default(),
-        };
-        for i in 2..=scenario.environment.machine_count() {
-            env.add_machine_now(&base.clone().with_suffix(format!("m{i}")))?;
+        for i in 1..scenario.environment.machine_count() as usize {
+            env.add_machine_now(&machine_options(settings, i))?;
         }
     }
     Ok(env)
 }
 
+/// The built-in guest's options for machine `index` (0: the environment's first machine).
+fn machine_options(settings: &Settings, index: usize) -> MachineOptions {
+    let base = match settings.backend() {
+        crate::Backend::Builtin(o) => o,
+        _ => MachineOptions::default(),
+    };
+    match index {
+        0 => base,
+        i => base.with_suffix(format!("m{}", i + 1)),
+    }
+}
+
 /// What the steps leave for later steps.
-#[derive(Default)]
 struct State {
+    /// The environment's settings (for machines made again).
+    settings: Settings,
     remembered: BTreeMap<String, String>,
     /// Active blocks: (machine, network, what) → the ingress filter's preference.
     blocks: std::collections::HashMap<(usize, NetworkRole, String), u32>,
@@ -436,8 +451,17 @@ fn check(holds: bool, expected: impl Into<String>, seen: impl Into<String>) -> S
     }
 }
 
-fn run_step(env: &Env, step: &Step, state: &mut State) -> StepResult {
+fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
+    if let Step::Recreate(r) = step {
+        let index = machine_index(r.machine.get_ref());
+        env.recreate_machine_now(index, &machine_options(&state.settings, index))?;
+        return Ok(Some(
+            "domain removed and defined again: new MACs, same name and hostname".into(),
+        ));
+    }
+    let env = &*env;
     match step {
+        Step::Recreate(_) => unreachable!("handled above"),
         Step::Start(s) => {
             for m in selected(env, s.machine.get_ref()) {
                 m.start_now()?;
@@ -551,7 +575,7 @@ fn run_step(env: &Env, step: &Step, state: &mut State) -> StepResult {
             result
         }
         Step::RememberIp(r) => {
-            let ip = machine(env, r.machine.get_ref()).ip_now(r.network)?;
+            let ip = looked_up(env, machine(env, r.machine.get_ref()), r.network, r.by)?;
             state
                 .remembered
                 .insert(r.name.get_ref().clone(), ip.to_string());
@@ -560,7 +584,7 @@ fn run_step(env: &Env, step: &Step, state: &mut State) -> StepResult {
         Step::ExpectIp(e) => {
             let m = machine(env, e.machine.get_ref());
             retrying(e.within_s.as_ref().map(|s| *s.get_ref()), || {
-                let ip = m.ip_now(e.network)?;
+                let ip = looked_up(env, m, e.network, e.by)?;
                 if let Some(cidr) = &e.within {
                     let net: Ipv4Net = cidr.get_ref().parse().expect("checked when parsed");
                     return check(net.contains(&ip), format!("an IP in {net}"), ip.to_string());
@@ -643,6 +667,28 @@ fn run_step(env: &Env, step: &Step, state: &mut State) -> StepResult {
         Step::Sleep(s) => {
             std::thread::sleep(Duration::from_secs_f64(*s.seconds.get_ref()));
             Ok(None)
+        }
+    }
+}
+
+/// A machine's IP on `role`'s network, by its MAC (as mkh finds it) or by its hostname (the
+/// first lease with that name, as a lookup by name finds it).
+fn looked_up(env: &Env, m: &Machine, role: NetworkRole, by: Lookup) -> Result<Ipv4Addr> {
+    match by {
+        Lookup::Mac => m.ip_now(role),
+        Lookup::Hostname => {
+            let net = &network(env, role).name;
+            let leases = env.libvirt().network_leases(net)?;
+            leases
+                .iter()
+                .find(|l| l.hostname.as_deref() == Some(m.name()))
+                .and_then(|l| l.ip.parse().ok())
+                .ok_or_else(|| Error::GuestCommand {
+                    machine: m.name().to_owned(),
+                    command: format!("look up the lease of hostname {} on {net}", m.name()),
+                    status: 1,
+                    stderr: "no lease has that hostname".into(),
+                })
         }
     }
 }
@@ -828,6 +874,7 @@ pub fn summary(step: &Step) -> String {
         Step::Start(m) => format!("start {}", m.machine.get_ref()),
         Step::Stop(m) => format!("stop {}", m.machine.get_ref()),
         Step::Restart(m) => format!("restart {}", m.machine.get_ref()),
+        Step::Recreate(m) => format!("recreate {}", m.machine.get_ref()),
         Step::Link(l) => format!(
             "link {} {}",
             nic(l.machine.get_ref(), l.network),
@@ -886,7 +933,15 @@ pub fn summary(step: &Step) -> String {
             nic(r.machine.get_ref(), r.network),
             r.name.get_ref()
         ),
-        Step::ExpectIp(e) => format!("expect IP of {}", nic(e.machine.get_ref(), e.network)),
+        Step::ExpectIp(e) => format!(
+            "expect IP of {}{}",
+            nic(e.machine.get_ref(), e.network),
+            if e.by == Lookup::Hostname {
+                " by hostname"
+            } else {
+                ""
+            }
+        ),
         Step::ExpectReachable(r) => format!(
             "expect {} reachable from {} over {}",
             r.to.get_ref(),
