@@ -299,6 +299,18 @@ impl EnvCore {
         existing: &[String],
         timings: &mut Timings,
     ) -> Result<Machine> {
+        let machine = self.start_machine(options, existing, timings)?;
+        wait_ready_timed(&machine, timings)?;
+        Ok(machine)
+    }
+
+    /// [`EnvCore::boot_machine`] without waiting for the machine's leases and SSH.
+    pub fn start_machine(
+        &self,
+        options: &MachineOptions,
+        existing: &[String],
+        timings: &mut Timings,
+    ) -> Result<Machine> {
         let name = match &options.suffix {
             Some(suffix) => format!("{}-{suffix}", self.name),
             None => self.name.clone(),
@@ -327,7 +339,6 @@ impl EnvCore {
             let _ = self.registered(|r| r.add_domain(dom));
         })?;
         timings.define_start = Some(started.elapsed());
-        wait_ready_timed(&machine, timings)?;
         Ok(machine)
     }
 
@@ -601,11 +612,13 @@ impl Env {
     }
 
     /// Replaces machine `index` by a new one booted with `options` under the same name: new
-    /// MACs, same hostname (as minikube recreates a VM whose domain went missing).
+    /// MACs, same hostname (as minikube recreates a VM whose domain went missing). Returns once
+    /// the new domain runs, or with `wait_ready` once it answers SSH on both networks.
     pub(crate) fn recreate_machine_now(
         &mut self,
         index: usize,
         options: &MachineOptions,
+        wait_ready: bool,
     ) -> Result<()> {
         let name = self.machines[index].name().to_owned();
         self.core.lv.remove_domain(&name)?;
@@ -618,7 +631,10 @@ impl Env {
             .filter(|n| *n != name)
             .collect();
         let mut timings = Timings::default();
-        let machine = self.core.boot_machine(options, &others, &mut timings)?;
+        let machine = self.core.start_machine(options, &others, &mut timings)?;
+        if wait_ready {
+            wait_ready_timed(&machine, &mut timings)?;
+        }
         self.machines[index] = machine;
         self.arm_signal_artifacts();
         Ok(())

@@ -106,7 +106,7 @@ pub enum Step {
     Restart(Machines),
     /// Replaces a machine by a new one of the same name and hostname, with new MACs (what
     /// minikube does when it recreates a VM).
-    Recreate(Machines),
+    Recreate(Recreate),
     /// Sets one NIC's link down or up.
     Link(Link),
     /// Stops one of the environment's networks (it stays defined).
@@ -154,6 +154,21 @@ pub enum Step {
 #[allow(missing_docs)]
 pub struct Machines {
     pub machine: MachineRef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Recreate {
+    pub machine: MachineRef,
+    /// Wait until the new machine answers SSH on both networks (default); `false`: go on once
+    /// its domain runs, while it boots.
+    #[serde(default = "yes")]
+    pub wait: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -454,7 +454,7 @@ fn check(holds: bool, expected: impl Into<String>, seen: impl Into<String>) -> S
 fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
     if let Step::Recreate(r) = step {
         let index = machine_index(r.machine.get_ref());
-        env.recreate_machine_now(index, &machine_options(&state.settings, index))?;
+        env.recreate_machine_now(index, &machine_options(&state.settings, index), r.wait)?;
         return Ok(Some(
             "domain removed and defined again: new MACs, same name and hostname".into(),
         ));
