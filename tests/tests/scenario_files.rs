@@ -45,11 +45,22 @@ fn invalid_files_are_refused_with_their_positions_before_anything_is_made() {
         (write("huge.toml", &vec![b'#'; 300 * 1024]), ":1:1: the file is 307200 bytes"),
         (write("cidr.toml", b"description = \"x\"\n[[step]]\nexpect-ip = { machine = \"m1\", network = \"nat\", in = \"10.1.2.3\" }\n"), ":3:53: `in` = \"10.1.2.3\": expected an IPv4 CIDR"),
     ];
-    let before = network_names();
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let endless = [fifo, zero].map(|p| p.display().to_string());
+    let cases: Vec<(String, &str)> = cases
+        .into_iter()
+        .chain(endless.into_iter().map(|f| (f, ":1:1: not a regular file")))
+        .collect();
+    // A run id of their own: whatever they made would carry it.
+    let run = format!("refused-scenarios-{}", std::process::id());
+    let envs = [("MKH_RUN_ID", run.as_str())];
     for (file, expected) in &cases {
         for verb in ["check", "run"] {
             // With a valid file beside it: nothing runs unless all are valid.
-            let (code, out, err) = mkh(&["scenario", verb, &good, file]);
+            let (code, out, err) = mkh_with_env(&["scenario", verb, &good, file], &envs);
             assert_eq!(code, 1, "{verb} {file}: {out}{err}");
             assert!(
                 err.contains(&format!("{file}{expected}")),
@@ -59,7 +70,8 @@ fn invalid_files_are_refused_with_their_positions_before_anything_is_made() {
             assert!(!err.contains("panicked"), "{err}");
         }
     }
-    assert_eq!(network_names(), before, "a refused scenario made a network");
+    let (code, out, err) = mkh(&["audit", "--run", &run]);
+    assert_eq!(code, 0, "a refused scenario left objects: {out}{err}");
     let (code, _, err) = mkh(&[
         "scenario",
         "run",

@@ -74,7 +74,7 @@ pub struct EnvironmentSpec {
     pub cpus: Option<Spanned<u32>>,
     /// Extra `minikube start` arguments.
     #[serde(default)]
-    pub minikube_args: Option<Spanned<Vec<String>>>,
+    pub minikube_args: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl EnvironmentSpec {
@@ -393,7 +393,35 @@ pub struct Scenario {
 impl Scenario {
     /// Reads, parses and checks `path`.
     pub fn load(path: &Path) -> Result<Scenario> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        use std::io::Read;
+        // Judged before opening: opening a FIFO would wait for a writer.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(bad(
+                path,
+                b"",
+                0,
+                "not a regular file (a directory, device or FIFO): a scenario is a TOML file"
+                    .into(),
+            ));
+        }
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // At most one byte over the limit: enough to refuse a file that grew meanwhile.
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(bad(
+                path,
+                b"",
+                0,
+                format!(
+                    "the file is {} bytes, over the {MAX_FILE_BYTES}-byte limit for a scenario; split it",
+                    meta.len().max(bytes.len() as u64)
+                ),
+            ));
+        }
         Scenario::parse(path, &bytes)
     }
 
@@ -429,7 +457,7 @@ impl Scenario {
         }
         let raw: RawScenario = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
-            at(offset, e.message().trim().to_owned())
+            at(offset, plain_words(e.message().trim()))
         })?;
         Checker { path, bytes }.check(raw)
     }
@@ -441,8 +469,48 @@ fn bad(path: &Path, bytes: &[u8], offset: usize, problem: String) -> Error {
         file: path.to_owned(),
         line,
         column,
-        problem,
+        problem: one_safe_line(&problem),
     }
+}
+
+/// toml's and serde's wording, in the file's terms where they speak of Rust.
+fn plain_words(message: &str) -> String {
+    if message.starts_with("wanted exactly 1 element") {
+        return "a `[[step]]` table holds exactly one key, the step's kind (e.g. `stop = { machine = \"m1\" }`)".into();
+    }
+    if message.contains("expected a sequence") {
+        return format!("{message}: steps are `[[step]]` tables (double brackets)");
+    }
+    let mut out = message.to_owned();
+    for (rust, words) in [
+        ("expected u32", "expected a whole number from 0"),
+        ("expected u16", "expected a port number, 1 to 65535"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        (
+            "expected struct EnvironmentSpec",
+            "expected the `[environment]` table",
+        ),
+    ] {
+        out = out.replace(rust, words);
+    }
+    if let Some(i) = out.find(", expected struct ") {
+        out.truncate(i);
+        out += ", expected a table of the step's fields, e.g. `{ machine = \"m1\" }`";
+    }
+    out
+}
+
+/// Control characters (a terminal's escapes, newlines) shown escaped: a message is one line
+/// and cannot rewrite the terminal.
+fn one_safe_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c {
+            '\n' | '\r' | '\t' => vec![' '],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect()
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -546,8 +614,12 @@ impl Checker<'_> {
                     "`minikube_args` needs `backend = \"minikube\"`",
                 );
             }
-            if let Err(e) = crate::minikube::contract::check_extra_args(args.get_ref()) {
-                return self.err(args.span(), e.to_string());
+            for arg in args.get_ref() {
+                if let Err(e) =
+                    crate::minikube::contract::check_extra_args(&[arg.get_ref().clone()])
+                {
+                    return self.err(arg.span(), e.to_string());
+                }
             }
         }
         Ok(())
@@ -589,12 +661,14 @@ impl Checker<'_> {
         if o.get_ref() == "host" {
             Ok(())
         } else {
+            let machines: Vec<String> = (1..=count).map(|i| format!("m{i}")).collect();
             self.machine(o, count, false).or_else(|_| {
                 self.err(
                     o.span(),
                     format!(
-                        "{:?}: expected \"host\" or a machine (m1 … m{count})",
-                        o.get_ref()
+                        "{:?}: expected \"host\" or a machine of this scenario ({})",
+                        o.get_ref(),
+                        machines.join(", ")
                     ),
                 )
             })
@@ -669,7 +743,13 @@ impl Checker<'_> {
     fn regex(&self, r: &Spanned<String>) -> Result<()> {
         match regex::Regex::new(r.get_ref()) {
             Ok(_) => Ok(()),
-            Err(e) => self.err(r.span(), format!("not a regular expression: {e}")),
+            Err(e) => self.err(
+                r.span(),
+                format!(
+                    "not a regular expression: {}",
+                    e.to_string().lines().last().unwrap_or("").trim()
+                ),
+            ),
         }
     }
 
@@ -691,7 +771,12 @@ impl Checker<'_> {
                 self.machine(&m.machine, count, false)
             }
             Step::Link(l) => self.machine(&l.machine, count, false),
-            Step::Dhcp(d) => self.machine(&d.machine, count, false),
+            Step::Dhcp(d) => {
+                if backend == BackendChoice::Minikube {
+                    return self.err(d.machine.span(), "`dhcp` is for the built-in guest");
+                }
+                self.machine(&d.machine, count, false)
+            }
             Step::DestroyNetwork(_) | Step::StartNetwork(_) => Ok(()),
             Step::Partition(p) | Step::Heal(p) => {
                 let list = p.machines.get_ref();
@@ -944,7 +1029,7 @@ mod tests {
             (step("stop = { machine = 1 }"), "1 }", "invalid type: integer `1`, expected a string"),
             (step("stop = { machine = \"m1\", speed = 3 }"), "speed", "unknown field `speed`"),
             (step("expect-ip = { machine = \"m1\", network = \"nat\", in = \"10.0.0.0/33\" }"), "\"10.0.0.0/33\"", "expected an IPv4 CIDR"),
-            (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = -5 }"), "-5", "expected u32"),
+            (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = -5 }"), "-5", "expected a whole number from 0"),
             (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = 99999999 }"), "99999999", "at most 60000"),
             (step("impair = { machine = \"m1\", network = \"nat\", loss_percent = nan }"), "nan", "a percentage"),
             (step("link = { machine = \"m1\", network = \"dmz\", up = true }"), "\"dmz\"", "unknown variant `dmz`, expected `nat` or `private`"),
@@ -956,9 +1041,12 @@ mod tests {
             (step("partition = { network = \"private\", machines = [\"m1\", \"m1\"] }"), "[\"m1\", \"m1\"]", "two different machines"),
             (format!("{HEAD}[environment]\nmachines = 0\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "0", "expected 1 to 8"),
             (format!("{HEAD}[environment]\nnodes = 2\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "2", "`nodes` is for `backend = \"minikube\"`"),
-            (format!("{HEAD}[environment]\nbackend = \"minikube\"\nminikube_args = [\"--driver=docker\"]\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "[\"--driver", "--driver=kvm2"),
+            (format!("{HEAD}[environment]\nbackend = \"minikube\"\nminikube_args = [\"--driver=docker\"]\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "\"--driver=docker\"", "--driver=kvm2"),
             (step("expect-cluster-ip = { service = \"kubernetes\", equals = \"10.96.0.1\" }"), "\"kubernetes\"", "needs a Kubernetes API server"),
             (HEAD.into(), "description", "no steps"),
+            (format!("{HEAD}[[step]]\nstop = {{ machine = \"m1\" }}\nstart = {{ machine = \"m1\" }}\n"), "[[step]]", "holds exactly one key"),
+            (step("stop = \"m1\""), "\"m1\"", "expected a table of the step's fields"),
+            (step("stop = { machine = \"m1\\u001b[2J\" }"), "\"m1", "\\u{1b}[2J"),
             ("   \n\n".into(), "   ", "the file is empty"),
             ("[[step]]\nstop = { machine = \"m1\" }\n".into(), "[[step]]", "missing field `description`"),
             ("description = \"x\"\nextra = 1\n[[step]]\nstop = { machine = \"m1\" }\n".into(), "extra", "unknown field `extra`"),

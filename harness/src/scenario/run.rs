@@ -306,7 +306,8 @@ fn environment_settings(scenario: &Scenario, settings: &Settings) -> Settings {
     }
     // After the settings' own (MKH_MINIKUBE_ARGS, e.g. `--force` for root).
     if let Some(args) = &e.minikube_args {
-        s.minikube_args.extend(args.get_ref().iter().cloned());
+        s.minikube_args
+            .extend(args.get_ref().iter().map(|a| a.get_ref().clone()));
     }
     s
 }
