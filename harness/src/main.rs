@@ -130,7 +130,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ScenarioCommand {
-    /// Run scenario files one after the other; exit 0 only if all passed.
+    /// Run scenario files one after the other; exit 0 only if none failed (skipped ones are listed with why).
     #[command(after_help = "Example:\n  mkh scenario run scenarios/*.toml --junit scenarios.xml")]
     Run {
         #[arg(required = true)]
