@@ -427,6 +427,8 @@ impl Scenario {
 
     /// Parses and checks a scenario's bytes (`path` names it in errors).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Scenario> {
+        // A UTF-8 byte order mark is not part of the text (nor of its columns).
+        let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
         let at = |offset: usize, problem: String| bad(path, bytes, offset, problem);
         if bytes.len() > MAX_FILE_BYTES {
             return Err(at(
@@ -814,16 +816,18 @@ impl Checker<'_> {
                         );
                     }
                 }
-                let any = i.delay_ms.is_some()
-                    || i.loss_percent.is_some()
-                    || i.corrupt_percent.is_some()
+                let positive =
+                    |v: &Option<Spanned<f64>>| v.as_ref().is_some_and(|v| *v.get_ref() > 0.0);
+                let any = delay.is_some_and(|d| d > 0)
+                    || positive(&i.loss_percent)
+                    || positive(&i.corrupt_percent)
                     || i.rate_kbit.is_some();
                 if any {
                     Ok(())
                 } else {
                     self.err(
                         i.machine.span(),
-                        "an impairment needs at least one of delay_ms, loss_percent, corrupt_percent, rate_kbit",
+                        "an impairment needs at least one effect: delay_ms, loss_percent or corrupt_percent above 0, or a rate_kbit",
                     )
                 }
             }
@@ -1044,6 +1048,8 @@ mod tests {
             (format!("{HEAD}[environment]\nbackend = \"minikube\"\nminikube_args = [\"--driver=docker\"]\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "\"--driver=docker\"", "--driver=kvm2"),
             (step("expect-cluster-ip = { service = \"kubernetes\", equals = \"10.96.0.1\" }"), "\"kubernetes\"", "needs a Kubernetes API server"),
             (HEAD.into(), "description", "no steps"),
+            (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = 0, loss_percent = 0 }"), "\"m1\"", "at least one effect"),
+            ("\u{feff}description = 1\n".into(), "1", "expected a string"),
             (format!("{HEAD}[[step]]\nstop = {{ machine = \"m1\" }}\nstart = {{ machine = \"m1\" }}\n"), "[[step]]", "holds exactly one key"),
             (step("stop = \"m1\""), "\"m1\"", "expected a table of the step's fields"),
             (step("stop = { machine = \"m1\\u001b[2J\" }"), "\"m1", "\\u{1b}[2J"),
@@ -1057,7 +1063,9 @@ mod tests {
                 problem.contains(needle),
                 "{text:?}: {problem:?} lacks {needle:?}"
             );
+            // Columns as an editor shows them: a byte order mark is not one.
             let at: String = text
+                .trim_start_matches('\u{feff}')
                 .lines()
                 .nth(line - 1)
                 .unwrap_or("")
