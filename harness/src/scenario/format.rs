@@ -229,6 +229,16 @@ pub enum DhcpAction {
     Release,
 }
 
+impl DhcpAction {
+    /// `renew` or `release`: as written in a file, and as the guest's DHCP service reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DhcpAction::Renew => "renew",
+            DhcpAction::Release => "release",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]

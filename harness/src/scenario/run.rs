@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::format::{BackendChoice, Block, DhcpAction, Impair, Lookup, Reach, Scenario, Step};
+use super::format::{BackendChoice, Block, Impair, Lookup, Reach, Scenario, Step};
 use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineOptions, NetworkRole};
@@ -526,10 +526,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
         Step::Dhcp(d) => {
             let m = machine(env, d.machine.get_ref());
             let nic = nic_name(m, d.network)?;
-            let verb = match d.action {
-                DhcpAction::Renew => "renew",
-                DhcpAction::Release => "release",
-            };
+            let verb = d.action.as_str();
             // The built-in guest's root service (see its /init); elsewhere, no way is known.
             guest(
                 m,
@@ -904,10 +901,7 @@ pub fn summary(step: &Step) -> String {
         }
         Step::Dhcp(d) => format!(
             "DHCP {} on {}",
-            match d.action {
-                DhcpAction::Renew => "renew",
-                DhcpAction::Release => "release",
-            },
+            d.action.as_str(),
             nic(d.machine.get_ref(), d.network)
         ),
         Step::Block(b) | Step::Unblock(b) => format!(
