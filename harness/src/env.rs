@@ -49,6 +49,7 @@ pub struct EnvBuilder {
     settings: Option<Settings>,
     artifacts: Option<PathBuf>,
     signals: bool,
+    lease: Option<Duration>,
 }
 
 impl Default for EnvBuilder {
@@ -61,6 +62,7 @@ impl Default for EnvBuilder {
             settings: None,
             artifacts: None,
             signals: true,
+            lease: None,
         }
     }
 }
@@ -96,6 +98,13 @@ impl EnvBuilder {
     /// the built-in guest.
     pub fn minikube(mut self, options: MinikubeOptions) -> Self {
         self.backend = Backend::Minikube(options);
+        self
+    }
+
+    /// The DHCP lease time on both networks (120 s to a day; default dnsmasq's, one hour): a
+    /// short one lets a test see a lease expire.
+    pub fn dhcp_lease_time(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
         self
     }
 
@@ -156,6 +165,9 @@ impl EnvBuilder {
         if let Some(name) = &self.name {
             validate_env_name(name)?;
         }
+        if let Some(lease) = self.lease {
+            crate::net::spec::check_lease_time(lease)?;
+        }
         let uri = settings.libvirt_uri.clone();
         let id = EnvId::random();
         let name = self.name.unwrap_or_else(|| id.env_name());
@@ -194,6 +206,7 @@ impl EnvBuilder {
             lv,
             owner: Mutex::new(owner),
             home,
+            lease: self.lease,
             networks: OnceLock::new(),
             accel: OnceLock::new(),
             generations: Mutex::new(BTreeMap::new()),
@@ -248,6 +261,8 @@ pub(crate) struct EnvCore {
     pub lv: Arc<Libvirt>,
     pub owner: Mutex<Owner>,
     pub home: PathBuf,
+    /// DHCP lease time of both networks (`None`: dnsmasq's default).
+    pub lease: Option<Duration>,
     networks: OnceLock<NetworkPair>,
     accel: OnceLock<Accel>,
     /// Machines made again (`recreate_machine_now`): name → times.
@@ -425,6 +440,7 @@ impl Env {
             &core.id,
             &core.owner(),
             &core.settings.subnet_pool,
+            core.lease,
             &core.settings.lock_dir,
             &mut |net| {
                 let _ = core.registered(|r| r.add_network(net));
@@ -512,6 +528,11 @@ impl Env {
 
     /// Collects what explains a failure (`error`) into the artifact directory, when one was
     /// given; returns it.
+    /// The DHCP lease time of the environment's networks, if it was set.
+    pub(crate) fn dhcp_lease_time(&self) -> Option<Duration> {
+        self.core.lease
+    }
+
     pub(crate) fn collect_failure_now(&self, error: &str) -> Option<PathBuf> {
         let (plan, dir) = self.failure_artifacts()?;
         plan.collect(&dir, Some(error), Some(MINIKUBE_LOGS_DEADLINE));

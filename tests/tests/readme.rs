@@ -54,7 +54,7 @@ edition = "2021"
 publish = false
 
 [dependencies]
-mkh = {{ path = "{root}/harness" }}
+mkh = {{ path = "{root}/harness", default-features = false }}
 mkh-fixtures = {{ path = "{root}/fixtures" }}
 rstest = "0.26"
 tokio = {{ version = "1", features = ["macros", "rt"] }}

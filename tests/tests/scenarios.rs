@@ -3,38 +3,40 @@
 
 use std::path::PathBuf;
 
-use mkh::scenario::{self, Outcome, Progress, RunOptions, Scenario};
+use mkh::scenario::Scenario;
 use mkh_tests::*;
 use rstest::rstest;
 
-fn options() -> RunOptions {
-    let mut settings = mkh::Settings::current().expect("settings");
-    // Scenarios on the minikube backend run on the stand-in here, which, like minikube,
-    // refuses root without `--force` (the test command runs as root).
-    settings.minikube = Some(env!("CARGO_BIN_EXE_minikube").into());
-    if nix::unistd::getuid().is_root() {
-        settings.minikube_args.push("--force".into());
-    }
-    RunOptions {
-        settings,
-        keep_failed: false,
-        progress: Progress::Lines,
-    }
-}
-
+/// Runs the file through the `mkh` command, as a user would. Scenarios on the minikube backend
+/// run on the stand-in here, which, like minikube, refuses root without `--force` (the test
+/// command runs as root).
 #[rstest]
 fn the_shipped_scenario_passes_and_leaves_nothing(#[files("../scenarios/*.toml")] file: PathBuf) {
     let scenario = Scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
-    let report = scenario::run(&scenario, &options());
-    assert_eq!(
-        report.outcome,
-        Outcome::Passed,
-        "{}",
-        report.problem.clone().unwrap_or_default()
+    let force = if nix::unistd::getuid().is_root() {
+        "--force"
+    } else {
+        ""
+    };
+    let (code, out, err) = mkh_with_env(
+        &["scenario", "run", "--json", file.to_str().unwrap()],
+        &[
+            ("MKH_MINIKUBE", env!("CARGO_BIN_EXE_minikube")),
+            ("MKH_MINIKUBE_ARGS", force),
+        ],
     );
-    assert_eq!(report.steps.len(), scenario.steps.len());
-    let env = report.environment.expect("it ran in an environment");
-    assert!(leftovers(&env).is_empty(), "{:?}", leftovers(&env));
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let s = &report["scenarios"][0];
+    assert_eq!(s["outcome"], "passed", "{s}\n{err}");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        s["steps"].as_array().map(Vec::len),
+        Some(scenario.steps.len()),
+        "{s}"
+    );
+    let env = s["environment"].as_str().expect("it ran in an environment");
+    assert!(leftovers(env).is_empty(), "{:?}", leftovers(env));
 }
 
 #[test]

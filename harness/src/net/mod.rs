@@ -122,14 +122,16 @@ pub fn taken_subnets(lv: &Libvirt) -> Result<Vec<Ipv4Net>> {
     Ok(taken)
 }
 
-/// Creates the NAT and the isolated network of environment `id`. `on_created` hears of each
-/// network's name just before libvirt is asked to make it, so that a signal at any instant
-/// still removes it.
+/// Creates the NAT and the isolated network of environment `id` (DHCP leases of `lease`, or
+/// dnsmasq's default). `on_created` hears of each network's name just before libvirt is asked
+/// to make it, so that a signal at any instant still removes it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn create_pair(
     lv: &Libvirt,
     id: &EnvId,
     owner: &Owner,
     pool: &SubnetPool,
+    lease: Option<std::time::Duration>,
     lock_dir: &Path,
     on_created: &mut dyn FnMut(&str),
 ) -> Result<NetworkPair> {
@@ -150,7 +152,8 @@ pub(crate) fn create_pair(
             let total = pool.candidates().count().max(1);
             let start = rand::rng().random_range(0..total);
             let subnet = pool.choose(&taken, 1, start)?[0];
-            let spec = NetworkSpec::new(&name, kind, &name, subnet, owner.clone())?;
+            let spec =
+                NetworkSpec::new(&name, kind, &name, subnet, owner.clone())?.with_lease(lease)?;
             if attempt == 1 {
                 on_created(&name);
             }

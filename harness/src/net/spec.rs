@@ -2,6 +2,7 @@
 //! NAT network (its `default`) and an isolated one (its `mk-<profile>`: no `<forward>`, DNS off).
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -29,6 +30,29 @@ pub struct NetworkSpec {
     pub subnet: Ipv4Net,
     pub dns: bool,
     pub owner: Owner,
+    /// DHCP lease time; `None`: dnsmasq's default (one hour).
+    pub lease: Option<Duration>,
+}
+
+/// The shortest DHCP lease dnsmasq gives ("The minimum lease time is two minutes", dnsmasq(8),
+/// `--dhcp-range`); libvirt passes a shorter one on and dnsmasq raises it.
+pub const MIN_LEASE: Duration = Duration::from_secs(120);
+/// The longest lease mkh asks for: an environment lives for a test, not a day.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks a DHCP lease time before anything is made.
+pub fn check_lease_time(lease: Duration) -> Result<()> {
+    if (MIN_LEASE..=MAX_LEASE).contains(&lease) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        what: "DHCP lease time",
+        value: format!("{} s", lease.as_secs_f64()),
+        problem:
+            "dnsmasq gives no lease shorter than 120 s, and mkh asks for none longer than a day"
+                .into(),
+        fix: "use 120 s to 86400 s",
+    })
 }
 
 impl NetworkSpec {
@@ -58,7 +82,17 @@ impl NetworkSpec {
             // The isolated network mirrors kvm2's `<dns enable='no'/>`.
             dns: kind == NetworkKind::Nat,
             owner,
+            lease: None,
         })
+    }
+
+    /// The same network with a DHCP lease time (checked with [`check_lease_time`]).
+    pub fn with_lease(mut self, lease: Option<Duration>) -> Result<NetworkSpec> {
+        if let Some(l) = lease {
+            check_lease_time(l)?;
+        }
+        self.lease = lease;
+        Ok(self)
     }
 
     /// The host's address on the bridge: the subnet's first host.
@@ -84,6 +118,14 @@ impl NetworkSpec {
             NetworkKind::Nat => "  <forward mode='nat'/>\n",
             NetworkKind::Isolated => "",
         };
+        let lease = match self.lease {
+            // libvirt >= 6.3: `<lease expiry=.. unit=..>` becomes dnsmasq's dhcp-range lease time.
+            Some(l) => format!(
+                ">\n        <lease expiry='{}' unit='seconds'/>\n      </range>",
+                l.as_secs()
+            ),
+            None => "/>".into(),
+        };
         let dns = if self.dns {
             ""
         } else {
@@ -97,7 +139,7 @@ impl NetworkSpec {
              \x20 <bridge name='{bridge}' stp='on' delay='0'/>\n\
              {dns}\
              \x20 <ip address='{gateway}' prefix='{prefix}'>\n\
-             \x20   <dhcp>\n      <range start='{start}' end='{end}'/>\n    </dhcp>\n\
+             \x20   <dhcp>\n      <range start='{start}' end='{end}'{lease}\n    </dhcp>\n\
              \x20 </ip>\n\
              \x20 <dnsmasq:options>\n\
              \x20   <!-- offer addresses at once: dnsmasq otherwise pings each one first -->\n\
@@ -207,6 +249,21 @@ mod tests {
         assert!(!xml.contains("<forward"));
         assert!(xml.contains("<dns enable='no'/>"));
         assert!(xml.contains("<range start='10.208.7.2' end='10.208.7.253'/>"));
+    }
+
+    #[test]
+    fn a_lease_time_is_given_to_libvirt_in_seconds_and_checked() {
+        let with = |s| spec("n", NetworkKind::Nat).with_lease(Some(Duration::from_secs(s)));
+        let xml = with(150).unwrap().to_xml();
+        assert!(
+            xml.contains("<range start='10.208.7.2' end='10.208.7.254'>\n        <lease expiry='150' unit='seconds'/>\n      </range>"),
+            "{xml}"
+        );
+        for bad in [0, 119, 86401] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("DHCP lease time") && e.contains("120 s"), "{e}");
+        }
+        assert!(with(120).is_ok() && with(86400).is_ok());
     }
 
     #[test]

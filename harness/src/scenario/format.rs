@@ -24,6 +24,7 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 use crate::machine::NetworkRole;
+use crate::net::spec::{MAX_LEASE, MIN_LEASE};
 
 /// Files larger than this are refused before they are parsed.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
@@ -75,6 +76,8 @@ pub struct EnvironmentSpec {
     /// Extra `minikube start` arguments.
     #[serde(default)]
     pub minikube_args: Option<Spanned<Vec<Spanned<String>>>>,
+    /// DHCP lease time of both networks, seconds (default: dnsmasq's, one hour).
+    pub dhcp_lease_s: Option<Spanned<u32>>,
 }
 
 impl EnvironmentSpec {
@@ -225,16 +228,28 @@ pub struct Impair {
 pub enum DhcpAction {
     /// Renew the lease now (or obtain one anew after a release).
     Renew,
-    /// Give the lease back: the host then sees no lease, as after one expired.
+    /// Give the lease back: the host then sees no lease at once.
     Release,
+    /// Stop renewing, keep the address, and wait until the host's lease has expired
+    /// (`[environment] dhcp_lease_s` sets how long that takes). `renew` resumes.
+    Expire,
 }
 
 impl DhcpAction {
-    /// `renew` or `release`: as written in a file, and as the guest's DHCP service reads it.
+    /// As written in a file.
     pub fn as_str(self) -> &'static str {
         match self {
             DhcpAction::Renew => "renew",
             DhcpAction::Release => "release",
+            DhcpAction::Expire => "expire",
+        }
+    }
+
+    /// What the guest's DHCP service (`/run/mkh/dhcp-request`) is asked.
+    pub fn guest_verb(self) -> &'static str {
+        match self {
+            DhcpAction::Expire => "hold",
+            other => other.as_str(),
         }
     }
 }
@@ -571,17 +586,11 @@ impl Checker<'_> {
                 format!("more than {MAX_STEPS} steps; split the scenario"),
             );
         }
-        let machines = environment.machine_count();
         let mut remembered = BTreeSet::new();
         let mut steps = Vec::new();
         for step in raw.step {
             let line = position(self.bytes, step.span().start).0;
-            self.check_step(
-                step.get_ref(),
-                machines,
-                environment.backend,
-                &mut remembered,
-            )?;
+            self.check_step(step.get_ref(), &environment, &mut remembered)?;
             steps.push((line, step.into_inner()));
         }
         Ok(Scenario {
@@ -618,6 +627,11 @@ impl Checker<'_> {
         }
         if let Some(c) = &e.cpus {
             self.range(c, 1, 256, "cpus")?;
+        }
+        if let Some(l) = &e.dhcp_lease_s {
+            // dnsmasq's shortest lease is two minutes; see net::spec::MIN_LEASE.
+            let (min, max) = (MIN_LEASE.as_secs() as u32, MAX_LEASE.as_secs() as u32);
+            self.range(l, min, max, "dhcp_lease_s")?;
         }
         if let Some(args) = &e.minikube_args {
             if builtin {
@@ -768,10 +782,11 @@ impl Checker<'_> {
     fn check_step(
         &self,
         step: &Step,
-        count: u32,
-        backend: BackendChoice,
+        environment: &EnvironmentSpec,
         remembered: &mut BTreeSet<String>,
     ) -> Result<()> {
+        let count = environment.machine_count();
+        let backend = environment.backend;
         match step {
             Step::Start(m) | Step::Stop(m) | Step::Restart(m) => {
                 self.machine(&m.machine, count, true)
@@ -786,6 +801,12 @@ impl Checker<'_> {
             Step::Dhcp(d) => {
                 if backend == BackendChoice::Minikube {
                     return self.err(d.machine.span(), "`dhcp` is for the built-in guest");
+                }
+                if d.action == DhcpAction::Expire && environment.dhcp_lease_s.is_none() {
+                    return self.err(
+                        d.machine.span(),
+                        "`action = \"expire\"` waits out the lease time: set `dhcp_lease_s` in `[environment]` (at least 120, dnsmasq's shortest lease)",
+                    );
                 }
                 self.machine(&d.machine, count, false)
             }
@@ -1058,6 +1079,8 @@ mod tests {
             (format!("{HEAD}[environment]\nbackend = \"minikube\"\nminikube_args = [\"--driver=docker\"]\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "\"--driver=docker\"", "--driver=kvm2"),
             (step("expect-cluster-ip = { service = \"kubernetes\", equals = \"10.96.0.1\" }"), "\"kubernetes\"", "needs a Kubernetes API server"),
             (HEAD.into(), "description", "no steps"),
+            (step("dhcp = { machine = \"m1\", network = \"private\", action = \"expire\" }"), "\"m1\"", "set `dhcp_lease_s`"),
+            (format!("{HEAD}[environment]\ndhcp_lease_s = 60\n[[step]]\nstop = {{ machine = \"m1\" }}\n"), "60", "expected 120 to 86400"),
             (step("impair = { machine = \"m1\", network = \"nat\", delay_ms = 0, loss_percent = 0 }"), "\"m1\"", "at least one effect"),
             ("\u{feff}description = 1\n".into(), "1", "expected a string"),
             (format!("{HEAD}[[step]]\nstop = {{ machine = \"m1\" }}\nstart = {{ machine = \"m1\" }}\n"), "[[step]]", "holds exactly one key"),

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::format::{BackendChoice, Block, Impair, Lookup, Reach, Scenario, Step};
+use super::format::{BackendChoice, Block, DhcpAction, Impair, Lookup, Reach, Scenario, Step};
 use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineOptions, NetworkRole};
+use crate::net::spec::MAX_LEASE;
 use crate::settings::{BackendKind, Settings};
 
 /// How a run reports as it goes.
@@ -276,7 +277,7 @@ fn missing_need(scenario: &Scenario, settings: &Settings) -> Option<String> {
         .any(|(_, s)| matches!(s, Step::Apply(_) | Step::ExpectClusterIp(_)));
     if talks_to_kube && !cfg!(feature = "kube") {
         return Some(
-            "its Kubernetes steps need mkh built with the `kube` feature (the test suite's is)"
+            "its Kubernetes steps need mkh built with its `kube` feature (the `mkh` command has it unless built with `--no-default-features`)"
                 .into(),
         );
     }
@@ -314,6 +315,9 @@ fn environment_settings(scenario: &Scenario, settings: &Settings) -> Settings {
 
 /// How many failed scenarios' artifact directories are kept (the oldest go first).
 const ARTIFACTS_KEPT: usize = 20;
+/// How long past its lease time a held lease may take to leave the host's list: dnsmasq
+/// removes it on its next timer, libvirt filters it by its expiry stamp at once.
+const LEASE_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
 fn artifact_dir(settings: &Settings, scenario: &Scenario) -> PathBuf {
     let root = settings.state_dir.join("scenario-artifacts");
@@ -331,7 +335,11 @@ fn artifact_dir(settings: &Settings, scenario: &Scenario) -> PathBuf {
 }
 
 fn bring_up(scenario: &Scenario, settings: &Settings, artifacts: &std::path::Path) -> Result<Env> {
-    let mut env = Env::builder()
+    let mut builder = Env::builder();
+    if let Some(lease) = &scenario.environment.dhcp_lease_s {
+        builder = builder.dhcp_lease_time(Duration::from_secs(u64::from(*lease.get_ref())));
+    }
+    let mut env = builder
         .settings(settings.clone())
         .backend(settings.backend())
         .artifacts_on_failure(artifacts)
@@ -526,7 +534,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
         Step::Dhcp(d) => {
             let m = machine(env, d.machine.get_ref());
             let nic = nic_name(m, d.network)?;
-            let verb = d.action.as_str();
+            let verb = d.action.guest_verb();
             // The built-in guest's root service (see its /init); elsewhere, no way is known.
             guest(
                 m,
@@ -535,7 +543,29 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
                     "[ -p /run/mkh/dhcp-request ] || {{ echo 'no /run/mkh/dhcp-request: only the built-in guest takes DHCP requests' >&2; exit 1; }}; echo '{verb} {nic}' >/run/mkh/dhcp-request"
                 ),
             )?;
-            Ok(Some(format!("udhcpc on the guest's {nic} asked to {verb}")))
+            if d.action != DhcpAction::Expire {
+                return Ok(Some(format!("udhcpc on the guest's {nic} asked to {verb}")));
+            }
+            // The host stops listing a lease once its expiry time has passed (libvirt's
+            // networkGetDHCPLeases skips expired ones); dnsmasq's clock, not the guest's speed,
+            // sets when: no timeout scale.
+            let lease = env.dhcp_lease_time().unwrap_or(MAX_LEASE);
+            let held = Instant::now();
+            retrying(Some((lease + LEASE_EXPIRY_MARGIN).as_secs_f64()), || {
+                match m.ip_within(d.network, Duration::from_secs(1)) {
+                    Ok(ip) => check(
+                        false,
+                        "the lease gone from the host",
+                        format!("a lease for {ip}"),
+                    ),
+                    Err(Error::NoLease(_)) => Ok(Some(format!(
+                        "udhcpc on the guest's {nic} held (SIGSTOP); the host's lease expired after {:.0} s (lease time {} s)",
+                        held.elapsed().as_secs_f64(),
+                        lease.as_secs()
+                    ))),
+                    Err(e) => Err(e.into()),
+                }
+            })
         }
         Step::Block(b) => block(env, b, state, true),
         Step::Unblock(b) => block(env, b, state, false),
