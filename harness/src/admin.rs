@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::doctor::{Check, DoctorReport, Status};
+pub use crate::inventory::EnvNetwork;
 pub use crate::inventory::{ClaimedObject, EnvSummary, ObjectKind};
 pub use crate::owner::{Owner, OwnerKind, ProcessIdentity};
 pub use crate::reaper::{ReapReport, ReapScope, Reaped};
@@ -50,6 +52,37 @@ pub fn machine(settings: &Settings, name: &str) -> Result<Machine> {
     find(&lv, name)?
         .machine(&lv, settings.timeout_scale)
         .map(Machine)
+}
+
+/// What `mkh stop|start|restart NAME` does to an environment's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// An ACPI shutdown (forced off after the shutdown deadline).
+    Stop,
+    /// Start it and wait until SSH answers on both networks.
+    Start,
+    /// Stop, then start.
+    Restart,
+}
+
+/// Stops, starts or restarts a built-in environment's machine; after a start, its IPs.
+pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crate::Ips>> {
+    let lv = connect(settings)?;
+    let env = find(&lv, name)?;
+    if env.minikube_cluster(lv.uri()).is_some() {
+        return Err(Error::InvalidInput {
+            what: "environment",
+            value: name.to_owned(),
+            problem: "it is a minikube cluster, which `mkh stop/start` does not drive yet".into(),
+            fix: "run `minikube stop -p PROFILE` / `minikube start -p PROFILE` with MINIKUBE_HOME set to the environment's home (`mkh ls --json` shows both)",
+        });
+    }
+    let machine = env.machine(&lv, settings.timeout_scale)?;
+    match what {
+        Power::Stop => machine.stop_now().map(|()| None),
+        Power::Start => machine.start_now().map(Some),
+        Power::Restart => machine.restart_now().map(Some),
+    }
 }
 
 /// Runs `words` (quoted for the guest's shell) on `machine` over `role`'s network, with this
@@ -206,6 +239,11 @@ pub fn guest_image(settings: &Settings) -> Result<GuestImageFiles> {
         kernel: image.kernel,
         initrd: image.initrd,
     })
+}
+
+/// Checks what this host offers mkh (`mkh doctor`); see [`DoctorReport`].
+pub fn doctor(settings: &Settings) -> DoctorReport {
+    crate::doctor::run(settings)
 }
 
 /// Times bringing up and tearing down an environment with the guest, phase by phase, `runs`

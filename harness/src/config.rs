@@ -17,6 +17,53 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Checks a directory setting before anything is made: it exists, is a directory, and this
+/// user may create files in it.
+pub fn check_writable_dir(setting: &'static str, dir: &Path) -> Result<()> {
+    let problem = match std::fs::metadata(dir) {
+        Err(e) => format!("it cannot be used: {e}"),
+        Ok(m) if !m.is_dir() => "it is not a directory".into(),
+        Ok(_) => match nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => format!("this user may not create files in it ({e})"),
+        },
+    };
+    Err(Error::InvalidInput {
+        what: setting,
+        value: dir.display().to_string(),
+        problem,
+        fix: "point it at an existing directory you may write, or unset it for the default",
+    })
+}
+
+/// Checks `MKH_CACHE_DIR` for the built-in guest before anything is made: QEMU's user must
+/// reach the images in it.
+pub fn check_cache_dir(dir: &Path) -> Result<()> {
+    match mkh_guest_image::check_cache_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(mkh_guest_image::ImageError::CacheNotReachable { blocker, mode, .. }) => {
+            Err(Error::InvalidInput {
+                what: "MKH_CACHE_DIR",
+                value: dir.display().to_string(),
+                problem: format!(
+                    "QEMU's user (libvirt-qemu) cannot traverse {} (mode {mode:04o}, needs o+x), so it could not open the guest image",
+                    blocker.display()
+                ),
+                fix: "set MKH_CACHE_DIR to a directory every parent of which is world-searchable, e.g. /var/tmp/mkh-cache (not under /root), or unset it",
+            })
+        }
+        Err(e) => Err(Error::InvalidInput {
+            what: "MKH_CACHE_DIR",
+            value: dir.display().to_string(),
+            problem: e.to_string(),
+            fix: "point it at a directory you may write, or unset it",
+        }),
+    }
+}
+
 /// Deadlines, scaled by the accelerator (TCG is several times slower than KVM) and by
 /// `MKH_TIMEOUT_SCALE`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -168,6 +168,12 @@ impl EnvBuilder {
         if let Some(lease) = self.lease {
             crate::net::spec::check_lease_time(lease)?;
         }
+        config::check_writable_dir("MKH_LOCK_DIR", &settings.lock_dir)?;
+        if matches!(self.backend, Backend::Builtin(_))
+            && crate::libvirt::uri_is_local(&settings.libvirt_uri)
+        {
+            config::check_cache_dir(&settings.cache_dir)?;
+        }
         let uri = settings.libvirt_uri.clone();
         let id = EnvId::random();
         let name = self.name.unwrap_or_else(|| id.env_name());

@@ -146,7 +146,7 @@ pub enum Error {
     #[error("{0}")]
     NoLease(Box<NoLease>),
 
-    #[error("machine {machine} must be running for this: it is {state}. To fix this, start it (`Machine::start`, or `mkh up` for a new environment)")]
+    #[error("machine {machine} is {state}, and this needs it running: start it first")]
     MachineNotRunning {
         machine: String,
         state: &'static str,

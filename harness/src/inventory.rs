@@ -39,6 +39,20 @@ pub struct ClaimedObject {
     pub active: bool,
     /// Its owner record.
     pub owner: Owner,
+    /// A network's IPv4 subnets (empty for other objects).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<ipnet::Ipv4Net>,
+}
+
+/// One network of an environment, as `mkh ls --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvNetwork {
+    /// Its name in libvirt.
+    pub name: String,
+    /// Its IPv4 subnets (one for mkh's networks).
+    pub subnets: Vec<ipnet::Ipv4Net>,
+    /// Whether it is started.
+    pub active: bool,
 }
 
 /// Every libvirt object mkh claims: those whose metadata says so, and a domain that minikube
@@ -47,12 +61,16 @@ pub struct ClaimedObject {
 pub fn claimed_objects(lv: &Libvirt) -> Result<Vec<ClaimedObject>> {
     let mut networks = Vec::new();
     for net in lv.networks()? {
-        if let Some(owner) = NetworkFacts::from_xml(&net.xml).ok().and_then(|f| f.owner) {
+        let Ok(facts) = NetworkFacts::from_xml(&net.xml) else {
+            continue;
+        };
+        if let Some(owner) = facts.owner {
             networks.push(ClaimedObject {
                 kind: ObjectKind::Network,
                 name: net.name,
                 active: net.active,
                 owner,
+                subnets: facts.subnets,
             });
         }
     }
@@ -66,6 +84,7 @@ pub fn claimed_objects(lv: &Libvirt) -> Result<Vec<ClaimedObject>> {
                 name: dom.name,
                 active: dom.active,
                 owner,
+                subnets: Vec::new(),
             });
         }
     }
@@ -160,11 +179,16 @@ pub struct EnvSummary {
     pub minikube: Option<String>,
     /// Its domains in libvirt.
     pub domains: Vec<String>,
-    /// Its networks in libvirt.
-    pub networks: Vec<String>,
+    /// Its networks in libvirt, with their subnets.
+    pub networks: Vec<EnvNetwork>,
 }
 
 impl EnvSummary {
+    /// Its networks' names.
+    pub fn network_names(&self) -> Vec<String> {
+        self.networks.iter().map(|n| n.name.clone()).collect()
+    }
+
     /// The minikube cluster of a minikube-backed environment on libvirt `uri`, from its owner
     /// record.
     pub fn minikube_cluster(&self, uri: &str) -> Option<MinikubeCluster> {
@@ -193,7 +217,7 @@ impl EnvSummary {
                 .into_iter()
                 .collect(),
             domains: self.domains.clone(),
-            networks: self.networks.clone(),
+            networks: self.network_names(),
             dirs: self.home.iter().map(PathBuf::from).collect(),
             ..Teardown::default()
         }
@@ -221,10 +245,9 @@ impl EnvSummary {
             None => MachineFiles::builtin(home, domain),
         };
         let network = |suffix: &str| {
-            self.networks
-                .iter()
+            self.network_names()
+                .into_iter()
                 .find(|n| n.ends_with(suffix))
-                .cloned()
                 .unwrap_or_default()
         };
         let networks = crate::net::NetworkPair::named(&network("-nat"), &network("-priv"));
@@ -252,7 +275,11 @@ pub fn environments(objects: &[ClaimedObject]) -> Vec<EnvSummary> {
             });
         match obj.kind {
             ObjectKind::Domain => env.domains.push(obj.name.clone()),
-            ObjectKind::Network => env.networks.push(obj.name.clone()),
+            ObjectKind::Network => env.networks.push(EnvNetwork {
+                name: obj.name.clone(),
+                subnets: obj.subnets.clone(),
+                active: obj.active,
+            }),
             ObjectKind::Home => {}
         }
     }
@@ -275,6 +302,7 @@ mod tests {
             name: name.into(),
             active: true,
             owner,
+            subnets: vec!["10.0.0.0/24".parse().unwrap()],
         }
     }
 

@@ -28,6 +28,7 @@ mod bench;
 pub mod blocking;
 mod config;
 mod description;
+mod doctor;
 mod env;
 mod error;
 mod inventory;

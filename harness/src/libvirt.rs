@@ -405,6 +405,17 @@ impl Libvirt {
         Ok(true)
     }
 
+    /// libvirt's version on the host, and the hypervisor's (QEMU's) where the driver has one.
+    pub fn versions(&self) -> (String, Option<String>) {
+        let dotted = |v: u32| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000);
+        let libvirt = self
+            .conn
+            .lib_version()
+            .map_or_else(|e| format!("(version unknown: {e})"), dotted);
+        let hypervisor = self.conn.hyp_version().ok().filter(|v| *v > 0).map(dotted);
+        (libvirt, hypervisor)
+    }
+
     /// The domain capabilities XML for x86_64 guests of `virttype` (`kvm`, `qemu`), or `None`
     /// when the host offers no such domains.
     pub fn domain_capabilities(&self, virttype: &str) -> Option<String> {

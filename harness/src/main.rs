@@ -16,6 +16,14 @@ enum BackendArg {
     Minikube,
 }
 
+/// `mkh completions SHELL`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 /// `--network`.
 #[derive(Clone, Copy, ValueEnum)]
 enum NetworkArg {
@@ -39,6 +47,9 @@ impl From<NetworkArg> for NetworkRole {
     about = "Throw-away minikube-like environments on libvirt for integration tests"
 )]
 struct Cli {
+    /// More log lines on stderr: -v for debug, -vv for trace (RUST_LOG, when set, decides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +58,9 @@ struct Cli {
 enum Command {
     /// Bring up an environment that outlives this command: both networks and the built-in
     /// guest. Returns once SSH answers on both networks.
+    #[command(
+        after_help = "Examples:\n  mkh up --name demo\n  mkh up --backend minikube --nodes 2 -- --kubernetes-version=v1.33.0\n  mkh up --json | jq -r .ips.private"
+    )]
     Up {
         /// Environment name (also the machine's); default `mkh-<id>`.
         #[arg(long)]
@@ -74,14 +88,20 @@ enum Command {
         json: bool,
     },
     /// Print a machine's IP on one network (leases matched by MAC).
+    #[command(after_help = "Examples:\n  mkh ip demo\n  mkh ip demo --network nat")]
     Ip {
+        /// The environment (`mkh ls`).
         name: String,
         #[arg(long, value_enum, default_value_t = NetworkArg::Private)]
         network: NetworkArg,
     },
     /// SSH into an environment's machine as `docker`; with a command, run it and exit with its
     /// status.
+    #[command(
+        after_help = "Examples:\n  mkh ssh demo\n  mkh ssh demo --network nat -- ip -4 addr\n  tar c dir | mkh ssh demo -- tar x"
+    )]
     Ssh {
+        /// The environment (`mkh ls`).
         name: String,
         /// Connect over this network.
         #[arg(long, value_enum, default_value_t = NetworkArg::Private)]
@@ -90,21 +110,72 @@ enum Command {
         command: Vec<String>,
     },
     /// Build (once) or find the cached guest image; print its files.
+    #[command(after_help = "Example:\n  mkh image")]
     Image,
     /// Time environments with the guest, phase by phase, beside a plain virsh+ssh script.
+    #[command(after_help = "Example:\n  cargo run --release -p mkh -- bench --runs 5")]
     Bench {
         /// Runs of each.
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
     /// List environments mkh owns in libvirt.
+    #[command(after_help = "Examples:\n  mkh ls\n  mkh ls --json | jq '.[] | {name, networks}'")]
     Ls {
+        /// Print them as JSON: each with its owner, domains and networks (with subnets).
+        #[arg(long, conflicts_with = "names")]
+        json: bool,
+        /// Print only their names, one per line.
+        #[arg(long)]
+        names: bool,
+    },
+    /// Stop an environment's machine (an ACPI shutdown); `mkh ip` refuses until `mkh start`.
+    #[command(
+        after_help = "Example:\n  mkh stop demo && mkh ip demo   # refuses: the machine is stopped"
+    )]
+    Stop {
+        /// The environment (`mkh ls`).
+        name: String,
+    },
+    /// Start an environment's stopped machine; returns once SSH answers on both networks.
+    #[command(after_help = "Example:\n  mkh start demo && mkh ip demo")]
+    Start {
+        /// The environment (`mkh ls`).
+        name: String,
+    },
+    /// Stop, then start an environment's machine.
+    #[command(after_help = "Example:\n  mkh restart demo")]
+    Restart {
+        /// The environment (`mkh ls`).
+        name: String,
+    },
+    /// Remove a CLI-owned environment and everything it created.
+    #[command(after_help = "Example:\n  mkh down demo")]
+    Down {
+        /// The environment (`mkh ls`).
+        name: String,
+    },
+    /// Check this host for mkh: the accelerator, libvirt, virtlogd, dnsmasq, making a network,
+    /// free subnets, the guest image, minikube and leftovers; each with what was seen and the
+    /// fix. Exits non-zero only for what blocks every backend.
+    #[command(
+        after_help = "Examples:\n  mkh doctor\n  MKH_LIBVIRT_URI=qemu+ssh://root@host/system mkh doctor --json"
+    )]
+    Doctor {
+        /// Print the checks as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Remove a CLI-owned environment and everything it created.
-    Down { name: String },
+    /// Print a shell completion script (environment names complete too).
+    #[command(
+        after_help = "Examples:\n  source <(mkh completions bash)\n  mkh completions zsh > ~/.zfunc/_mkh\n  mkh completions fish > ~/.config/fish/completions/mkh.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: ShellArg,
+    },
     /// Remove what dead owners left behind (never objects mkh did not create).
+    #[command(after_help = "Examples:\n  mkh reap\n  mkh reap --all   # CLI environments too")]
     Reap {
         /// Also remove CLI-owned environments, live or not.
         #[arg(long)]
@@ -116,9 +187,13 @@ enum Command {
         json: bool,
     },
     /// Scenario files: bring up an environment, break its network, check what happens.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mkh scenario check scenarios/*.toml\n  mkh scenario run scenarios/partition-two-machines.toml"
+    )]
     Scenario(ScenarioCommand),
     /// List every libvirt object mkh's metadata claims; with --run, fail if any of that run is left.
+    #[command(after_help = "Example:\n  mkh audit --run \"$NEXTEST_RUN_ID\"")]
     Audit {
         /// A run id (MKH_RUN_ID or NEXTEST_RUN_ID of the run to check).
         #[arg(long)]
@@ -157,30 +232,79 @@ enum ScenarioCommand {
 }
 
 fn main() -> ExitCode {
-    // Bad settings are reported by `run`, which reads them again.
-    let filter = Settings::current()
-        .ok()
-        .and_then(|s| s.log)
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let env_name = cli.command.env_name().map(str::to_owned);
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mkh: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+            eprint!("{}", error_report(&e));
+            if let (Error::MachineNotRunning { .. }, Some(name)) = (&e, env_name) {
+                eprintln!("  hint: `{} start {name}` starts it", invoked_as());
             }
             ExitCode::FAILURE
         }
     }
+}
+
+impl Command {
+    /// The environment a command names, if it names one.
+    fn env_name(&self) -> Option<&str> {
+        match self {
+            Command::Ip { name, .. }
+            | Command::Ssh { name, .. }
+            | Command::Stop { name }
+            | Command::Start { name }
+            | Command::Restart { name }
+            | Command::Down { name } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Log lines on stderr: RUST_LOG when set, else `-v`/`-vv`, else `MKH_LOG`, else `info`. Colour
+/// only on a terminal, and never with `NO_COLOR` set.
+fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
+    // Bad settings are reported by `run`, which reads them again.
+    let chosen = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or(match verbose {
+            0 => None,
+            1 => Some("debug".into()),
+            _ => Some("trace".into()),
+        })
+        .or_else(|| Settings::current().ok().and_then(|s| s.log));
+    let filter = chosen
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+/// The error and its causes, each said once: a cause whose text the message above it already
+/// holds is not repeated.
+fn error_report(e: &Error) -> String {
+    let mut out = format!("mkh: error: {e}\n");
+    let mut said = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !said.contains(&text) {
+            out += &format!("  caused by: {text}\n");
+            said += &text;
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -247,7 +371,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin::bench(&settings, runs)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls { json } => ls(&settings, json),
+        Command::Ls { json, names } => ls(&settings, json, names),
+        Command::Stop { name } => power(&settings, &name, admin::Power::Stop),
+        Command::Start { name } => power(&settings, &name, admin::Power::Start),
+        Command::Restart { name } => power(&settings, &name, admin::Power::Restart),
+        Command::Doctor { json } => doctor(&settings, json),
+        Command::Completions { shell } => {
+            print!("{}", completions(shell));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Down { name } => {
             admin::down(&settings, &name)?;
             println!("removed environment {name}");
@@ -405,9 +537,93 @@ fn exit_code(status: i32) -> ExitCode {
     ExitCode::from(status.clamp(0, 255) as u8)
 }
 
-fn ls(settings: &Settings, json: bool) -> Result<ExitCode> {
-    let envs = admin::environments(settings)?;
+fn power(settings: &Settings, name: &str, what: admin::Power) -> Result<ExitCode> {
+    match admin::power(settings, name, what)? {
+        None => println!("stopped {name}"),
+        Some(ips) => println!("started {name}: nat {} private {}", ips.nat, ips.private),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(settings: &Settings, json: bool) -> Result<ExitCode> {
+    let report = admin::doctor(settings);
     if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialisable")
+        );
+    } else {
+        for c in &report.checks {
+            let status = match c.status {
+                admin::Status::Pass => "pass",
+                admin::Status::Warn => "WARN",
+                admin::Status::Fail => "FAIL",
+            };
+            println!("{status:<4}  {:<20} {}", c.name, c.seen);
+            if let Some(fix) = &c.fix {
+                println!("      {:<20} fix: {fix}", "");
+            }
+        }
+    }
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The subcommands whose argument is an environment's name: their completion offers
+/// `mkh ls --names`.
+const TAKES_ENV_NAME: &[&str] = &["ip", "ssh", "stop", "start", "restart", "down"];
+
+/// clap's completion script for `shell`, with environment names for [`TAKES_ENV_NAME`].
+fn completions(shell: ShellArg) -> String {
+    use clap::CommandFactory;
+    let generator = match shell {
+        ShellArg::Bash => clap_complete::Shell::Bash,
+        ShellArg::Zsh => clap_complete::Shell::Zsh,
+        ShellArg::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(generator, &mut Cli::command(), "mkh", &mut out);
+    let script = String::from_utf8(out).expect("clap writes UTF-8");
+    let names = "$(mkh ls --names 2>/dev/null)";
+    match shell {
+        // Each subcommand's case sets `opts="..."`: the names join its words.
+        ShellArg::Bash => {
+            let mut script = script;
+            for sub in TAKES_ENV_NAME {
+                let case = format!("mkh__subcmd__{sub})\n            opts=\"");
+                script = script.replacen(&case, &format!("{case}{names} "), 1);
+            }
+            script
+        }
+        // Every `name` argument is an environment's (see TAKES_ENV_NAME).
+        ShellArg::Zsh => {
+            script.replace(
+                "':name -- The environment (`mkh ls`):_default' \\",
+                "':name -- The environment (`mkh ls`):_mkh_environments' \\",
+            ) + "\n(( $+functions[_mkh_environments] )) ||\n_mkh_environments() {\n    local -a names\n    names=(${(f)\"$(mkh ls --names 2>/dev/null)\"})\n    compadd -a names\n}\n"
+        }
+        ShellArg::Fish => {
+            let mut script = script;
+            for sub in TAKES_ENV_NAME {
+                script += &format!(
+                    "complete -c mkh -n \"__fish_seen_subcommand_from {sub}\" -f -a \"(mkh ls --names 2>/dev/null)\"\n"
+                );
+            }
+            script
+        }
+    }
+}
+
+fn ls(settings: &Settings, json: bool, names: bool) -> Result<ExitCode> {
+    let envs = admin::environments(settings)?;
+    if names {
+        for e in &envs {
+            println!("{}", e.name);
+        }
+    } else if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&envs).expect("serialisable")
@@ -421,7 +637,7 @@ fn ls(settings: &Settings, json: bool) -> Result<ExitCode> {
                 OwnerKind::Cli => "cli",
                 OwnerKind::Process => "process",
             };
-            let objects: Vec<String> = e.domains.iter().chain(&e.networks).cloned().collect();
+            let objects: Vec<String> = e.domains.iter().cloned().chain(e.network_names()).collect();
             println!(
                 "{:<24} {:<8} {:>8}  {}",
                 e.name,

@@ -210,7 +210,7 @@ pub struct ReapReport {
 pub const OWNER_RECORD: &str = "owner.json";
 
 /// The environment homes under this user's state directory, each claimed by its owner record.
-fn home_objects(state_dir: &Path) -> Vec<ClaimedObject> {
+pub(crate) fn home_objects(state_dir: &Path) -> Vec<ClaimedObject> {
     let Ok(entries) = std::fs::read_dir(state_dir.join("envs")) else {
         return Vec::new();
     };
@@ -223,6 +223,7 @@ fn home_objects(state_dir: &Path) -> Vec<ClaimedObject> {
                 name: home.display().to_string(),
                 active: false,
                 owner: home_owner(&home)?,
+                subnets: Vec::new(),
             })
         })
         .collect()
@@ -289,6 +290,21 @@ fn kill_process(pid: i32) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// What a sweep over `objects` would remove, with why, removing nothing (`mkh doctor`).
+pub(crate) fn would_reap<'a>(
+    objects: &'a [ClaimedObject],
+    scope: ReapScope,
+    which: Which,
+) -> Vec<(&'a ClaimedObject, String)> {
+    judge(objects, scope, which, &HostIdentity::current(), &Proc)
+        .into_iter()
+        .filter_map(|(o, v)| match v {
+            Verdict::Reap(why) => Some((o, why)),
+            Verdict::Keep(_) => None,
+        })
+        .collect()
 }
 
 /// One sweep over libvirt's objects (domains first, then the networks they sit on) and, for a
@@ -387,6 +403,7 @@ mod tests {
                 profile: None,
                 minikube: None,
             },
+            subnets: Vec::new(),
         }
     }
 

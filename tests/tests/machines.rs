@@ -103,7 +103,7 @@ fn a_stopped_machine_has_no_ip_and_comes_back_after_start() {
     assert!(matches!(err, Error::MachineNotRunning { .. }), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("must be running") && text.contains("start"),
+        text.contains("is stopped, and this needs it running") && text.contains("start"),
         "{text}"
     );
 
@@ -333,6 +333,27 @@ fn mkh_up_json_ssh_ip_and_down_round_trip() {
     }
     let (code, out, _) = mkh(&["ip", &name, "--network", "nat"]);
     assert_eq!((code, out.trim()), (0, d["ips"]["nat"].as_str().unwrap()));
+
+    // The seed article's workflow: `ip` refuses while the machine is stopped, in a shell
+    // user's terms, and answers again after start.
+    let (code, out, err) = mkh(&["stop", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = mkh(&["ip", &name]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is stopped"), "{err}");
+    assert!(err.contains(&format!("mkh start {name}")), "{err}");
+    assert!(
+        !err.contains("Machine::"),
+        "a Rust function named to a shell user: {err}"
+    );
+    let (code, out, err) = mkh(&["start", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = mkh(&["ip", &name]);
+    let ip: Ipv4Addr = out.trim().parse().unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(code, 0);
+    assert!(out.contains(&ip.to_string()));
+    let (code, out, _) = mkh(&["ssh", &name, "--", "id", "-un"]);
+    assert_eq!((code, out.trim()), (0, "docker"));
 
     let (code, out, err) = mkh(&["down", &name]);
     assert_eq!(code, 0, "{out}{err}");

@@ -170,7 +170,7 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MachineNotRunning { .. }), "{err}");
-    assert!(err.to_string().contains("must be running"), "{err}");
+    assert!(err.to_string().contains("this needs it running"), "{err}");
 
     let again = env.start().await.unwrap();
     assert_eq!(again.private, ips.private);

@@ -379,7 +379,25 @@ fn cli_lists_and_removes_cli_owned_environments() {
         .unwrap()
         .iter()
         .find(|e| e["name"] == name.as_str());
-    assert_eq!(listed.expect("listed")["kind"], "cli");
+    let listed = listed.expect("listed");
+    assert_eq!(listed["kind"], "cli");
+    // Each network with its subnet, as the child made them.
+    let mut seen: Vec<(String, String)> = listed["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["subnets"][0].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut made: Vec<(String, String)> =
+        cli.network_names().into_iter().zip(cli.subnets()).collect();
+    made.sort();
+    assert_eq!(seen, made);
 
     let (code, out, err) = mkh(&["down", &name]);
     assert_eq!(code, 0, "{out}{err}");

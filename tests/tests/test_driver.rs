@@ -32,11 +32,18 @@ fn environment_lifecycle_with_explicit_teardown() {
     let envs = admin::environments(&test_driver_settings()).unwrap();
     let summary = envs.iter().find(|e| e.name == env.name()).expect("listed");
     assert_eq!(summary.pid, std::process::id());
-    let mut listed = summary.networks.clone();
+    let mut listed: Vec<_> = summary
+        .networks
+        .iter()
+        .map(|n| (n.name.clone(), n.subnets.clone()))
+        .collect();
     listed.sort();
     assert_eq!(
         listed,
-        vec![nets.nat.name.clone(), nets.private.name.clone()]
+        vec![
+            (nets.nat.name.clone(), vec![nets.nat.subnet]),
+            (nets.private.name.clone(), vec![nets.private.subnet])
+        ]
     );
 
     env.teardown().unwrap();

@@ -298,6 +298,17 @@ pub fn ensure_guest_image(cache_dir: &Path) -> Result<GuestImage, ImageError> {
     build::refresh_in(&guest_dir, &recipe)
 }
 
+/// Checks (creating what is missing, 0755) that QEMU's user can reach images under
+/// `cache_dir`, without building anything: the check [`ensure_guest_image`] starts with.
+pub fn check_cache_dir(cache_dir: &Path) -> Result<(), ImageError> {
+    cache::prepare_cache_dir(cache_dir).map(|_| ())
+}
+
+/// The image of the current recipe, if one is cached under `cache_dir` (nothing is created).
+pub fn cached_guest_image(cache_dir: &Path) -> Option<GuestImage> {
+    cache::lookup_recipe(&cache_dir.join("guest"), &recipe::recipe_digest())
+}
+
 /// Asks apt (locally, `apt-cache`) for the current package versions and builds
 /// an image for them unless one exists; makes it the image that
 /// [`ensure_guest_image`] returns from now on. Use after `apt-get update` to

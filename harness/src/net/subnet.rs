@@ -91,6 +91,14 @@ impl SubnetPool {
             .filter(move |s| !reserved.iter().any(|r| overlaps(r, s)))
     }
 
+    /// How many candidates overlap nothing in `taken`.
+    pub fn free(&self, taken: &[Ipv4Net]) -> usize {
+        let relevant: Vec<&Ipv4Net> = taken.iter().filter(|t| t.prefix_len() > 0).collect();
+        self.candidates()
+            .filter(|c| !relevant.iter().any(|t| overlaps(t, c)))
+            .count()
+    }
+
     /// Picks `count` subnets that overlap nothing in `taken`. The search starts at `start` (an
     /// index into the candidates, wrapping) so concurrent allocators spread over the pool instead
     /// of all trying its first subnet.

@@ -1,0 +1,455 @@
+//! `mkh doctor`: what this host offers mkh, check by check, each with what was seen and, where
+//! something is missing, the fix. Only what blocks every backend fails (libvirt unreachable, no
+//! network can be made, no dnsmasq, no virtlogd); TCG, a missing minikube or a short pool warn.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::libvirt::Libvirt;
+use crate::machine::accel::{self, Accel, AccelFacts};
+use crate::minikube::contract::{self, Version};
+use crate::net::{taken_subnets, NetworkKind, NetworkSpec};
+use crate::owner::{Owner, OwnerKind};
+use crate::reaper::{ReapScope, Which};
+use crate::Settings;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// All is well.
+    Pass,
+    /// Something works worse, or one backend cannot serve; mkh still can.
+    Warn,
+    /// Nothing of mkh's can work until this is fixed.
+    Fail,
+}
+
+/// One check: its name, how it came out, what it saw and the fix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short name, e.g. `accelerator`.
+    pub name: &'static str,
+    /// Pass, warn or fail.
+    pub status: Status,
+    /// What was seen.
+    pub seen: String,
+    /// What to do, when the status is not pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// Every check, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    /// The libvirt URI checked.
+    pub libvirt_uri: String,
+    /// The checks.
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// Whether a check failed (the `mkh doctor` exit status).
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+}
+
+fn check(name: &'static str, status: Status, seen: impl Into<String>, fix: Option<&str>) -> Check {
+    Check {
+        name,
+        status,
+        seen: seen.into(),
+        fix: fix.map(str::to_owned),
+    }
+}
+
+/// Runs every check against `settings`' libvirt and this host. Makes one network (with mkh's
+/// owner record) and removes it at once; leaves nothing.
+pub fn run(settings: &Settings) -> DoctorReport {
+    let mut checks = Vec::new();
+    let uri = &settings.libvirt_uri;
+    let lv = match Libvirt::connect_to(uri) {
+        Ok(lv) => {
+            checks.push(check("libvirt", Status::Pass, versions(&lv), None));
+            Some(lv)
+        }
+        Err(e) => {
+            let why = match &e {
+                crate::Error::Connect { source, .. } => source.to_string(),
+                other => first_line(other),
+            };
+            checks.push(check(
+                "libvirt",
+                Status::Fail,
+                format!("cannot connect to {uri}: {why}"),
+                Some("start libvirtd (and virtlogd), check that your user may use its socket (group libvirt), or set MKH_LIBVIRT_URI to a reachable libvirt"),
+            ));
+            None
+        }
+    };
+    checks.push(accelerator(lv.as_ref(), settings.accel));
+    if let Some(lv) = &lv {
+        if lv.is_local() && !lv.is_test_driver() {
+            checks.push(virtlogd());
+            checks.push(dnsmasq());
+        }
+        checks.push(network_creation(lv, settings));
+        checks.push(subnets(lv, settings));
+        checks.push(leftovers(lv, settings));
+    }
+    checks.push(guest_image(&settings.cache_dir));
+    checks.push(minikube(settings));
+    checks.push(stand_in_api_server(&settings.cache_dir));
+    DoctorReport {
+        libvirt_uri: uri.clone(),
+        checks,
+    }
+}
+
+fn first_line(e: &crate::Error) -> String {
+    e.to_string().lines().next().unwrap_or("").to_owned()
+}
+
+fn versions(lv: &Libvirt) -> String {
+    let (libvirt, hypervisor) = lv.versions();
+    let mut seen = format!("libvirt {libvirt} at {}", lv.uri());
+    if let Some(h) = hypervisor {
+        seen += &format!(" (hypervisor {h})");
+    }
+    seen
+}
+
+fn accelerator(lv: Option<&Libvirt>, forced: Option<Accel>) -> Check {
+    let local = lv.is_none_or(Libvirt::is_local);
+    let facts = AccelFacts {
+        forced,
+        libvirt_offers_kvm: lv
+            .and_then(|lv| lv.domain_capabilities("kvm"))
+            .is_some_and(|xml| accel::domain_capabilities_offer_kvm(&xml)),
+        cpu_has_virt_flags: local.then(accel::local_cpu_has_virt_flags),
+    };
+    let (chosen, why) = accel::decide(&facts);
+    let dev_kvm = Path::new("/dev/kvm").exists();
+    let slower = Accel::Tcg.slowness();
+    match chosen {
+        Accel::Kvm => check("accelerator", Status::Pass, format!("kvm: {why}"), None),
+        Accel::Tcg => {
+            let what = if forced.is_some() {
+                format!("tcg: {why}")
+            } else if local && dev_kvm && facts.cpu_has_virt_flags == Some(false) {
+                "tcg: /dev/kvm exists but the CPU shows no vmx/svm flag: a PVM-only /dev/kvm, which QEMU cannot use for these guests".to_owned()
+            } else if local && !dev_kvm {
+                "tcg: no /dev/kvm on this host".to_owned()
+            } else {
+                format!("tcg: {why}")
+            };
+            check(
+                "accelerator",
+                Status::Warn,
+                format!("{what}; mkh emulates instead (TCG): guests boot several times slower, and every deadline is {slower}x longer"),
+                Some("for KVM, use a host or CI runner with hardware virtualisation (vmx or svm in /proc/cpuinfo; nested virtualisation on a VM) and access to /dev/kvm; the built-in guest works under TCG meanwhile"),
+            )
+        }
+    }
+}
+
+fn virtlogd() -> Check {
+    if Path::new("/run/libvirt/virtlogd-sock").exists() {
+        check("virtlogd", Status::Pass, "virtlogd's socket is there", None)
+    } else {
+        check(
+            "virtlogd",
+            Status::Fail,
+            "no /run/libvirt/virtlogd-sock: libvirt cannot start a domain that logs its console",
+            Some("start virtlogd (`systemctl start virtlogd`, or `virtlogd -d` without systemd)"),
+        )
+    }
+}
+
+fn dnsmasq() -> Check {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = ["/usr/sbin/dnsmasq".into(), "/sbin/dnsmasq".into()]
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join("dnsmasq")))
+        .find(|p: &std::path::PathBuf| p.is_file());
+    match found {
+        Some(p) => check("dnsmasq", Status::Pass, format!("{}", p.display()), None),
+        None => check(
+            "dnsmasq",
+            Status::Fail,
+            "no dnsmasq: libvirt's networks cannot serve DHCP",
+            Some("install dnsmasq-base (Debian) or dnsmasq"),
+        ),
+    }
+}
+
+/// Makes one isolated network in a free subnet, with mkh's owner record, and removes it.
+fn network_creation(lv: &Libvirt, settings: &Settings) -> Check {
+    let id = crate::names::EnvId::random();
+    let name = id.private_network();
+    let owner = Owner::for_new_object(OwnerKind::Process, &id.env_name(), settings);
+    let attempt = || -> crate::Result<String> {
+        let taken = taken_subnets(lv)?;
+        let subnet = settings.subnet_pool.choose(&taken, 1, 0)?[0];
+        let spec = NetworkSpec::new(&name, NetworkKind::Isolated, &name, subnet, owner)?;
+        let made =
+            crate::teardown::while_creating(|| lv.define_and_start_network(&name, &spec.to_xml()));
+        let removed = lv.remove_network(&name);
+        made?;
+        removed?;
+        Ok(format!(
+            "made, started and removed network {name} on {subnet}"
+        ))
+    };
+    match attempt() {
+        Ok(seen) => check("networks", Status::Pass, seen, None),
+        Err(e @ crate::Error::PoolExhausted { .. }) => check(
+            "networks",
+            Status::Warn,
+            format!("not tried: {}", first_line(&e)),
+            Some("see the `subnets` check"),
+        ),
+        Err(e) => check(
+            "networks",
+            Status::Fail,
+            format!("could not make a network: {}", first_line(&e)),
+            Some("use a libvirt URI whose user may create networks (qemu:///system as root or as a member of group libvirt)"),
+        ),
+    }
+}
+
+fn subnets(lv: &Libvirt, settings: &Settings) -> Check {
+    let pool = &settings.subnet_pool;
+    let taken = match taken_subnets(lv) {
+        Ok(t) => t,
+        Err(e) => {
+            return check(
+                "subnets",
+                Status::Warn,
+                format!("could not list what is taken: {}", first_line(&e)),
+                None,
+            )
+        }
+    };
+    let total = pool.candidates().count();
+    let free = pool.free(&taken);
+    let environments = free / 2;
+    let seen = format!(
+        "{free} of {total} /{} subnets of the pool {} are free: room for {environments} environment(s) (two networks each)",
+        pool.prefix, pool.range
+    );
+    if environments >= 2 {
+        check("subnets", Status::Pass, seen, None)
+    } else {
+        check(
+            "subnets",
+            Status::Warn,
+            seen,
+            Some("widen MKH_SUBNET_POOL (or shorten MKH_SUBNET_PREFIX), or remove what holds subnets (`mkh ls`, `mkh reap`)"),
+        )
+    }
+}
+
+fn leftovers(lv: &Libvirt, settings: &Settings) -> Check {
+    let mut objects = match crate::inventory::claimed_objects(lv) {
+        Ok(o) => o,
+        Err(e) => {
+            return check(
+                "leftovers",
+                Status::Warn,
+                format!("could not list mkh's objects: {}", first_line(&e)),
+                None,
+            )
+        }
+    };
+    if lv.is_local() && !lv.is_test_driver() {
+        objects.extend(crate::reaper::home_objects(&settings.state_dir));
+    }
+    let reapable: Vec<String> =
+        crate::reaper::would_reap(&objects, ReapScope::DeadOwners, Which::All)
+            .into_iter()
+            .map(|(o, why)| {
+                format!(
+                    "{} {} (environment {}: {why})",
+                    kind_name(o.kind),
+                    o.name,
+                    o.owner.env
+                )
+            })
+            .collect();
+    let cli = crate::inventory::environments(&objects)
+        .into_iter()
+        .filter(|e| e.kind == OwnerKind::Cli)
+        .count();
+    if reapable.is_empty() {
+        check(
+            "leftovers",
+            Status::Pass,
+            format!("nothing left by dead owners; {cli} CLI environment(s) (`mkh ls`)"),
+            None,
+        )
+    } else {
+        check(
+            "leftovers",
+            Status::Warn,
+            format!(
+                "{} object(s) left by dead owners: {}",
+                reapable.len(),
+                reapable.join("; ")
+            ),
+            Some("`mkh reap` removes them (and only them)"),
+        )
+    }
+}
+
+fn kind_name(kind: crate::inventory::ObjectKind) -> &'static str {
+    match kind {
+        crate::inventory::ObjectKind::Domain => "domain",
+        crate::inventory::ObjectKind::Network => "network",
+        crate::inventory::ObjectKind::Home => "home",
+    }
+}
+
+fn guest_image(cache_dir: &Path) -> Check {
+    if let Err(e) = crate::config::check_cache_dir(cache_dir) {
+        return check(
+            "guest image",
+            Status::Warn,
+            first_line(&e),
+            Some("set MKH_CACHE_DIR as the message says; the built-in backend needs it"),
+        );
+    }
+    if let Some(image) = mkh_guest_image::cached_guest_image(cache_dir) {
+        let dir = image
+            .kernel
+            .parent()
+            .unwrap_or(Path::new(""))
+            .display()
+            .to_string();
+        return check(
+            "guest image",
+            Status::Pass,
+            format!("cached in {dir}"),
+            None,
+        );
+    }
+    let apt = ["apt-get", "apt-cache", "dpkg-deb"]
+        .iter()
+        .all(|tool| on_path(tool));
+    if apt {
+        check(
+            "guest image",
+            Status::Pass,
+            format!(
+                "not cached in {} yet: the first environment builds it from Debian's packages (about 10 s; `mkh image` builds it now)",
+                cache_dir.display()
+            ),
+            None,
+        )
+    } else {
+        check(
+            "guest image",
+            Status::Warn,
+            "not cached, and apt-get, apt-cache or dpkg-deb is missing: the built-in guest cannot be built here",
+            Some("build it on a Debian host with `mkh image` and copy the cache directory (MKH_CACHE_DIR)"),
+        )
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| d.join(tool).is_file())
+}
+
+fn minikube(settings: &Settings) -> Check {
+    let binary = match crate::minikube::find_binary(settings.minikube.as_deref()) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = match &e {
+                crate::Error::MinikubeMissing { value, problem } => format!("{value}: {problem}"),
+                other => first_line(other),
+            };
+            return check(
+                "minikube",
+                Status::Warn,
+                format!(
+                    "not usable ({why}): the minikube backend cannot run; the built-in one serves"
+                ),
+                Some(
+                    "install minikube v1.38 or later (kvm2 built in) on PATH, or set MKH_MINIKUBE",
+                ),
+            );
+        }
+    };
+    let scratch = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return check("minikube", Status::Warn, e.to_string(), None),
+    };
+    let cluster = crate::minikube::MinikubeCluster::at(
+        scratch.path(),
+        "doctor",
+        binary.clone(),
+        &settings.libvirt_uri,
+    );
+    let version = match cluster.version() {
+        Ok(v) => v,
+        Err(e) => {
+            return check(
+                "minikube",
+                Status::Warn,
+                first_line(&e),
+                Some("point MKH_MINIKUBE at a working minikube"),
+            )
+        }
+    };
+    let driver = if version >= Version::KVM2_BUILT_IN {
+        "kvm2 built in"
+    } else {
+        "kvm2 from docker-machine-driver-kvm2 (before v1.38)"
+    };
+    let request = contract::Request {
+        version,
+        memory_mib: settings.memory_mib,
+        cpus: settings.cpus,
+        extra_args: &settings.minikube_args,
+        binary: &binary,
+    };
+    let seen = format!("{version} at {} ({driver})", binary.display());
+    match contract::check(&request, &contract::Host::current()) {
+        Ok(()) => check("minikube", Status::Pass, seen, None),
+        Err(crate::Error::MinikubeWouldRefuse { rule, fix, .. }) => Check {
+            name: "minikube",
+            status: Status::Warn,
+            seen: format!("{seen}; it would refuse to start: {rule}"),
+            fix: Some(fix),
+        },
+        Err(e) => check(
+            "minikube",
+            Status::Warn,
+            format!("{seen}; {}", first_line(&e)),
+            None,
+        ),
+    }
+}
+
+/// The kube-apiserver that mkh's own tests give their minikube stand-in.
+fn stand_in_api_server(cache_dir: &Path) -> Check {
+    let path = cache_dir.join("kube-apiserver").join("current");
+    if path.is_file() {
+        check(
+            "stand-in API server",
+            Status::Pass,
+            format!("{} (for mkh's own tests)", path.display()),
+            None,
+        )
+    } else {
+        check(
+            "stand-in API server",
+            Status::Warn,
+            format!("no {}: mkh's own tests build it on first use (5-10 minutes)", path.display()),
+            Some("harness/scripts/build-apiserver.sh builds it now; only mkh's own test suite needs it"),
+        )
+    }
+}
