@@ -234,3 +234,40 @@ pub fn leftovers(name: &str) -> Vec<String> {
     }
     left
 }
+
+/// A network that libvirt's test driver will list, owned by mkh's record.
+pub struct OwnedNetwork<'a> {
+    pub name: &'a str,
+    pub env: &'a str,
+    /// `process` or `cli`.
+    pub kind: &'a str,
+    pub pid: u32,
+    pub subnet: &'a str,
+}
+
+/// A `test://` URI whose driver lists `networks`, each claimed by an owner on this host. The
+/// test driver reads the file into each connection, so only the `mkh` processes given this URI
+/// see these networks (and what one removes, the next sees again).
+pub fn test_driver_with(dir: &std::path::Path, networks: &[OwnedNetwork<'_>]) -> String {
+    let host = nix::unistd::gethostname().unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let mut xml = String::from("<node>");
+    for n in networks {
+        let net: mkh::ipnet::Ipv4Net = n.subnet.parse().unwrap();
+        let gateway = net.hosts().next().unwrap();
+        xml += &format!(
+            "<network><name>{name}</name><metadata><mkh:owner xmlns:mkh='urn:x-mkh:owner:1' host='{host}' boot-id='{boot}' pid='{pid}' start-time='1' run='test-driver' created='1' kind='{kind}' env='{env}'/></metadata><bridge name='{name}'/><ip address='{gateway}' prefix='{prefix}'/></network>",
+            name = n.name,
+            host = host.to_string_lossy(),
+            boot = boot.trim(),
+            pid = n.pid,
+            kind = n.kind,
+            env = n.env,
+            prefix = net.prefix_len(),
+        );
+    }
+    xml += "</node>";
+    let node = dir.join("node.xml");
+    std::fs::write(&node, xml).unwrap();
+    format!("test://{}", node.display())
+}

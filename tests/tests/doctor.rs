@@ -84,19 +84,16 @@ fn a_pool_with_room_for_one_environment_warns_and_does_not_fail() {
 #[test]
 fn leftovers_of_a_dead_owner_are_named_and_mkh_reap_is_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("node.xml");
-    let host = nix::unistd::gethostname().unwrap();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    std::fs::write(
-        &node,
-        format!(
-            "<node><network><name>mkh-dead01-nat</name><metadata><mkh:owner xmlns:mkh='urn:x-mkh:owner:1' host='{}' boot-id='{}' pid='4000000' start-time='1' run='doctor-test' created='1' kind='process' env='mkh-dead01'/></metadata><bridge name='mkh-dead01-nat'/><ip address='10.252.0.1' prefix='24'/></network></node>",
-            host.to_string_lossy(),
-            boot.trim()
-        ),
-    )
-    .unwrap();
-    let uri = format!("test://{}", node.display());
+    let uri = test_driver_with(
+        dir.path(),
+        &[OwnedNetwork {
+            name: "mkh-dead01-nat",
+            env: "mkh-dead01",
+            kind: "process",
+            pid: 4_000_000,
+            subnet: "10.252.0.0/24",
+        }],
+    );
     let (code, report, _) = doctor(&[("MKH_LIBVIRT_URI", &uri)]);
     assert_eq!(code, 0, "{report:#}");
     let leftovers = check(&report, "leftovers");
