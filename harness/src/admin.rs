@@ -12,6 +12,9 @@ pub use crate::doctor::{Check, DoctorReport, Status};
 pub use crate::inventory::EnvNetwork;
 pub use crate::inventory::{ClaimedObject, EnvSummary, ObjectKind};
 pub use crate::owner::{Owner, OwnerKind, ProcessIdentity};
+pub use crate::progress::{
+    finish as finish_progress, show as show_progress, LogWriter, ProgressMode,
+};
 pub use crate::reaper::{ReapReport, ReapScope, Reaped};
 
 use crate::blocking::Machine;
@@ -78,6 +81,11 @@ pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crat
         });
     }
     let machine = env.machine(&lv, settings.timeout_scale)?;
+    crate::progress::phase(match what {
+        Power::Stop => format!("stopping {}", machine.name()),
+        Power::Start => format!("starting {} and waiting for SSH", machine.name()),
+        Power::Restart => format!("restarting {} and waiting for SSH", machine.name()),
+    });
     match what {
         Power::Stop => machine.stop_now().map(|()| None),
         Power::Start => machine.start_now().map(Some),
@@ -180,6 +188,7 @@ pub fn down(settings: &Settings, name: &str) -> Result<()> {
         crate::watchdog::watch_this_process(lv.uri(), &settings.state_dir);
     }
     crate::inventory::retag(&lv, &objects, name, &remover)?;
+    crate::progress::phase(format!("removing {name}"));
     let problems = env.teardown(lv.uri()).run();
     if problems.is_empty() {
         Ok(())
@@ -234,7 +243,11 @@ pub struct GuestImageFiles {
 
 /// Builds (once) or finds the built-in guest's image in the cache.
 pub fn guest_image(settings: &Settings) -> Result<GuestImageFiles> {
+    if crate::machine::image::cached_guest_image(&settings.cache_dir).is_none() {
+        crate::progress::phase("building the guest image from Debian's packages (once)");
+    }
     let image = crate::machine::image::ensure_guest_image(&settings.cache_dir)?;
+    crate::progress::finish();
     Ok(GuestImageFiles {
         kernel: image.kernel,
         initrd: image.initrd,

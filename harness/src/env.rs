@@ -400,9 +400,14 @@ impl EnvCore {
 /// Waits for both leases, then SSH on both networks, timing each phase.
 pub(crate) fn wait_ready_timed(machine: &Machine, timings: &mut Timings) -> Result<Ips> {
     let started = Instant::now();
+    crate::progress::phase(format!("waiting for {}'s DHCP leases", machine.name()));
     machine.ips_now()?;
     timings.leases = Some(started.elapsed());
     let started = Instant::now();
+    crate::progress::phase(format!(
+        "waiting for SSH to {} on both networks",
+        machine.name()
+    ));
     let ips = machine.wait_ready_now()?;
     timings.ssh = Some(started.elapsed());
     Ok(ips)
@@ -441,6 +446,7 @@ impl Env {
         self.make_home()?;
         let started = Instant::now();
         let core = &self.core;
+        crate::progress::phase(format!("creating the networks of {}", core.name));
         let networks = create_pair(
             &core.lv,
             &core.id,
@@ -830,6 +836,7 @@ fn finish(core: &EnvCore) -> Result<()> {
     let Some(registration) = core.take_registration() else {
         return Ok(());
     };
+    crate::progress::phase(format!("tearing down {}", core.name));
     let problems = registration.run();
     if problems.is_empty() {
         Ok(())

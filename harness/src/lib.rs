@@ -41,6 +41,7 @@ mod names;
 mod net;
 mod owner;
 mod process;
+mod progress;
 #[cfg(test)]
 mod real_vm_tests;
 mod reaper;

@@ -50,6 +50,9 @@ struct Cli {
     /// More log lines on stderr: -v for debug, -vv for trace (RUST_LOG, when set, decides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// No progress and no log lines but warnings and errors (stdout keeps the output).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -219,9 +222,6 @@ enum ScenarioCommand {
         /// Also write a JUnit XML report to this file.
         #[arg(long, value_name = "FILE")]
         junit: Option<std::path::PathBuf>,
-        /// No progress lines.
-        #[arg(long, short)]
-        quiet: bool,
     },
     /// Parse and check scenario files without creating anything.
     #[command(after_help = "Example:\n  mkh scenario check scenarios/*.toml")]
@@ -233,9 +233,16 @@ enum ScenarioCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.quiet);
+    admin::show_progress(if cli.quiet {
+        admin::ProgressMode::Quiet
+    } else {
+        admin::ProgressMode::Auto
+    });
     let env_name = cli.command.env_name().map(str::to_owned);
-    match run(cli) {
+    let result = run(cli);
+    admin::finish_progress();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprint!("{}", error_report(&e));
@@ -264,16 +271,17 @@ impl Command {
 
 /// Log lines on stderr: RUST_LOG when set, else `-v`/`-vv`, else `MKH_LOG`, else `info`. Colour
 /// only on a terminal, and never with `NO_COLOR` set.
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     use std::io::IsTerminal;
     // Bad settings are reported by `run`, which reads them again.
     let chosen = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.is_empty())
-        .or(match verbose {
-            0 => None,
-            1 => Some("debug".into()),
-            _ => Some("trace".into()),
+        .or(match (quiet, verbose) {
+            (true, _) => Some("warn".into()),
+            (false, 0) => None,
+            (false, 1) => Some("debug".into()),
+            (false, _) => Some("trace".into()),
         })
         .or_else(|| Settings::current().ok().and_then(|s| s.log));
     let filter = chosen
@@ -283,7 +291,7 @@ fn init_logging(verbose: u8) {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| admin::LogWriter)
         .with_ansi(colour)
         .without_time()
         .with_target(false)
@@ -387,11 +395,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reap { all, run, json } => reap(&settings, all, run.as_deref(), json),
         Command::Audit { run, json } => audit(&settings, run.as_deref(), json),
-        Command::Scenario(command) => scenario(settings, command),
+        Command::Scenario(command) => scenario(settings, command, cli.quiet),
     }
 }
 
-fn scenario(settings: Settings, command: ScenarioCommand) -> Result<ExitCode> {
+fn scenario(settings: Settings, command: ScenarioCommand, quiet: bool) -> Result<ExitCode> {
     use mkh::scenario::{self, report, Progress, RunOptions, Scenario};
     let (files, run) = match command {
         ScenarioCommand::Check { files } => (files, None),
@@ -400,8 +408,7 @@ fn scenario(settings: Settings, command: ScenarioCommand) -> Result<ExitCode> {
             keep,
             json,
             junit,
-            quiet,
-        } => (files, Some((keep, json, junit, quiet))),
+        } => (files, Some((keep, json, junit))),
     };
     // Every file is checked before any runs.
     let mut scenarios = Vec::new();
@@ -422,7 +429,7 @@ fn scenario(settings: Settings, command: ScenarioCommand) -> Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    let Some((keep, json, junit, quiet)) = run else {
+    let Some((keep, json, junit)) = run else {
         for s in &scenarios {
             println!("{}: ok ({} steps)", s.file.display(), s.steps.len());
         }
@@ -465,6 +472,7 @@ fn up(settings: Settings, name: Option<String>, backend: Backend, json: bool) ->
         builder = builder.name(name);
     }
     let desc = admin::up_for_cli(builder)?;
+    admin::finish_progress();
     if json {
         println!(
             "{}",
@@ -538,7 +546,9 @@ fn exit_code(status: i32) -> ExitCode {
 }
 
 fn power(settings: &Settings, name: &str, what: admin::Power) -> Result<ExitCode> {
-    match admin::power(settings, name, what)? {
+    let result = admin::power(settings, name, what)?;
+    admin::finish_progress();
+    match result {
         None => println!("stopped {name}"),
         Some(ips) => println!("started {name}: nat {} private {}", ips.nat, ips.private),
     }

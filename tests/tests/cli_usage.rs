@@ -82,3 +82,93 @@ fn zsh_and_fish_scripts_name_the_environment_lister() {
     assert_eq!(code, 2);
     assert!(err.contains("possible values: bash, zsh, fish"), "{err}");
 }
+
+/// Runs `mkh args` with stdout and stderr each on a terminal of its own (a pty, as in an
+/// interactive shell): progress may draw a spinner on stderr; returns what stdout's terminal
+/// showed, without the terminal's carriage returns.
+fn on_terminals(args: &[&str]) -> (i32, String, String) {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    let out = nix::pty::openpty(None, None).unwrap();
+    let err = nix::pty::openpty(None, None).unwrap();
+    let mut child = std::process::Command::new(mkh_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(OwnedFd::from(out.slave)))
+        .stderr(std::process::Stdio::from(OwnedFd::from(err.slave)))
+        .spawn()
+        .unwrap();
+    // Both terminals are read while the command runs (a spinner fills a terminal's buffer).
+    let drain = |master: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::from(master);
+            let mut text = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Linux ends a pty whose other side closed with EIO.
+            while let Ok(n) = file.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&text).replace('\r', "")
+        })
+    };
+    let (stdout, stderr) = (drain(out.master), drain(err.master));
+    let status = child.wait().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
+    )
+}
+
+#[test]
+fn json_on_a_terminal_is_json_alone_while_progress_draws_on_stderr() {
+    let name = format!("json-tty-{}", std::process::id());
+    let (code, out, err) = on_terminals(&["up", "--name", &name, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let d: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: stdout was {out:?}"));
+    assert_eq!(d["name"], name.as_str());
+    // The spinner's phases were on stderr, each finished one left as a line.
+    assert!(err.contains("waiting for SSH to"), "{err}");
+    for args in [
+        vec!["ls", "--json"],
+        vec!["audit", "--json"],
+        vec!["doctor", "--json"],
+    ] {
+        let (code, out, err) = on_terminals(&args);
+        assert_eq!(code, 0, "mkh {args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("mkh {args:?}: {e}: stdout was {out:?}"));
+        assert!(v.is_array() || v.is_object());
+    }
+    let (code, out, err) = on_terminals(&["down", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(objects_of_env(&name).is_empty());
+    // Quiet: nothing on stderr at all, the output alone on stdout.
+    let (code, out, err) = on_terminals(&["--quiet", "ls", "--json"]);
+    assert_eq!(code, 0);
+    assert!(err.is_empty(), "{err:?}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap();
+}
+
+#[test]
+fn off_a_terminal_progress_is_plain_timestamped_lines() {
+    let name = format!("lines-{}", std::process::id());
+    let (code, out, err) = mkh(&["up", "--name", &name, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    let phase = err
+        .lines()
+        .find(|l| l.contains("waiting for SSH to"))
+        .unwrap_or_else(|| panic!("{err}"));
+    // `HH:MM:SS +SECONDSs  phase`, no escape sequences.
+    let (clock, _) = phase.split_once(' ').unwrap();
+    assert_eq!(clock.len(), 8, "{phase}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let (code, _, err) = mkh(&["down", &name]);
+    assert_eq!(code, 0, "{err}");
+    assert!(objects_of_env(&name).is_empty());
+}

@@ -83,6 +83,11 @@ impl MinikubeBackend {
     /// exists (a test killed mid-start must leave domains the reaper recognises).
     fn run_start(&self, env: &EnvCore) -> Result<()> {
         let cluster = &self.cluster;
+        crate::progress::phase(format!(
+            "minikube start -p {} (its log: {})",
+            cluster.profile,
+            cluster.log.display()
+        ));
         let args = cluster.start_args(env.networks(), &self.options);
         let deadline = env.timeouts().minikube_start();
         let owner_xml = env.owner().to_bare_element_xml();

@@ -129,7 +129,13 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
         artifacts: None,
     };
     let say = |line: String| {
-        if options.progress == Progress::Lines {
+        if options.progress != Progress::Lines {
+            return;
+        }
+        // Through the program's progress view when it has one (the `mkh` command's).
+        if crate::progress::shown() {
+            crate::progress::line(line);
+        } else {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{:>7.1}s  {line}", started.elapsed().as_secs_f64());
         }

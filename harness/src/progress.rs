@@ -1,0 +1,156 @@
+//! Progress of long work (the guest image build, networks, a boot, leases, SSH, `minikube
+//! start`, a scenario's steps). The library says when a phase starts ([`phase`]) and what a
+//! finished step came to ([`line`]); nothing is shown unless a program installs a view
+//! ([`show`]), as the `mkh` command does: on a terminal a spinner with the phase and its
+//! elapsed time, each finished phase left as a line; otherwise plain timestamped lines;
+//! nothing with `--quiet`. Progress goes to stderr only: stdout stays the command's output.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A spinner on a terminal, timestamped lines otherwise (chosen by stderr).
+    Auto,
+    /// Timestamped lines, terminal or not.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+struct View {
+    spinner: bool,
+    started: Instant,
+    current: Mutex<Option<(String, Instant, ProgressBar)>>,
+}
+
+static VIEW: OnceLock<View> = OnceLock::new();
+
+/// Shows progress on stderr from now on (once per process; later calls change nothing).
+pub fn show(mode: ProgressMode) {
+    if mode == ProgressMode::Quiet {
+        return;
+    }
+    let spinner = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+    let _ = VIEW.set(View {
+        spinner,
+        started: Instant::now(),
+        current: Mutex::new(None),
+    });
+}
+
+/// Whether a view is installed (a scenario's lines then go through it).
+pub(crate) fn shown() -> bool {
+    VIEW.get().is_some()
+}
+
+/// A phase of long work starts (and the one before it ends).
+pub(crate) fn phase(text: impl std::fmt::Display) {
+    let text = text.to_string();
+    tracing::debug!("{text}");
+    let Some(view) = VIEW.get() else { return };
+    let mut current = view.current.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((done, since, bar)) = current.take() {
+        bar.finish_and_clear();
+        if view.spinner {
+            eprintln!("  {done} ({})", seconds(since.elapsed()));
+        }
+    }
+    if view.spinner {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
+        );
+        bar.set_message(text.clone());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        *current = Some((text, Instant::now(), bar));
+    } else {
+        eprintln!("{}  {text}", stamp(view.started));
+    }
+}
+
+/// A finished step's line (a scenario's step and its outcome): kept above the spinner.
+pub(crate) fn line(text: impl std::fmt::Display) {
+    let Some(view) = VIEW.get() else { return };
+    let current = view.current.lock().unwrap_or_else(|e| e.into_inner());
+    let text = format!("{}  {text}", stamp(view.started));
+    match current.as_ref() {
+        Some((_, _, bar)) => bar.println(text),
+        None => eprintln!("{text}"),
+    }
+}
+
+/// The work is over: the last phase ends; the spinner goes.
+pub fn finish() {
+    let Some(view) = VIEW.get() else { return };
+    let mut current = view.current.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((done, since, bar)) = current.take() {
+        bar.finish_and_clear();
+        eprintln!("  {done} ({})", seconds(since.elapsed()));
+    }
+}
+
+/// A writer for log lines that does not tear the spinner: each write is made while it is
+/// hidden.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = VIEW.get().and_then(|v| {
+            v.current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(_, _, b)| b.clone())
+        });
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// `HH:MM:SS` (UTC) and the seconds since the view was shown: `18:57:03 +12.4s`.
+fn stamp(started: Instant) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day = now % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} +{:>5.1}s",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        started.elapsed().as_secs_f64()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_has_the_wall_clock_and_the_elapsed_time() {
+        let s = stamp(Instant::now());
+        let (clock, elapsed) = s.split_once(' ').unwrap();
+        assert_eq!(clock.len(), 8, "{s}");
+        assert_eq!(clock.matches(':').count(), 2, "{s}");
+        assert!(
+            elapsed.trim().starts_with('+') && elapsed.ends_with('s'),
+            "{s}"
+        );
+    }
+}
