@@ -94,8 +94,8 @@ fn on_terminals(args: &[&str]) -> (i32, String, String) {
     let mut child = std::process::Command::new(mkh_bin())
         .args(args)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::from(OwnedFd::from(out.slave)))
-        .stderr(std::process::Stdio::from(OwnedFd::from(err.slave)))
+        .stdout(std::process::Stdio::from(out.slave))
+        .stderr(std::process::Stdio::from(err.slave))
         .spawn()
         .unwrap();
     // Both terminals are read while the command runs (a spinner fills a terminal's buffer).
