@@ -80,3 +80,27 @@ fn invalid_files_are_refused_with_their_positions_before_anything_is_made() {
     assert_eq!(code, 1);
     assert!(err.contains("absent.toml"), "{err}");
 }
+
+/// The scenarios the READMEs show as files check as they are written.
+#[test]
+fn the_readmes_scenario_examples_check() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for readme in ["README.md", "scenarios/README.md"] {
+        let text = std::fs::read_to_string(format!("{root}/{readme}")).unwrap();
+        for (i, block) in text.split("```toml\n").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap();
+            if block.contains("[[step]]") && block.contains("description") {
+                let file = dir.path().join(format!("{}-{i}.toml", readme.replace('/', "-")));
+                std::fs::write(&file, block).unwrap();
+                files.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    let mut args = vec!["scenario", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = mkh(&args);
+    assert_eq!(code, 0, "{out}{err}");
+}
