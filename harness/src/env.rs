@@ -681,7 +681,7 @@ impl Env {
             what: "machine name",
             value: name.to_owned(),
             problem: format!("environment {} has no such machine", self.core.name),
-            fix: "pass the name of one of `Env::machines()`",
+            fix: "pass the name of one of the environment's machines",
         })
     }
 

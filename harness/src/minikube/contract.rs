@@ -29,15 +29,15 @@ const RESERVED: &[(&str, Option<char>, &str)] = &[
     (
         "nodes",
         Some('n'),
-        "nodes are mkh's own option (MinikubeOptions::nodes, mkh up --nodes), so that mkh claims every node's domain",
+        "nodes are mkh's own setting (`mkh up --nodes`, MKH_NODES, `nodes` in a scenario), so that mkh claims every node's domain",
     ),
     (
         "ha",
         None,
-        "it adds node domains mkh would not claim; ask for nodes with MinikubeOptions::nodes",
+        "it adds node domains mkh would not claim; ask mkh for nodes (`mkh up --nodes`, MKH_NODES)",
     ),
-    ("memory", Some('m'), "memory is mkh's own option (MinikubeOptions::memory_mib, mkh up --memory)"),
-    ("cpus", None, "CPUs are mkh's own option (MinikubeOptions::cpus, mkh up --cpus)"),
+    ("memory", Some('m'), "memory is mkh's own setting (`mkh up --memory`, MKH_MEMORY_MIB, `memory_mib` in a scenario)"),
+    ("cpus", None, "CPUs are mkh's own setting (`mkh up --cpus`, MKH_CPUS, `cpus` in a scenario)"),
 ];
 
 /// Refuses extra arguments that would break isolation or that mkh sets itself, and a
@@ -49,7 +49,7 @@ pub fn check_extra_args(args: &[String]) -> Result<()> {
                 what: "minikube start argument",
                 value: arg.clone(),
                 problem: why.into(),
-                fix: "drop it; use MinikubeOptions (memory, CPUs, nodes) or other minikube flags",
+                fix: "drop it; ask mkh for memory, CPUs and nodes with its own settings, and pass minikube only other flags",
             });
         }
         if let Some(value) = arg.strip_prefix("--force=") {
@@ -283,7 +283,7 @@ pub fn check(request: &Request<'_>, host: &Host) -> Result<()> {
         if host.uid == 0 {
             return refuse(
                 "the kvm2 driver should not be used with root privileges (DRV_AS_ROOT, exit 57; validateUser in cmd/minikube/cmd/start.go)".into(),
-                "run as a user in group libvirt; or pass --force to minikube yourself (MinikubeOptions::extra_args, MKH_MINIKUBE_ARGS=--force, or `mkh up --backend minikube -- --force`)",
+                "run as a user in group libvirt; or pass --force to minikube yourself (MKH_MINIKUBE_ARGS=--force, or `mkh up --backend minikube -- --force`)",
             );
         }
     }
