@@ -17,6 +17,15 @@ const NAMED: &[&[&str]] = &[
 /// Subcommands that talk to libvirt without a name.
 const UNNAMED: &[&[&str]] = &[&["up"], &["ls"], &["ls", "--json"], &["reap"], &["audit"]];
 
+/// Subcommands that read the settings but need no libvirt to fail on them.
+const LOCAL: &[&[&str]] = &[
+    &["image"],
+    &["doctor"],
+    &["bench", "--runs", "1"],
+    &["scenario", "check", "scenarios/seed-two-networks.toml"],
+];
+
+/// Every subcommand that talks to libvirt.
 fn all() -> Vec<Vec<String>> {
     NAMED
         .iter()
@@ -102,7 +111,10 @@ fn a_bad_setting_is_named_before_anything_is_made() {
         ("MKH_SUBNET_PREFIX", "33"),
         ("MKH_KEEP", "yes"),
     ] {
-        for args in all() {
+        let local = LOCAL
+            .iter()
+            .map(|a| a.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+        for args in all().into_iter().chain(local) {
             let err = refused(&args, &[(var, value)]);
             assert!(err.contains(var), "mkh {args:?} with {var}={value}: {err}");
         }
@@ -144,7 +156,10 @@ fn paths_and_names_mkh_up_cannot_use_are_refused_before_any_network() {
 
 #[test]
 fn a_bad_flag_is_a_usage_error_naming_it() {
-    for args in all() {
+    let local = LOCAL
+        .iter()
+        .map(|a| a.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+    for args in all().into_iter().chain(local) {
         let mut args = args.clone();
         let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
         args.insert(at, "--bogus-flag".into());

@@ -92,7 +92,9 @@ fn the_readmes_scenario_examples_check() {
         for (i, block) in text.split("```toml\n").skip(1).enumerate() {
             let block = block.split("```").next().unwrap();
             if block.contains("[[step]]") && block.contains("description") {
-                let file = dir.path().join(format!("{}-{i}.toml", readme.replace('/', "-")));
+                let file = dir
+                    .path()
+                    .join(format!("{}-{i}.toml", readme.replace('/', "-")));
                 std::fs::write(&file, block).unwrap();
                 files.push(file.display().to_string());
             }
