@@ -39,10 +39,10 @@ pub fn check_writable_dir(setting: &'static str, dir: &Path) -> Result<()> {
     })
 }
 
-/// Checks `MKH_CACHE_DIR` for the built-in guest before anything is made: QEMU's user must
-/// reach the images in it.
+/// Checks `MKH_CACHE_DIR` for the built-in guest before anything is made, creating nothing:
+/// QEMU's user must reach the images in it.
 pub fn check_cache_dir(dir: &Path) -> Result<()> {
-    match mkh_guest_image::check_cache_dir(dir) {
+    match mkh_guest_image::cache_dir_reachable(dir) {
         Ok(()) => Ok(()),
         Err(mkh_guest_image::ImageError::CacheNotReachable { blocker, mode, .. }) => {
             Err(Error::InvalidInput {

@@ -234,11 +234,14 @@ enum ScenarioCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    admin::show_progress(if cli.quiet {
-        admin::ProgressMode::Quiet
-    } else {
-        admin::ProgressMode::Auto
-    });
+    // The benchmark prints its own lines and must not be slowed by a view.
+    admin::show_progress(
+        if cli.quiet || matches!(cli.command, Command::Bench { .. }) {
+            admin::ProgressMode::Quiet
+        } else {
+            admin::ProgressMode::Auto
+        },
+    );
     let env_name = cli.command.env_name().map(str::to_owned);
     let result = run(cli);
     admin::finish_progress();
@@ -274,16 +277,15 @@ impl Command {
 fn init_logging(verbose: u8, quiet: bool) {
     use std::io::IsTerminal;
     // Bad settings are reported by `run`, which reads them again.
-    let chosen = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or(match (quiet, verbose) {
-            (true, _) => Some("warn".into()),
-            (false, 0) => None,
-            (false, 1) => Some("debug".into()),
-            (false, _) => Some("trace".into()),
-        })
-        .or_else(|| Settings::current().ok().and_then(|s| s.log));
+    // --quiet wins; then RUST_LOG, -v/-vv (mkh's own lines; RUST_LOG reaches the libraries'),
+    // MKH_LOG.
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let chosen = match (quiet, verbose) {
+        (true, _) => Some("warn".to_owned()),
+        (false, 0) => rust_log.or_else(|| Settings::current().ok().and_then(|s| s.log)),
+        (false, 1) => rust_log.or(Some("info,mkh=debug".into())),
+        (false, _) => rust_log.or(Some("info,mkh=trace".into())),
+    };
     let filter = chosen
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
@@ -302,13 +304,13 @@ fn init_logging(verbose: u8, quiet: bool) {
 /// holds is not repeated.
 fn error_report(e: &Error) -> String {
     let mut out = format!("mkh: error: {e}\n");
-    let mut said = e.to_string();
+    let mut said = vec![e.to_string()];
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let text = s.to_string();
-        if !said.contains(&text) {
+        if !said.iter().any(|t| t.contains(&text)) {
             out += &format!("  caused by: {text}\n");
-            said += &text;
+            said.push(text);
         }
         source = s.source();
     }
@@ -316,6 +318,11 @@ fn error_report(e: &Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // A completion script needs no settings: a bad MKH_* must not break a shell's start-up.
+    if let Command::Completions { shell } = cli.command {
+        print!("{}", completions(shell));
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = Settings::current()?;
     match cli.command {
         Command::Up {
@@ -384,12 +391,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Start { name } => power(&settings, &name, admin::Power::Start),
         Command::Restart { name } => power(&settings, &name, admin::Power::Restart),
         Command::Doctor { json } => doctor(&settings, json),
-        Command::Completions { shell } => {
-            print!("{}", completions(shell));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Completions { .. } => unreachable!("answered before the settings"),
         Command::Down { name } => {
             admin::down(&settings, &name)?;
+            admin::finish_progress();
             println!("removed environment {name}");
             Ok(ExitCode::SUCCESS)
         }
@@ -448,6 +453,7 @@ fn scenario(settings: Settings, command: ScenarioCommand, quiet: bool) -> Result
         .iter()
         .map(|s| scenario::run(s, &options))
         .collect();
+    admin::finish_progress();
     if json {
         println!("{}", report::json(&reports));
     } else {
@@ -608,18 +614,26 @@ fn completions(shell: ShellArg) -> String {
             }
             script
         }
-        // Every `name` argument is an environment's (see TAKES_ENV_NAME).
+        // Every `name` argument is an environment's (see TAKES_ENV_NAME). The helper goes
+        // before the script's last lines, which call `_mkh` at once when autoloaded.
         ShellArg::Zsh => {
-            script.replace(
+            let helper = "(( $+functions[_mkh_environments] )) ||\n_mkh_environments() {\n    local -a names\n    names=(${(f)\"$(mkh ls --names 2>/dev/null)\"})\n    names=(${names:#})\n    compadd -a names\n}\n\n";
+            let script = script.replace(
                 "':name -- The environment (`mkh ls`):_default' \\",
                 "':name -- The environment (`mkh ls`):_mkh_environments' \\",
-            ) + "\n(( $+functions[_mkh_environments] )) ||\n_mkh_environments() {\n    local -a names\n    names=(${(f)\"$(mkh ls --names 2>/dev/null)\"})\n    compadd -a names\n}\n"
+            );
+            match script.rfind("if [ \"$funcstack[1]\" = \"_mkh\" ]") {
+                Some(at) => format!("{}{helper}{}", &script[..at], &script[at..]),
+                None => script + "\n" + helper,
+            }
         }
+        // clap's script defines __fish_mkh_using_subcommand: true only when that word is the
+        // subcommand (not `mkh help ip`).
         ShellArg::Fish => {
             let mut script = script;
             for sub in TAKES_ENV_NAME {
                 script += &format!(
-                    "complete -c mkh -n \"__fish_seen_subcommand_from {sub}\" -f -a \"(mkh ls --names 2>/dev/null)\"\n"
+                    "complete -c mkh -n \"__fish_mkh_using_subcommand {sub}\" -f -a \"(mkh ls --names 2>/dev/null)\"\n"
                 );
             }
             script
@@ -729,4 +743,55 @@ fn audit(settings: &Settings, run: Option<&str>, json: bool) -> Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_completion_script_offers_environment_names_where_a_name_is_asked() {
+        let bash = completions(ShellArg::Bash);
+        for sub in TAKES_ENV_NAME {
+            assert!(
+                bash.contains(&format!(
+                    "mkh__subcmd__{sub})\n            opts=\"$(mkh ls --names 2>/dev/null) "
+                )),
+                "bash: {sub} not patched"
+            );
+        }
+        let zsh = completions(ShellArg::Zsh);
+        assert_eq!(
+            zsh.matches(":_mkh_environments' \\").count(),
+            TAKES_ENV_NAME.len()
+        );
+        let helper = zsh.find("_mkh_environments() {").expect("the helper");
+        let autoload = zsh
+            .find("if [ \"$funcstack[1]\" = \"_mkh\" ]")
+            .expect("clap's tail");
+        assert!(
+            helper < autoload,
+            "the helper must exist before _mkh first runs"
+        );
+        let fish = completions(ShellArg::Fish);
+        for sub in TAKES_ENV_NAME {
+            assert!(
+                fish.contains(&format!(
+                    "-n \"__fish_mkh_using_subcommand {sub}\" -f -a \"(mkh ls --names 2>/dev/null)\""
+                )),
+                "fish: {sub}"
+            );
+        }
+        assert!(fish.contains("function __fish_mkh_using_subcommand"));
+    }
+
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let e = Error::Io {
+            path: "/x".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let report = error_report(&e);
+        assert_eq!(report.matches("disk on fire").count(), 1, "{report}");
+    }
 }

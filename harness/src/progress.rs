@@ -22,10 +22,26 @@ pub enum ProgressMode {
     Quiet,
 }
 
+/// A line on stderr; a closed or broken stderr (`mkh up 2>&1 | head`) ends no work.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 struct View {
     spinner: bool,
     started: Instant,
-    current: Mutex<Option<(String, Instant, ProgressBar)>>,
+    current: Mutex<Option<Current>>,
+}
+
+/// The phase the spinner shows.
+struct Current {
+    text: String,
+    since: Instant,
+    bar: ProgressBar,
+    /// Whether its end is said as a line (a scenario's step says its own).
+    say_done: bool,
 }
 
 static VIEW: OnceLock<View> = OnceLock::new();
@@ -50,16 +66,20 @@ pub(crate) fn shown() -> bool {
 
 /// A phase of long work starts (and the one before it ends).
 pub(crate) fn phase(text: impl std::fmt::Display) {
-    let text = text.to_string();
+    start(text.to_string(), true);
+}
+
+/// Work whose outcome a [`line`] will say (a scenario's step): a spinner on a terminal, and
+/// nothing otherwise.
+pub(crate) fn running(text: impl std::fmt::Display) {
+    start(text.to_string(), false);
+}
+
+fn start(text: String, say_done: bool) {
     tracing::debug!("{text}");
     let Some(view) = VIEW.get() else { return };
     let mut current = view.current.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((done, since, bar)) = current.take() {
-        bar.finish_and_clear();
-        if view.spinner {
-            eprintln!("  {done} ({})", seconds(since.elapsed()));
-        }
-    }
+    end(current.take());
     if view.spinner {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
@@ -67,20 +87,39 @@ pub(crate) fn phase(text: impl std::fmt::Display) {
         );
         bar.set_message(text.clone());
         bar.enable_steady_tick(Duration::from_millis(120));
-        *current = Some((text, Instant::now(), bar));
-    } else {
-        eprintln!("{}  {text}", stamp(view.started));
+        *current = Some(Current {
+            text,
+            since: Instant::now(),
+            bar,
+            say_done,
+        });
+    } else if say_done {
+        say!("{}  {text}", stamp(view.started));
+    }
+}
+
+/// The spinner's phase ends: the spinner goes, and its line stays where one is due.
+fn end(current: Option<Current>) {
+    if let Some(c) = current {
+        c.bar.finish_and_clear();
+        if c.say_done {
+            say!("  {} ({})", c.text, seconds(c.since.elapsed()));
+        }
     }
 }
 
 /// A finished step's line (a scenario's step and its outcome): kept above the spinner.
 pub(crate) fn line(text: impl std::fmt::Display) {
     let Some(view) = VIEW.get() else { return };
-    let current = view.current.lock().unwrap_or_else(|e| e.into_inner());
+    let mut current = view.current.lock().unwrap_or_else(|e| e.into_inner());
+    // The work this line reports on is over.
+    if current.as_ref().is_some_and(|c| !c.say_done) {
+        end(current.take());
+    }
     let text = format!("{}  {text}", stamp(view.started));
     match current.as_ref() {
-        Some((_, _, bar)) => bar.println(text),
-        None => eprintln!("{text}"),
+        Some(c) => c.bar.println(text),
+        None => say!("{text}"),
     }
 }
 
@@ -88,10 +127,7 @@ pub(crate) fn line(text: impl std::fmt::Display) {
 pub fn finish() {
     let Some(view) = VIEW.get() else { return };
     let mut current = view.current.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((done, since, bar)) = current.take() {
-        bar.finish_and_clear();
-        eprintln!("  {done} ({})", seconds(since.elapsed()));
-    }
+    end(current.take());
 }
 
 /// A writer for log lines that does not tear the spinner: each write is made while it is
@@ -105,7 +141,7 @@ impl Write for LogWriter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
-                .map(|(_, _, b)| b.clone())
+                .map(|c| c.bar.clone())
         });
         match bar {
             Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,

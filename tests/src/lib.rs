@@ -271,3 +271,24 @@ pub fn test_driver_with(dir: &std::path::Path, networks: &[OwnedNetwork<'_>]) ->
     std::fs::write(&node, xml).unwrap();
     format!("test://{}", node.display())
 }
+
+/// A pid no process can have: one above the kernel's `pid_max`.
+pub fn beyond_pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4_194_304)
+        + 1
+}
+
+/// A CLI-owned environment that `mkh down` removes when the guard goes, so that a failed
+/// assertion between `mkh up` and `mkh down` leaves nothing (no reaper removes a CLI's).
+pub struct CliEnv(pub String);
+
+impl Drop for CliEnv {
+    fn drop(&mut self) {
+        if !objects_of_env(&self.0).is_empty() {
+            let _ = mkh(&["down", &self.0]);
+        }
+    }
+}

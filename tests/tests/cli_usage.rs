@@ -86,13 +86,14 @@ fn zsh_and_fish_scripts_name_the_environment_lister() {
 /// Runs `mkh args` with stdout and stderr each on a terminal of its own (a pty, as in an
 /// interactive shell): progress may draw a spinner on stderr; returns what stdout's terminal
 /// showed, without the terminal's carriage returns.
-fn on_terminals(args: &[&str]) -> (i32, String, String) {
+fn on_terminals(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     use std::io::Read;
     use std::os::fd::OwnedFd;
     let out = nix::pty::openpty(None, None).unwrap();
     let err = nix::pty::openpty(None, None).unwrap();
     let mut child = std::process::Command::new(mkh_bin())
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(out.slave))
         .stderr(std::process::Stdio::from(err.slave))
@@ -126,7 +127,8 @@ fn on_terminals(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn json_on_a_terminal_is_json_alone_while_progress_draws_on_stderr() {
     let name = format!("json-tty-{}", std::process::id());
-    let (code, out, err) = on_terminals(&["up", "--name", &name, "--json"]);
+    let _guard = CliEnv(name.clone());
+    let (code, out, err) = on_terminals(&["up", "--name", &name, "--json"], &[]);
     assert_eq!(code, 0, "{err}");
     let d: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: stdout was {out:?}"));
@@ -138,17 +140,17 @@ fn json_on_a_terminal_is_json_alone_while_progress_draws_on_stderr() {
         vec!["audit", "--json"],
         vec!["doctor", "--json"],
     ] {
-        let (code, out, err) = on_terminals(&args);
+        let (code, out, err) = on_terminals(&args, &[]);
         assert_eq!(code, 0, "mkh {args:?}: {err}");
         let v: serde_json::Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("mkh {args:?}: {e}: stdout was {out:?}"));
         assert!(v.is_array() || v.is_object());
     }
-    let (code, out, err) = on_terminals(&["down", &name]);
+    let (code, out, err) = on_terminals(&["down", &name], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(objects_of_env(&name).is_empty());
-    // Quiet: nothing on stderr at all, the output alone on stdout.
-    let (code, out, err) = on_terminals(&["--quiet", "ls", "--json"]);
+    // Quiet: nothing on stderr at all, the output alone on stdout (RUST_LOG cannot undo it).
+    let (code, out, err) = on_terminals(&["--quiet", "ls", "--json"], &[("RUST_LOG", "debug")]);
     assert_eq!(code, 0);
     assert!(err.is_empty(), "{err:?}");
     serde_json::from_str::<serde_json::Value>(&out).unwrap();
@@ -157,6 +159,7 @@ fn json_on_a_terminal_is_json_alone_while_progress_draws_on_stderr() {
 #[test]
 fn off_a_terminal_progress_is_plain_timestamped_lines() {
     let name = format!("lines-{}", std::process::id());
+    let _guard = CliEnv(name.clone());
     let (code, out, err) = mkh(&["up", "--name", &name, "--json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str::<serde_json::Value>(&out).unwrap();

@@ -26,32 +26,7 @@ const WORK_DIR_PREFIX: &str = ".build-";
 /// Checks that QEMU's user can reach `cache_dir`, creates it and its `guest`
 /// subdirectory (0755) and returns the absolute `guest` path.
 pub(crate) fn prepare_cache_dir(cache_dir: &Path) -> Result<PathBuf> {
-    let abs = if cache_dir.is_absolute() {
-        cache_dir.to_path_buf()
-    } else {
-        let cwd = std::env::current_dir()
-            .map_err(|e| io_err("determine the current directory", ".", e))?;
-        cwd.join(cache_dir)
-    };
-    // Check the part that exists (through its real path: a symlink's target
-    // directories are what QEMU traverses), then create the rest 0755.
-    let mut existing = abs.as_path();
-    let mut missing = Vec::new();
-    while !existing.exists() {
-        missing.push(existing.to_path_buf());
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    let real = fs::canonicalize(existing).map_err(|e| io_err("resolve", existing, e))?;
-    for dir in real.ancestors() {
-        let meta = fs::metadata(dir).map_err(|e| io_err("stat", dir, e))?;
-        if !qemu_can_traverse(meta.mode()) {
-            return Err(ImageError::CacheNotReachable {
-                path: abs.clone(),
-                blocker: dir.to_path_buf(),
-                mode: meta.mode() & 0o7777,
-            });
-        }
-    }
+    let (abs, mut missing) = reachable_part(cache_dir)?;
     missing.reverse();
     let guest_dir = abs.join("guest");
     missing.push(guest_dir.clone());
@@ -70,6 +45,37 @@ pub(crate) fn prepare_cache_dir(cache_dir: &Path) -> Result<PathBuf> {
         });
     }
     Ok(guest_dir)
+}
+
+/// Checks the part of `cache_dir`'s path that exists (through its real path: a symlink's
+/// target directories are what QEMU traverses); returns the absolute path and the missing
+/// directories, deepest first. Creates nothing.
+pub(crate) fn reachable_part(cache_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let abs = if cache_dir.is_absolute() {
+        cache_dir.to_path_buf()
+    } else {
+        let cwd = std::env::current_dir()
+            .map_err(|e| io_err("determine the current directory", ".", e))?;
+        cwd.join(cache_dir)
+    };
+    let mut existing = abs.as_path();
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        missing.push(existing.to_path_buf());
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let real = fs::canonicalize(existing).map_err(|e| io_err("resolve", existing, e))?;
+    for dir in real.ancestors() {
+        let meta = fs::metadata(dir).map_err(|e| io_err("stat", dir, e))?;
+        if !qemu_can_traverse(meta.mode()) {
+            return Err(ImageError::CacheNotReachable {
+                path: abs.clone(),
+                blocker: dir.to_path_buf(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    Ok((abs, missing))
 }
 
 /// QEMU runs as an unrelated user: only the "others" search bit counts. (A

@@ -298,10 +298,10 @@ pub fn ensure_guest_image(cache_dir: &Path) -> Result<GuestImage, ImageError> {
     build::refresh_in(&guest_dir, &recipe)
 }
 
-/// Checks (creating what is missing, 0755) that QEMU's user can reach images under
-/// `cache_dir`, without building anything: the check [`ensure_guest_image`] starts with.
-pub fn check_cache_dir(cache_dir: &Path) -> Result<(), ImageError> {
-    cache::prepare_cache_dir(cache_dir).map(|_| ())
+/// Checks, creating nothing, that QEMU's user could reach images under `cache_dir` (the
+/// directories that exist must be world-searchable; the missing ones would be made 0755).
+pub fn cache_dir_reachable(cache_dir: &Path) -> Result<(), ImageError> {
+    cache::reachable_part(cache_dir).map(|_| ())
 }
 
 /// The image of the current recipe, if one is cached under `cache_dir` (nothing is created).

@@ -135,52 +135,75 @@ pub(crate) fn create_pair(
     lock_dir: &Path,
     on_created: &mut dyn FnMut(&str),
 ) -> Result<NetworkPair> {
-    const ATTEMPTS: usize = 8;
     let _guard = lock(lock_dir)?;
-    let mut refused: Vec<Ipv4Net> = Vec::new();
     let mut created: Vec<NetworkInfo> = Vec::new();
     let wanted = [
         (id.nat_network(), NetworkKind::Nat),
         (id.private_network(), NetworkKind::Isolated),
     ];
     for (name, kind) in wanted {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut taken = taken_subnets(lv)?;
-            taken.extend(refused.iter().copied());
-            let total = pool.candidates().count().max(1);
-            let start = rand::rng().random_range(0..total);
-            let subnet = pool.choose(&taken, 1, start)?[0];
-            let spec =
-                NetworkSpec::new(&name, kind, &name, subnet, owner.clone())?.with_lease(lease)?;
-            if attempt == 1 {
-                on_created(&name);
-            }
-            match crate::teardown::while_creating(|| {
-                lv.define_and_start_network(&name, &spec.to_xml())
-            }) {
-                Ok(()) => {
-                    created.push(NetworkInfo {
-                        name: name.clone(),
-                        kind,
-                        subnet,
-                        bridge: spec.bridge.clone(),
-                        gateway: spec.gateway(),
-                    });
-                    break;
-                }
-                Err(e) if is_address_conflict(&e) && attempt < ATTEMPTS => {
-                    tracing::info!(%subnet, network = %name, "subnet in use on the libvirt host, choosing another");
-                    refused.push(subnet);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        on_created(&name);
+        created.push(create_network(lv, &name, kind, owner, pool, lease)?);
     }
     let private = created.pop().expect("two networks created");
     let nat = created.pop().expect("two networks created");
     Ok(NetworkPair { nat, private })
+}
+
+/// Creates one network under the allocator lock, as an environment's are made (`mkh doctor`
+/// makes one this way to show that it can).
+pub(crate) fn create_one(
+    lv: &Libvirt,
+    name: &str,
+    kind: NetworkKind,
+    owner: &Owner,
+    pool: &SubnetPool,
+    lock_dir: &Path,
+) -> Result<NetworkInfo> {
+    let _guard = lock(lock_dir)?;
+    create_network(lv, name, kind, owner, pool, None)
+}
+
+/// Defines and starts network `name` in a free subnet of `pool` chosen from a random start;
+/// a subnet libvirt refuses as in use is left for another, up to 8 times. The caller holds
+/// the allocator lock.
+fn create_network(
+    lv: &Libvirt,
+    name: &str,
+    kind: NetworkKind,
+    owner: &Owner,
+    pool: &SubnetPool,
+    lease: Option<std::time::Duration>,
+) -> Result<NetworkInfo> {
+    const ATTEMPTS: usize = 8;
+    let mut refused: Vec<Ipv4Net> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut taken = taken_subnets(lv)?;
+        taken.extend(refused.iter().copied());
+        let total = pool.candidates().count().max(1);
+        let start = rand::rng().random_range(0..total);
+        let subnet = pool.choose(&taken, 1, start)?[0];
+        let spec = NetworkSpec::new(name, kind, name, subnet, owner.clone())?.with_lease(lease)?;
+        match crate::teardown::while_creating(|| lv.define_and_start_network(name, &spec.to_xml()))
+        {
+            Ok(()) => {
+                return Ok(NetworkInfo {
+                    name: name.to_owned(),
+                    kind,
+                    subnet,
+                    bridge: spec.bridge.clone(),
+                    gateway: spec.gateway(),
+                })
+            }
+            Err(e) if is_address_conflict(&e) && attempt < ATTEMPTS => {
+                tracing::info!(%subnet, network = %name, "subnet in use on the libvirt host, choosing another");
+                refused.push(subnet);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

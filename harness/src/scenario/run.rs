@@ -183,6 +183,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
     for (i, (line, step)) in scenario.steps.iter().enumerate() {
         let step_started = Instant::now();
         let text = summary(step);
+        crate::progress::running(format!("[{:>2}/{total}] {text}", i + 1));
         let result = run_step(&mut env, step, &mut state);
         let seconds = step_started.elapsed().as_secs_f64();
         let (passed, detail) = match &result {
@@ -556,22 +557,35 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
             // networkGetDHCPLeases skips expired ones); dnsmasq's clock, not the guest's speed,
             // sets when: no timeout scale.
             let lease = env.dhcp_lease_time().unwrap_or(MAX_LEASE);
+            crate::progress::running(format!(
+                "waiting for the lease of {} on {} to expire (lease time {} s)",
+                m.name(),
+                d.network.as_str(),
+                lease.as_secs()
+            ));
             let held = Instant::now();
-            retrying(Some((lease + LEASE_EXPIRY_MARGIN).as_secs_f64()), || {
+            let deadline = held + lease + LEASE_EXPIRY_MARGIN;
+            loop {
                 match m.ip_within(d.network, Duration::from_secs(1)) {
-                    Ok(ip) => check(
-                        false,
-                        "the lease gone from the host",
-                        format!("a lease for {ip}"),
-                    ),
-                    Err(Error::NoLease(_)) => Ok(Some(format!(
-                        "udhcpc on the guest's {nic} held (SIGSTOP); the host's lease expired after {:.0} s (lease time {} s)",
-                        held.elapsed().as_secs_f64(),
-                        lease.as_secs()
-                    ))),
-                    Err(e) => Err(e.into()),
+                    Ok(ip) if Instant::now() >= deadline => {
+                        return check(
+                            false,
+                            "the lease gone from the host",
+                            format!("a lease for {ip}"),
+                        )
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(500)),
+                    Err(Error::NoLease(_)) => {
+                        return Ok(Some(format!(
+                            "udhcpc on the guest's {nic} held (SIGSTOP); the host's lease expired after {:.0} s (lease time {} s)",
+                            held.elapsed().as_secs_f64(),
+                            lease.as_secs()
+                        )))
+                    }
+                    // Only a lease still listed is worth waiting for.
+                    Err(e) => return Err(StepError::Mkh(e)),
                 }
-            })
+            }
         }
         Step::Block(b) => block(env, b, state, true),
         Step::Unblock(b) => block(env, b, state, false),
