@@ -304,6 +304,12 @@ pub fn cache_dir_reachable(cache_dir: &Path) -> Result<(), ImageError> {
     cache::reachable_part(cache_dir).map(|_| ())
 }
 
+/// The Debian packages a build would fetch, name and version, as apt's local index offers
+/// them (no network, nothing built): whether the image can be built here.
+pub fn buildable_packages() -> Result<Vec<(String, String)>, ImageError> {
+    packages::resolve_packages().map(|p| p.versions.into_iter().collect())
+}
+
 /// The image of the current recipe, if one is cached under `cache_dir` (nothing is created).
 pub fn cached_guest_image(cache_dir: &Path) -> Option<GuestImage> {
     cache::lookup_recipe(&cache_dir.join("guest"), &recipe::recipe_digest())
