@@ -68,19 +68,16 @@ pub enum Power {
     Restart,
 }
 
-/// Stops, starts or restarts a built-in environment's machine; after a start, its IPs.
+/// Stops, starts or restarts an environment's machine (a minikube cluster: `minikube stop` /
+/// `minikube start` of its profile, with the binary recorded at creation and the settings'
+/// `minikube_args`); after a start, the first machine's IPs.
 pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crate::Ips>> {
     let lv = connect(settings)?;
     let env = find(&lv, name)?;
-    if env.minikube_cluster(lv.uri()).is_some() {
-        return Err(Error::InvalidInput {
-            what: "environment",
-            value: name.to_owned(),
-            problem: "it is a minikube cluster, which `mkh stop/start` does not drive yet".into(),
-            fix: "run `minikube stop -p PROFILE` / `minikube start -p PROFILE` with MINIKUBE_HOME set to the environment's home (`mkh ls --json` shows both)",
-        });
-    }
     let machine = env.machine(&lv, settings.timeout_scale)?;
+    if let Some(cluster) = env.minikube_cluster(lv.uri()) {
+        return power_minikube(settings, &lv, &cluster, &machine, what);
+    }
     crate::progress::phase(match what {
         Power::Stop => format!("stopping {}", machine.name()),
         Power::Start => format!("starting {} and waiting for SSH", machine.name()),
@@ -91,6 +88,51 @@ pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crat
         Power::Start => machine.start_now().map(Some),
         Power::Restart => machine.restart_now().map(Some),
     }
+}
+
+fn power_minikube(
+    settings: &Settings,
+    lv: &Libvirt,
+    cluster: &crate::minikube::MinikubeCluster,
+    machine: &crate::Machine,
+    what: Power,
+) -> Result<Option<crate::Ips>> {
+    use crate::minikube::contract;
+    if what != Power::Stop {
+        // What `minikube start` would refuse, mkh refuses first (root without --force, ...).
+        contract::check(
+            &contract::Request {
+                version: cluster.version()?,
+                memory_mib: None,
+                cpus: None,
+                extra_args: &settings.minikube_args,
+                binary: &cluster.binary,
+            },
+            &contract::Host::current(),
+        )?;
+    }
+    let accel = crate::machine::choose_accel(lv, settings.accel);
+    let deadline = crate::config::Timeouts::new(accel, settings.timeout_scale).minikube_start();
+    let profile = cluster.profile.clone();
+    let minikube = |verb: &str| -> Result<()> {
+        crate::progress::phase(format!("minikube {verb} -p {profile}"));
+        let mut args = vec![verb.to_owned(), "-p".to_owned(), profile.clone()];
+        if verb == "start" {
+            args.extend(settings.minikube_args.iter().cloned());
+        }
+        cluster.run(&args, deadline, &mut |_| {})?;
+        // Each boot of a minikube machine shows a new host key.
+        machine.forget_boot_host_keys()
+    };
+    if matches!(what, Power::Stop | Power::Restart) {
+        minikube("stop")?;
+    }
+    if what == Power::Stop {
+        return Ok(None);
+    }
+    minikube("start")?;
+    crate::progress::phase(format!("waiting for SSH to {}", machine.name()));
+    machine.wait_ready_now().map(Some)
 }
 
 /// Runs `words` (quoted for the guest's shell) on `machine` over `role`'s network, with this

@@ -271,6 +271,30 @@ fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
     let (code, out, err) = mkh(&["ssh", &name, "--", "id", "-un"]);
     assert_eq!((code, out.trim()), (0, "docker"), "{err}");
 
+    // The seed article's workflow on the CLI: `minikube stop`, `ip` refusing with the hint,
+    // `minikube start` (the recorded binary; as root, `--force` from MKH_MINIKUBE_ARGS, as a
+    // user would give it), `ip` and SSH again on the new boot's host key.
+    let (code, out, err) = mkh(&["stop", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = mkh(&["ip", &name]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is stopped") && err.contains(&format!("mkh start {name}")),
+        "{err}"
+    );
+    let force = if nix::unistd::getuid().is_root() {
+        "--force"
+    } else {
+        ""
+    };
+    let (code, out, err) = mkh_with_env(&["start", &name], &[("MKH_MINIKUBE_ARGS", force)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = mkh(&["ssh", &name, "--", "id", "-un"]);
+    assert_eq!((code, out.trim()), (0, "docker"), "{err}");
+    let (code, out, _) = mkh(&["ip", &name]);
+    assert_eq!(code, 0);
+    let _: std::net::Ipv4Addr = out.trim().parse().unwrap();
+
     // `down` needs nothing from the caller's environment: the binary is recorded.
     let home = PathBuf::from(d["home"].as_str().unwrap());
     let (code, out, err) = mkh_with_env(
