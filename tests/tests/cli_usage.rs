@@ -135,10 +135,19 @@ fn json_on_a_terminal_is_json_alone_while_progress_draws_on_stderr() {
     assert_eq!(d["name"], name.as_str());
     // The spinner's phases were on stderr, each finished one left as a line.
     assert!(err.contains("waiting for SSH to"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("one-step.toml");
+    std::fs::write(
+        &scenario,
+        "description = \"SSH answers\"\n[[step]]\nexpect-ssh = { machine = \"m1\", network = \"nat\" }\n",
+    )
+    .unwrap();
     for args in [
         vec!["ls", "--json"],
         vec!["audit", "--json"],
         vec!["doctor", "--json"],
+        vec!["reap", "--json"],
+        vec!["scenario", "run", "--json", scenario.to_str().unwrap()],
     ] {
         let (code, out, err) = on_terminals(&args, &[]);
         assert_eq!(code, 0, "mkh {args:?}: {err}");
