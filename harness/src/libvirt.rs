@@ -179,6 +179,16 @@ impl Libvirt {
             Err(e) if is_gone(&e) => Ok(Removal::AlreadyGone),
             // A transient network vanishes on destroy.
             Err(e) if is_not_running(&e) => Ok(Removal::Removed),
+            // Another remover (a parallel reaper) undefined it between our lookup and ours:
+            // libvirt then fails on the config file it already removed.
+            Err(_)
+                if self
+                    .conn
+                    .lookup_network_by_name(name)
+                    .is_err_and(|e| is_gone(&e)) =>
+            {
+                Ok(Removal::AlreadyGone)
+            }
             Err(source) => Err(failed("undefine network", name, source)),
         }
     }
@@ -238,6 +248,15 @@ impl Libvirt {
             Err(e) if is_gone(&e) => Ok(Removal::AlreadyGone),
             // A transient domain vanishes on destroy.
             Err(e) if is_not_running(&e) => Ok(Removal::Removed),
+            // Another remover undefined it between our lookup and ours.
+            Err(_)
+                if self
+                    .conn
+                    .lookup_domain_by_name(name)
+                    .is_err_and(|e| is_gone(&e)) =>
+            {
+                Ok(Removal::AlreadyGone)
+            }
             Err(source) => Err(failed("undefine domain", name, source)),
         }
     }

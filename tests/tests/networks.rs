@@ -305,6 +305,43 @@ fn objects_of_a_sigkilled_process_are_removed_by_the_next_mkh_process() {
     assert!(objects_of_env(&env).is_empty());
 }
 
+/// Reapers of several processes meet on the same dead owner's objects (every mkh process
+/// sweeps before it creates): each finds them removed or removes them, none reports an error.
+#[test]
+fn reapers_racing_on_a_dead_owner_s_objects_all_succeed() {
+    for _round in 0..3 {
+        let mut killed =
+            ChildEnv::start_with(Command::new(CHILD).arg("hold").env("MKH_WATCHDOG", "0"));
+        let env = killed.env_name();
+        killed.signal(Signal::SIGKILL);
+        wait_for_exit(&mut killed.child, Duration::from_secs(5));
+        let reapers: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new(mkh_bin())
+                    .args(["reap", "--json"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for reaper in reapers {
+            let out = reaper.wait_with_output().unwrap();
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(
+                out.status.success() && report["errors"].as_array().unwrap().is_empty(),
+                "{report}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            objects_of_env(&env).is_empty(),
+            "{:?}",
+            objects_of_env(&env)
+        );
+    }
+}
+
 #[test]
 fn a_panicking_test_still_removes_its_networks() {
     let names = std::sync::Mutex::new(Vec::new());
