@@ -76,7 +76,7 @@ pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crat
     let env = find(&lv, name)?;
     let machine = env.machine(&lv, settings.timeout_scale)?;
     if let Some(cluster) = env.minikube_cluster(lv.uri()) {
-        return power_minikube(settings, &lv, &cluster, &machine, what);
+        return power_minikube(settings, &lv, &env, &cluster, &machine, what);
     }
     crate::progress::phase(match what {
         Power::Stop => format!("stopping {}", machine.name()),
@@ -93,13 +93,16 @@ pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crat
 fn power_minikube(
     settings: &Settings,
     lv: &Libvirt,
+    env: &EnvSummary,
     cluster: &crate::minikube::MinikubeCluster,
     machine: &crate::Machine,
     what: Power,
 ) -> Result<Option<crate::Ips>> {
     use crate::minikube::contract;
     if what != Power::Stop {
-        // What `minikube start` would refuse, mkh refuses first (root without --force, ...).
+        // The flags mkh keeps for itself (-p, --driver, --nodes, ...) are refused as at `mkh up`;
+        // what `minikube start` would refuse, mkh refuses first (root without --force, ...).
+        contract::check_extra_args(&settings.minikube_args)?;
         contract::check(
             &contract::Request {
                 version: cluster.version()?,
@@ -120,7 +123,10 @@ fn power_minikube(
         if verb == "start" {
             args.extend(settings.minikube_args.iter().cloned());
         }
-        cluster.run(&args, deadline, &mut |_| {})?;
+        // SIGTERM or SIGINT on this command ends minikube's process group too.
+        let guard = crate::teardown::Registration::new(lv.uri(), &profile, true);
+        cluster.run(&args, deadline, &mut |group| guard.add_kill_group(group))?;
+        drop(guard);
         // Each boot of a minikube machine shows a new host key.
         machine.forget_boot_host_keys()
     };
@@ -131,6 +137,22 @@ fn power_minikube(
         return Ok(None);
     }
     minikube("start")?;
+    // minikube recreates a private network it cannot start, without mkh's owner record.
+    let private = env
+        .network_names()
+        .into_iter()
+        .find(|n| n.ends_with("-priv"))
+        .unwrap_or_default();
+    let still_ours = lv.networks()?.iter().any(|n| {
+        n.name == private
+            && crate::owner::Owner::from_object_xml(&n.xml).is_some_and(|o| o.env == env.name)
+    });
+    if !still_ours {
+        return Err(Error::NetworkReplaced {
+            network: private,
+            problem: "after `minikube start` it no longer carries this environment's owner record (minikube made it anew)".into(),
+        });
+    }
     crate::progress::phase(format!("waiting for SSH to {}", machine.name()));
     machine.wait_ready_now().map(Some)
 }

@@ -91,7 +91,8 @@ pub fn run(settings: &Settings) -> DoctorReport {
             None
         }
     };
-    let local = uri_is_local(uri) && !uri.starts_with("test:");
+    let test_driver = uri.starts_with("test:");
+    let local = uri_is_local(uri) && !test_driver;
     checks.push(accelerator(lv.as_ref(), local, settings.accel));
     checks.push(directories(settings));
     if let Some(lv) = &lv {
@@ -99,11 +100,16 @@ pub fn run(settings: &Settings) -> DoctorReport {
             checks.push(virtlogd());
             checks.push(dnsmasq());
         } else {
+            let why = if test_driver {
+                "libvirt's test driver runs no daemons"
+            } else {
+                "a remote libvirt runs them on its own host"
+            };
             for name in ["virtlogd", "dnsmasq"] {
                 checks.push(check(
                     name,
-                    Status::Pass,
-                    format!("not checked: {uri} is not this host's libvirt"),
+                    Status::Warn,
+                    format!("not checked: {why}"),
                     None,
                 ));
             }
@@ -112,7 +118,7 @@ pub fn run(settings: &Settings) -> DoctorReport {
         checks.push(network_creation(lv, settings));
         checks.push(leftovers(lv, settings));
     }
-    checks.push(guest_image(&settings.cache_dir, local));
+    checks.push(guest_image(&settings.cache_dir, local || test_driver));
     checks.push(minikube(settings));
     checks.push(stand_in_api_server(&settings.cache_dir));
     DoctorReport {
@@ -432,6 +438,22 @@ fn guest_image(cache_dir: &Path, local: bool) -> Check {
             Status::Pass,
             format!("cached in {dir}"),
             None,
+        );
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = ["apt-get", "apt-cache", "dpkg-deb", "ldd"]
+        .into_iter()
+        .filter(|tool| !std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+        .collect();
+    if !missing.is_empty() {
+        return check(
+            "guest image",
+            Status::Warn,
+            format!(
+                "not cached, and a build needs {} (not on PATH)",
+                missing.join(", ")
+            ),
+            Some("build it on a Debian host with `mkh image` and copy MKH_CACHE_DIR"),
         );
     }
     match mkh_guest_image::buildable_packages() {

@@ -112,10 +112,8 @@ fn end(current: Option<Current>) {
 pub(crate) fn line(text: impl std::fmt::Display) {
     let Some(view) = VIEW.get() else { return };
     let mut current = view.current.lock().unwrap_or_else(|e| e.into_inner());
-    // The work this line reports on is over.
-    if current.as_ref().is_some_and(|c| !c.say_done) {
-        end(current.take());
-    }
+    // The work this line reports on is over, and any phase within it.
+    end(current.take());
     let text = format!("{}  {text}", stamp(view.started));
     match current.as_ref() {
         Some(c) => c.bar.println(text),

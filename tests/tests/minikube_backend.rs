@@ -223,6 +223,7 @@ fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_pro
 #[test]
 fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
     let name = format!("mkrt-{}", std::process::id());
+    let _guard = CliEnv(name.clone());
     // minikube reads every MINIKUBE_* variable as a flag: none of the caller's reach it.
     let (code, out, err) = mkh_with_env(
         &[
@@ -282,12 +283,8 @@ fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
         err.contains("is stopped") && err.contains(&format!("mkh start {name}")),
         "{err}"
     );
-    let force = if nix::unistd::getuid().is_root() {
-        "--force"
-    } else {
-        ""
-    };
-    let (code, out, err) = mkh_with_env(&["start", &name], &[("MKH_MINIKUBE_ARGS", force)]);
+    // `--force` as at `mkh up` above (mkh does not record creation arguments).
+    let (code, out, err) = mkh_with_env(&["start", &name], &[("MKH_MINIKUBE_ARGS", "--force")]);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = mkh(&["ssh", &name, "--", "id", "-un"]);
     assert_eq!((code, out.trim()), (0, "docker"), "{err}");

@@ -47,6 +47,33 @@ pub(crate) fn prepare_cache_dir(cache_dir: &Path) -> Result<PathBuf> {
     Ok(guest_dir)
 }
 
+/// What [`prepare_cache_dir`] would refuse, creating nothing: the existing part of the path
+/// and an existing `guest` directory must be searchable by others, and where directories are
+/// missing, the deepest existing one must let this user create them.
+pub(crate) fn reachable_without_creating(cache_dir: &Path) -> Result<()> {
+    let (abs, missing) = reachable_part(cache_dir)?;
+    let guest_dir = abs.join("guest");
+    if let Ok(meta) = fs::metadata(&guest_dir) {
+        if !qemu_can_traverse(meta.mode()) {
+            return Err(ImageError::CacheNotReachable {
+                path: abs,
+                blocker: guest_dir,
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    // `missing` runs deepest first: the last one's parent is the deepest that exists.
+    if let Some(shallowest) = missing.last() {
+        let parent = shallowest.parent().unwrap_or(Path::new("/"));
+        nix::unistd::access(
+            parent,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .map_err(|e| io_err("create directories in", parent, std::io::Error::from(e)))?;
+    }
+    Ok(())
+}
+
 /// Checks the part of `cache_dir`'s path that exists (through its real path: a symlink's
 /// target directories are what QEMU traverses); returns the absolute path and the missing
 /// directories, deepest first. Creates nothing.
@@ -295,6 +322,25 @@ mod tests {
         assert_eq!(image.digest, digest);
         assert_eq!(image.kernel, guest.join(&digest).join(KERNEL_FILE));
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_check_without_creating_refuses_what_preparing_would_and_makes_nothing() {
+        let base = test_dir("check-test");
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = base.join("cache");
+        fs::create_dir_all(cache.join("guest")).unwrap();
+        fs::set_permissions(cache.join("guest"), fs::Permissions::from_mode(0o700)).unwrap();
+        match reachable_without_creating(&cache).unwrap_err() {
+            ImageError::CacheNotReachable { blocker, .. } => {
+                assert_eq!(blocker, cache.join("guest"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let fresh = base.join("a").join("b");
+        reachable_without_creating(&fresh).unwrap();
+        assert!(!base.join("a").exists(), "a check created a directory");
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]

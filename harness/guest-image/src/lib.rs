@@ -301,7 +301,7 @@ pub fn ensure_guest_image(cache_dir: &Path) -> Result<GuestImage, ImageError> {
 /// Checks, creating nothing, that QEMU's user could reach images under `cache_dir` (the
 /// directories that exist must be world-searchable; the missing ones would be made 0755).
 pub fn cache_dir_reachable(cache_dir: &Path) -> Result<(), ImageError> {
-    cache::reachable_part(cache_dir).map(|_| ())
+    cache::reachable_without_creating(cache_dir)
 }
 
 /// The Debian packages a build would fetch, name and version, as apt's local index offers

@@ -136,6 +136,8 @@ pub(crate) fn create_pair(
     on_created: &mut dyn FnMut(&str),
 ) -> Result<NetworkPair> {
     let _guard = lock(lock_dir)?;
+    // A subnet libvirt refused for the first network is not tried for the second.
+    let mut refused: Vec<Ipv4Net> = Vec::new();
     let mut created: Vec<NetworkInfo> = Vec::new();
     let wanted = [
         (id.nat_network(), NetworkKind::Nat),
@@ -143,7 +145,15 @@ pub(crate) fn create_pair(
     ];
     for (name, kind) in wanted {
         on_created(&name);
-        created.push(create_network(lv, &name, kind, owner, pool, lease)?);
+        created.push(create_network(
+            lv,
+            &name,
+            kind,
+            owner,
+            pool,
+            lease,
+            &mut refused,
+        )?);
     }
     let private = created.pop().expect("two networks created");
     let nat = created.pop().expect("two networks created");
@@ -161,12 +171,12 @@ pub(crate) fn create_one(
     lock_dir: &Path,
 ) -> Result<NetworkInfo> {
     let _guard = lock(lock_dir)?;
-    create_network(lv, name, kind, owner, pool, None)
+    create_network(lv, name, kind, owner, pool, None, &mut Vec::new())
 }
 
 /// Defines and starts network `name` in a free subnet of `pool` chosen from a random start;
-/// a subnet libvirt refuses as in use is left for another, up to 8 times. The caller holds
-/// the allocator lock.
+/// a subnet libvirt refuses as in use joins `refused` and another is tried, up to 8 times.
+/// The caller holds the allocator lock.
 fn create_network(
     lv: &Libvirt,
     name: &str,
@@ -174,9 +184,9 @@ fn create_network(
     owner: &Owner,
     pool: &SubnetPool,
     lease: Option<std::time::Duration>,
+    refused: &mut Vec<Ipv4Net>,
 ) -> Result<NetworkInfo> {
     const ATTEMPTS: usize = 8;
-    let mut refused: Vec<Ipv4Net> = Vec::new();
     let mut attempt = 0;
     loop {
         attempt += 1;
