@@ -307,10 +307,7 @@ pub struct GuestImageFiles {
 
 /// Builds (once) or finds the built-in guest's image in the cache.
 pub fn guest_image(settings: &Settings) -> Result<GuestImageFiles> {
-    if crate::machine::image::cached_guest_image(&settings.cache_dir).is_none() {
-        crate::progress::phase("building the guest image from Debian's packages (once)");
-    }
-    let image = crate::machine::image::ensure_guest_image(&settings.cache_dir)?;
+    let image = crate::machine::image::find_or_build(&settings.cache_dir)?;
     crate::progress::finish();
     Ok(GuestImageFiles {
         kernel: image.kernel,

@@ -370,7 +370,7 @@ fn leftovers(lv: &Libvirt, settings: &Settings) -> Check {
             .map(|(o, why)| {
                 format!(
                     "{} {} (environment {}: {why})",
-                    kind_name(o.kind),
+                    o.kind.as_str(),
                     o.name,
                     o.owner.env
                 )
@@ -398,14 +398,6 @@ fn leftovers(lv: &Libvirt, settings: &Settings) -> Check {
             ),
             Some("`mkh reap` removes them (and only them)"),
         )
-    }
-}
-
-fn kind_name(kind: crate::inventory::ObjectKind) -> &'static str {
-    match kind {
-        crate::inventory::ObjectKind::Domain => "domain",
-        crate::inventory::ObjectKind::Network => "network",
-        crate::inventory::ObjectKind::Home => "home",
     }
 }
 

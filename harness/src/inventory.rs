@@ -28,6 +28,17 @@ pub enum ObjectKind {
     Home,
 }
 
+impl ObjectKind {
+    /// `domain`, `network` or `home`, as the JSON reports say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Domain => "domain",
+            ObjectKind::Network => "network",
+            ObjectKind::Home => "home",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 /// An object whose owner record says it is mkh's.
 pub struct ClaimedObject {

@@ -210,10 +210,7 @@ impl Machine {
         name: &str,
         on_define: &mut dyn FnMut(&str),
     ) -> Result<Machine> {
-        if image::cached_guest_image(ctx.cache_dir).is_none() {
-            crate::progress::phase("building the guest image from Debian's packages (once)");
-        }
-        let image = image::ensure_guest_image(ctx.cache_dir)?;
+        let image = image::find_or_build(ctx.cache_dir)?;
         crate::progress::phase(format!("booting {name} ({})", ctx.accel.as_str()));
         let key = existing_or_new_key(&key_path(ctx.home), "mkh")?;
         // The same host key on every boot of this machine: its fingerprint survives restarts.

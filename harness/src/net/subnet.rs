@@ -93,10 +93,8 @@ impl SubnetPool {
 
     /// How many candidates overlap nothing in `taken`.
     pub fn free(&self, taken: &[Ipv4Net]) -> usize {
-        let relevant: Vec<&Ipv4Net> = taken.iter().filter(|t| t.prefix_len() > 0).collect();
-        self.candidates()
-            .filter(|c| !relevant.iter().any(|t| overlaps(t, c)))
-            .count()
+        let is_taken = taken_by(taken);
+        self.candidates().filter(|c| !is_taken(c)).count()
     }
 
     /// Picks `count` subnets that overlap nothing in `taken`. The search starts at `start` (an
@@ -105,17 +103,14 @@ impl SubnetPool {
     pub fn choose(&self, taken: &[Ipv4Net], count: usize, start: usize) -> Result<Vec<Ipv4Net>> {
         let candidates: Vec<Ipv4Net> = self.candidates().collect();
         let total = candidates.len();
-        let relevant: Vec<&Ipv4Net> = taken.iter().filter(|t| t.prefix_len() > 0).collect();
+        let is_taken = taken_by(taken);
         let free: Vec<Ipv4Net> = (0..total)
             .map(|i| candidates[(start + i) % total.max(1)])
-            .filter(|c| !relevant.iter().any(|t| overlaps(t, c)))
+            .filter(|c| !is_taken(c))
             .take(count)
             .collect();
         if free.len() < count {
-            let in_use = candidates
-                .iter()
-                .filter(|c| relevant.iter().any(|t| overlaps(t, c)))
-                .count();
+            let in_use = candidates.iter().filter(|c| is_taken(c)).count();
             return Err(Error::PoolExhausted {
                 pool: self.range.to_string(),
                 prefix: self.prefix,
@@ -125,6 +120,11 @@ impl SubnetPool {
         }
         Ok(free)
     }
+}
+
+/// Whether a candidate overlaps something in `taken` (a default route, /0, takes nothing).
+fn taken_by(taken: &[Ipv4Net]) -> impl Fn(&Ipv4Net) -> bool + '_ {
+    move |c| taken.iter().any(|t| t.prefix_len() > 0 && overlaps(t, c))
 }
 
 pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
