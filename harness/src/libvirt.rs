@@ -2,6 +2,7 @@
 //! types and XML strings. All calls block: async callers run them on blocking threads.
 
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::error::ErrorNumber;
@@ -180,13 +181,9 @@ impl Libvirt {
             // A transient network vanishes on destroy.
             Err(e) if is_not_running(&e) => Ok(Removal::Removed),
             // Another remover (a parallel reaper) undefined it between our lookup and ours:
-            // libvirt then fails on the config file it already removed.
-            Err(_)
-                if self
-                    .conn
-                    .lookup_network_by_name(name)
-                    .is_err_and(|e| is_gone(&e)) =>
-            {
+            // libvirt then fails on the config file it already removed, and may still list
+            // the network for a moment while the other undefine finishes.
+            Err(_) if removed_by_another(|| self.conn.lookup_network_by_name(name).map(drop)) => {
                 Ok(Removal::AlreadyGone)
             }
             Err(source) => Err(failed("undefine network", name, source)),
@@ -249,12 +246,7 @@ impl Libvirt {
             // A transient domain vanishes on destroy.
             Err(e) if is_not_running(&e) => Ok(Removal::Removed),
             // Another remover undefined it between our lookup and ours.
-            Err(_)
-                if self
-                    .conn
-                    .lookup_domain_by_name(name)
-                    .is_err_and(|e| is_gone(&e)) =>
-            {
+            Err(_) if removed_by_another(|| self.conn.lookup_domain_by_name(name).map(drop)) => {
                 Ok(Removal::AlreadyGone)
             }
             Err(source) => Err(failed("undefine domain", name, source)),
@@ -461,6 +453,22 @@ fn failed(action: &'static str, object: &str, source: virt::error::Error) -> Err
         action,
         object: object.to_owned(),
         source,
+    }
+}
+
+/// Whether an object whose undefine just failed is gone, or goes within a second: another
+/// remover's undefine that got there first deletes the config file before it drops the object.
+fn removed_by_another(lookup: impl Fn() -> std::result::Result<(), virt::error::Error>) -> bool {
+    const WAIT: Duration = Duration::from_secs(1);
+    let start = Instant::now();
+    loop {
+        if lookup().is_err_and(|e| is_gone(&e)) {
+            return true;
+        }
+        if start.elapsed() >= WAIT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
