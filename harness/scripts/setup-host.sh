@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(libvirt-daemon-system qemu-system-x86 dnsmasq-base libvirt-dev pkg-config
-          iputils-ping iproute2 busybox-static openssh-client openssl curl)
+          iputils-ping iproute2 busybox-static openssh-client openssl curl tini)
 uri="${MKH_LIBVIRT_URI:-${LIBVIRT_DEFAULT_URI:-qemu:///system}}"
 
 as_root() {
@@ -29,7 +29,12 @@ else
   # No systemd (containers, CI sandboxes): start the daemons by hand. Each exits non-zero if an
   # instance already runs.
   pgrep -x virtlogd >/dev/null || as_root virtlogd -d || true
-  pgrep -x libvirtd >/dev/null || as_root libvirtd -d || true
+  # libvirtd under tini as a subreaper: QEMU daemonizes, so its parent becomes the nearest
+  # subreaper, and libvirt's destroy waits until the exited QEMU is reaped. Without one that is
+  # PID 1, which in a sandbox may reap only every second or two (systemd reaps at once).
+  if ! pgrep -x libvirtd >/dev/null; then
+    as_root setsid tini -s -- libvirtd </dev/null >>/var/log/mkh-libvirtd.log 2>&1 &
+  fi
 fi
 
 for _ in $(seq 1 60); do

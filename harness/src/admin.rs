@@ -320,8 +320,11 @@ pub fn doctor(settings: &Settings) -> DoctorReport {
     crate::doctor::run(settings)
 }
 
-/// Times bringing up and tearing down an environment with the guest, phase by phase, `runs`
-/// times, beside a plain virsh+ssh script doing the same steps; prints medians and ratios.
-pub fn bench(settings: &Settings, runs: usize) -> Result<()> {
-    crate::bench::run(settings, runs)
+pub use crate::bench::BenchOptions;
+
+/// Times bringing up and tearing down an environment with the guest, phase by phase, cold and
+/// warm, beside a plain virsh+ssh script doing the same steps, then several at once; prints
+/// medians and ratios (or a JSON report).
+pub fn bench(settings: &Settings, options: &crate::bench::BenchOptions) -> Result<()> {
+    crate::bench::run(settings, options)
 }

@@ -251,6 +251,8 @@ pub struct Timings {
     pub networks: Option<Duration>,
     /// Guest image found, keys made, domain defined and started (or `minikube start`).
     pub define_start: Option<Duration>,
+    /// From the domain's start to the first DHCP lease on either network.
+    pub first_lease: Option<Duration>,
     /// From the domain's start to a DHCP lease on both networks.
     pub leases: Option<Duration>,
     /// From the leases to SSH answering on both networks.
@@ -401,14 +403,15 @@ impl EnvCore {
 pub(crate) fn wait_ready_timed(machine: &Machine, timings: &mut Timings) -> Result<Ips> {
     let started = Instant::now();
     crate::progress::phase(format!("waiting for {}'s DHCP leases", machine.name()));
-    machine.ips_now()?;
+    let (ips, first) = machine.ips_timed()?;
+    timings.first_lease = Some(first);
     timings.leases = Some(started.elapsed());
     let started = Instant::now();
     crate::progress::phase(format!(
         "waiting for SSH to {} on both networks",
         machine.name()
     ));
-    let ips = machine.wait_ready_now()?;
+    machine.wait_ssh_on(ips)?;
     timings.ssh = Some(started.elapsed());
     Ok(ips)
 }

@@ -136,6 +136,14 @@ pub enum Error {
         record: PathBuf,
     },
 
+    /// A warm start could not restore the saved guest.
+    #[error("the saved guest {saved} could not be restored; remove it (the next warm start boots and saves a new one) or start cold (MKH_WARM=0)")]
+    WarmStart {
+        saved: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+
     #[error("{what} did not succeed within {after:?}; last problem: {last}")]
     Timeout {
         what: String,

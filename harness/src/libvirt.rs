@@ -393,6 +393,55 @@ impl Libvirt {
             .map_err(|source| failed("read XML of domain", name, source))
     }
 
+    /// The domain's persistent definition, as libvirt completed it (UUID, device addresses).
+    pub fn domain_xml_inactive(&self, name: &str) -> Result<String> {
+        self.domain(name)?
+            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(|source| failed("read XML of domain", name, source))
+    }
+
+    /// Saves a running domain's memory and device state to `path` (written by libvirt's side)
+    /// and stops it; a transient domain is gone afterwards.
+    pub fn save_domain(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        let dom = self.domain(name)?;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::io(path, std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: `dom` is a live domain handle and `c_path` a NUL-terminated string, both
+        // outliving the call; a null dxml keeps the domain's own XML.
+        let rc = unsafe {
+            sys::virDomainSaveFlags(
+                dom.as_ptr(),
+                c_path.as_ptr(),
+                std::ptr::null(),
+                sys::VIR_DOMAIN_SAVE_RUNNING,
+            )
+        };
+        if rc < 0 {
+            return Err(failed(
+                "save domain",
+                name,
+                virt::error::Error::last_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restores a saved domain, running; when a domain of the saved name and UUID is defined, it
+    /// becomes that domain's running state.
+    pub fn restore_domain(&self, path: &std::path::Path) -> Result<()> {
+        self.conn
+            .restore_domain_flags(&path.to_string_lossy(), None, sys::VIR_DOMAIN_SAVE_RUNNING)
+            .map_err(|source| failed("restore domain from", &path.to_string_lossy(), source))
+    }
+
+    /// Creates and starts a transient domain: gone once it stops (or is saved).
+    pub fn create_transient_domain(&self, name: &str, xml: &str) -> Result<()> {
+        self.conn
+            .create_domain_xml(xml, 0)
+            .map(|_| ())
+            .map_err(|source| failed("create domain", name, source))
+    }
+
     /// Writes mkh's owner element into a domain someone else defined (minikube's), in its
     /// persistent config and, when it runs, its live state. `Ok(false)`: no such domain (yet).
     pub fn tag_domain(&self, name: &str, owner_xml: &str) -> Result<bool> {

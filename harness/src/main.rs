@@ -62,7 +62,7 @@ enum Command {
     /// Bring up an environment that outlives this command: both networks and the built-in
     /// guest. Returns once SSH answers on both networks.
     #[command(
-        after_help = "Examples:\n  mkh up --name demo\n  mkh up --backend minikube --nodes 2 -- --kubernetes-version=v1.33.0\n  mkh up --json | jq -r .ips.private"
+        after_help = "Examples:\n  mkh up --name demo\n  mkh up --warm\n  mkh up --backend minikube --nodes 2 -- --kubernetes-version=v1.33.0\n  mkh up --json | jq -r .ips.private"
     )]
     Up {
         /// Environment name (also the machine's); default `mkh-<id>`.
@@ -86,6 +86,10 @@ enum Command {
         /// With `--backend minikube`: more `minikube start` arguments (after `--`).
         #[arg(last = true)]
         minikube_args: Vec<String>,
+        /// Built-in guest: restore it from a guest saved after boot instead of booting it
+        /// (the first warm start of an image and size boots and saves one). Default: MKH_WARM.
+        #[arg(long)]
+        warm: bool,
         /// Print the environment as JSON (schema version in "version").
         #[arg(long)]
         json: bool,
@@ -115,12 +119,22 @@ enum Command {
     /// Build (once) or find the cached guest image; print its files.
     #[command(after_help = "Example:\n  mkh image")]
     Image,
-    /// Time environments with the guest, phase by phase, beside a plain virsh+ssh script.
-    #[command(after_help = "Example:\n  cargo run --release -p mkh -- bench --runs 5")]
+    /// Time environments with the guest, phase by phase, cold and warm, beside a plain
+    /// virsh+ssh script; then several at once.
+    #[command(
+        after_help = "Examples:\n  cargo run --release -p mkh -- bench --runs 5\n  mkh bench --runs 3 --parallel 1,2 --json | jq '{mkh_ready_s, warm_ready_s, ratio}'"
+    )]
     Bench {
-        /// Runs of each.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
+        /// Runs of each of mkh cold, mkh warm and the script.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+        runs: u64,
+        /// Environments to bring up at once, one measurement per width (e.g. 1,2,4).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4",
+              value_parser = clap::value_parser!(u64).range(1..=16))]
+        parallel: Vec<u64>,
+        /// Print the report as JSON on stdout (progress on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// List environments mkh owns in libvirt.
     #[command(after_help = "Examples:\n  mkh ls\n  mkh ls --json | jq '.[] | {name, networks}'")]
@@ -332,9 +346,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nodes,
             backend,
             minikube_args,
+            warm,
             json,
         } => {
             let backend = match backend {
+                BackendArg::Minikube if warm => {
+                    return Err(Error::InvalidInput {
+                        what: "mkh up option",
+                        value: "--warm".into(),
+                        problem:
+                            "warm starts are for the built-in guest; minikube boots its own VM"
+                                .into(),
+                        fix: "drop --warm, or use the built-in backend",
+                    });
+                }
                 BackendArg::Minikube => Backend::Minikube(MinikubeOptions {
                     extra_args: minikube_args,
                     memory_mib: memory,
@@ -361,7 +386,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Backend::Builtin(
                         d.clone()
                             .with_memory_mib(memory.unwrap_or(d.memory_mib))
-                            .with_vcpus(cpus.unwrap_or(d.vcpus)),
+                            .with_vcpus(cpus.unwrap_or(d.vcpus))
+                            .with_warm_start(warm || settings.warm),
                     )
                 }
             };
@@ -382,8 +408,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("initrd {}", image.initrd.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { runs } => {
-            admin::bench(&settings, runs)?;
+        Command::Bench {
+            runs,
+            parallel,
+            json,
+        } => {
+            let options = admin::BenchOptions {
+                runs: runs as usize,
+                parallel: parallel.into_iter().map(|w| w as usize).collect(),
+                json,
+            };
+            admin::bench(&settings, &options)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls { json, names } => ls(&settings, json, names),

@@ -57,6 +57,8 @@ pub struct Settings {
     pub watchdog: bool,
     /// `MKH_BACKEND`: for the fixtures and scenario files.
     pub backend: BackendKind,
+    /// `MKH_WARM=1`: the built-in guest starts warm, restored from a saved guest (default off).
+    pub warm: bool,
     /// `MKH_MEMORY_MIB`: the machine's memory.
     pub memory_mib: Option<u32>,
     /// `MKH_CPUS`: the machine's vCPUs.
@@ -89,6 +91,7 @@ struct Layer {
     keep: Option<bool>,
     watchdog: Option<bool>,
     backend: Option<BackendKind>,
+    warm: Option<bool>,
     memory_mib: Option<u32>,
     cpus: Option<u32>,
     nodes: Option<u32>,
@@ -176,6 +179,7 @@ impl Layer {
             }
         };
         let keep = switch("MKH_KEEP", "keep a failed test's environment")?;
+        let warm = switch("MKH_WARM", "start the built-in guest from a saved one")?;
         let watchdog = switch(
             "MKH_WATCHDOG",
             "a watchdog process cleans up after a killed owner",
@@ -193,6 +197,7 @@ impl Layer {
             keep,
             watchdog,
             backend,
+            warm,
             memory_mib: parsed(var, "MKH_MEMORY_MIB", "a number of MiB")?,
             cpus: parsed(var, "MKH_CPUS", "a number of CPUs")?,
             nodes: parsed(var, "MKH_NODES", "a number of nodes")?,
@@ -221,6 +226,7 @@ impl Layer {
             keep,
             watchdog,
             backend,
+            warm,
             memory_mib,
             cpus,
             nodes,
@@ -329,6 +335,7 @@ impl Settings {
             keep_failed: l.keep.unwrap_or(false),
             watchdog: l.watchdog.unwrap_or(true),
             backend: l.backend.unwrap_or_default(),
+            warm: l.warm.unwrap_or(false),
             memory_mib: l.memory_mib,
             cpus: l.cpus,
             nodes: l.nodes,
@@ -374,6 +381,7 @@ impl Settings {
                 Backend::Builtin(MachineOptions {
                     memory_mib: self.memory_mib.unwrap_or(d.memory_mib),
                     vcpus: self.cpus.unwrap_or(d.vcpus),
+                    warm_start: self.warm,
                     ..d
                 })
             }

@@ -175,7 +175,27 @@ fn try_connect(target: &SshTarget, timeout: Duration) -> Result<SshSession> {
 
 /// Records the key on first sight; afterwards a different key is [`Error::HostKeyChanged`].
 fn check_host_key(known_hosts: &Path, machine: &str, key: &[u8]) -> Result<()> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    check_encoded_host_key(
+        known_hosts,
+        machine,
+        &base64::engine::general_purpose::STANDARD.encode(key),
+    )
+}
+
+/// Records the host key mkh gave a machine (an OpenSSH public key line) before it boots, so
+/// that the first connections only check it and may run at once.
+pub(crate) fn pin_host_key(known_hosts: &Path, machine: &str, public_line: &str) -> Result<()> {
+    let encoded = public_line.split_whitespace().nth(1).ok_or_else(|| {
+        ssh_error(
+            machine,
+            format!("the host key {public_line:?} is no OpenSSH public key line"),
+            None,
+        )
+    })?;
+    check_encoded_host_key(known_hosts, machine, encoded)
+}
+
+fn check_encoded_host_key(known_hosts: &Path, machine: &str, encoded: &str) -> Result<()> {
     let text = match std::fs::read_to_string(known_hosts) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -186,7 +206,7 @@ fn check_host_key(known_hosts: &Path, machine: &str, key: &[u8]) -> Result<()> {
         Some(known) => Err(Error::HostKeyChanged {
             machine: machine.to_owned(),
             known: fingerprint(&known),
-            offered: fingerprint(&encoded),
+            offered: fingerprint(encoded),
             record: known_hosts.to_owned(),
         }),
         None => {

@@ -104,11 +104,13 @@ impl Teardown {
             Err(e) => problems.push(e.to_string()),
         }
         };
-        for dom in self.domains.iter().rev() {
-            removed("domain", dom, lv.remove_domain_if(dom, ours));
+        // Each kind at once: libvirt removes objects in parallel, and domains go before the
+        // networks they sit on.
+        for (dom, r) in in_parallel(&self.domains, |dom| lv.remove_domain_if(dom, ours)) {
+            removed("domain", dom, r);
         }
-        for net in self.networks.iter().rev() {
-            removed("network", net, lv.remove_network_if(net, ours));
+        for (net, r) in in_parallel(&self.networks, |net| lv.remove_network_if(net, ours)) {
+            removed("network", net, r);
         }
         for dir in &self.dirs {
             match std::fs::remove_dir_all(dir) {
@@ -122,6 +124,22 @@ impl Teardown {
         self.done = problems.len() == command_problems;
         problems
     }
+}
+
+/// `remove` applied to every name at once (newest first in the results, as registered last).
+fn in_parallel<R: Send>(names: &[String], remove: impl Fn(&str) -> R + Sync) -> Vec<(&str, R)> {
+    std::thread::scope(|s| {
+        let remove = &remove;
+        let workers: Vec<_> = names
+            .iter()
+            .rev()
+            .map(|name| (name.as_str(), s.spawn(move || remove(name))))
+            .collect();
+        workers
+            .into_iter()
+            .map(|(name, w)| (name, w.join().expect("removal thread panicked")))
+            .collect()
+    })
 }
 
 pub type Shared = Arc<Mutex<Teardown>>;

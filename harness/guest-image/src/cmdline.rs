@@ -7,8 +7,47 @@ use crate::{BootParams, ImageError, Result};
 /// including the terminating NUL).
 const CMDLINE_MAX: usize = 2048;
 
+/// What every boot's command line starts with: the console, and only the kernel's warnings
+/// on it (each byte on the emulated serial port costs a trap under TCG).
+const CONSOLE: &str = "console=ttyS0 quiet";
+
 /// See [`crate::kernel_cmdline`].
 pub(crate) fn kernel_cmdline(params: &BootParams<'_>) -> Result<String> {
+    Ok(format!("{CONSOLE} {}", identity_words(params)?))
+}
+
+/// See [`crate::warm_cmdline`].
+pub(crate) fn warm_cmdline() -> String {
+    format!("{CONSOLE} init_on_free=1 mkh.warm=1")
+}
+
+/// See [`crate::warm_identity_line`].
+pub(crate) fn warm_identity_line(
+    params: &BootParams<'_>,
+    macs: &[&str],
+    unix_time: u64,
+) -> Result<String> {
+    let mac_ok = |m: &&str| {
+        m.len() == 17
+            && m.split(':')
+                .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+    };
+    if let Some(bad) = macs.iter().find(|m| !mac_ok(m)) {
+        return Err(ImageError::BootParam {
+            name: "macs",
+            seen: shorten(bad, 40),
+            problem: "expected MAC addresses like 52:54:00:12:34:56",
+        });
+    }
+    Ok(format!(
+        "{} mkh.macs={} mkh.time={unix_time}\n",
+        identity_words(params)?,
+        macs.join(",")
+    ))
+}
+
+/// The `mkh.*` words that carry one machine's identity, checked.
+fn identity_words(params: &BootParams<'_>) -> Result<String> {
     validate_hostname(params.hostname)?;
     let key = params.authorized_key.trim_end_matches(['\n', '\r']);
     let key_ok = !key.is_empty()
@@ -22,7 +61,7 @@ pub(crate) fn kernel_cmdline(params: &BootParams<'_>) -> Result<String> {
         });
     }
     let mut line = format!(
-        "console=ttyS0 mkh.hostname={} mkh.authorized_key={}",
+        "mkh.hostname={} mkh.authorized_key={}",
         params.hostname,
         base64_encode(format!("{key}\n").as_bytes())
     );
@@ -37,10 +76,10 @@ pub(crate) fn kernel_cmdline(params: &BootParams<'_>) -> Result<String> {
         line.push_str(" mkh.host_key=");
         line.push_str(&base64_encode(host_key.as_bytes()));
     }
-    if line.len() >= CMDLINE_MAX {
+    if CONSOLE.len() + 1 + line.len() >= CMDLINE_MAX {
         return Err(ImageError::BootParam {
             name: "host_key",
-            seen: format!("{} bytes of command line", line.len()),
+            seen: format!("{} bytes of command line", CONSOLE.len() + 1 + line.len()),
             problem: "the kernel command line is limited to 2047 bytes: use ed25519 keys",
         });
     }
@@ -86,20 +125,51 @@ mod tests {
         })
         .unwrap();
         let words: Vec<&str> = line.split(' ').collect();
-        assert_eq!(words[0], "console=ttyS0");
-        assert_eq!(words[1], "mkh.hostname=vm-1");
+        assert_eq!(words[..2], ["console=ttyS0", "quiet"]);
+        assert_eq!(words[2], "mkh.hostname=vm-1");
         assert_eq!(
-            words[2],
+            words[3],
             format!(
                 "mkh.authorized_key={}",
                 base64_encode(format!("{PUBKEY}\n").as_bytes())
             )
         );
         assert_eq!(
-            words[3],
+            words[4],
             format!("mkh.host_key={}", base64_encode(HOSTKEY.as_bytes()))
         );
-        assert_eq!(words.len(), 4);
+        assert_eq!(words.len(), 5);
+    }
+
+    #[test]
+    fn a_warm_identity_is_the_same_words_and_the_time_on_one_line() {
+        let params = BootParams {
+            hostname: "vm-1",
+            authorized_key: PUBKEY,
+            host_key: Some(HOSTKEY),
+        };
+        let cmdline = kernel_cmdline(&params).unwrap();
+        let macs = ["52:54:00:00:00:01", "52:54:00:00:00:02"];
+        let line = warm_identity_line(&params, &macs, 1_796_245_784).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "{} mkh.macs=52:54:00:00:00:01,52:54:00:00:00:02 mkh.time=1796245784\n",
+                cmdline.strip_prefix("console=ttyS0 quiet ").unwrap()
+            )
+        );
+        assert_eq!(line.matches('\n').count(), 1);
+        assert_eq!(
+            warm_cmdline(),
+            "console=ttyS0 quiet init_on_free=1 mkh.warm=1"
+        );
+        let bad = BootParams {
+            hostname: "a-",
+            ..params
+        };
+        assert!(warm_identity_line(&bad, &macs, 0).is_err());
+        assert!(warm_identity_line(&params, &["52:54:00:00:00:0g"], 0).is_err());
+        assert!(warm_identity_line(&params, &["52:54:00:00:00:01 x"], 0).is_err());
     }
 
     #[test]

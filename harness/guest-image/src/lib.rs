@@ -69,9 +69,10 @@
 //! (`tc qdisc add dev eth0 root netem delay 100ms`); there is no sudo. The
 //! qdisc modules (`sch_netem`, ...) are shipped unloaded and autoloaded by the
 //! kernel through busybox `modprobe`. Console progress lines start with
-//! `mkh-guest: `: `mkh-guest: sshd ready`,
-//! `mkh-guest: lease eth0 10.1.2.3 52:54:00:12:34:56` (interface, address,
-//! MAC), `mkh-guest: boot done in 5.2s`, `mkh-guest: ERROR ...`.
+//! `mkh-guest: `: `mkh-guest: sshd ready at 2.1s`,
+//! `mkh-guest: lease eth0 10.1.2.3 52:54:00:12:34:56 at 2.3s` (interface,
+//! address, MAC, the guest's uptime), `mkh-guest: boot done in 5.2s`,
+//! `mkh-guest: warm: waiting`, `mkh-guest: ERROR ...`.
 //!
 //! # Booting it (what the domain XML needs)
 //!
@@ -338,11 +339,30 @@ pub struct BootParams<'a> {
 }
 
 /// Builds the kernel command line for one boot:
-/// `console=ttyS0 mkh.hostname=<name> mkh.authorized_key=<base64> [mkh.host_key=<base64>]`.
+/// `console=ttyS0 quiet mkh.hostname=<name> mkh.authorized_key=<base64> [mkh.host_key=<base64>]`.
 ///
 /// The keys are base64 (standard alphabet, padded) so that they hold no
 /// spaces; the `mkh.` prefix makes the kernel ignore them (module-parameter
 /// syntax for a module that does not exist) while `/init` reads `/proc/cmdline`.
 pub fn kernel_cmdline(params: &BootParams<'_>) -> Result<String, ImageError> {
     cmdline::kernel_cmdline(params)
+}
+
+/// The command line of a guest to be saved and restored (a warm start): it sets up what every
+/// machine shares, prints `mkh-guest: warm: waiting` and then reads its identity from its second
+/// serial port (ttyS1); see [`warm_identity_line`].
+pub fn warm_cmdline() -> String {
+    cmdline::warm_cmdline()
+}
+
+/// The line the host writes to a restored warm guest's second serial port: the same `mkh.*`
+/// words as [`kernel_cmdline`], `mkh.macs=<mac>,<mac>` (the NICs' addresses in PCI order: the
+/// saved guest's were another machine's) and `mkh.time=<unix seconds>` for its clock, ending in
+/// a newline.
+pub fn warm_identity_line(
+    params: &BootParams<'_>,
+    macs: &[&str],
+    unix_time: u64,
+) -> Result<String, ImageError> {
+    cmdline::warm_identity_line(params, macs, unix_time)
 }

@@ -3,7 +3,9 @@
 
 pub(crate) mod accel;
 pub(crate) mod image;
+mod save_image;
 pub(crate) mod spec;
+mod warm;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,9 @@ pub struct MachineOptions {
     pub memory_mib: u32,
     /// vCPUs (default 1).
     pub vcpus: u32,
+    /// Restore the guest from one saved after boot instead of booting it (default off; the
+    /// first warm start of an image and size boots and saves it). See `machine::warm`.
+    pub warm_start: bool,
 }
 
 impl Default for MachineOptions {
@@ -51,6 +56,7 @@ impl Default for MachineOptions {
             hostname: None,
             memory_mib: 256,
             vcpus: 1,
+            warm_start: false,
         }
     }
 }
@@ -77,6 +83,12 @@ impl MachineOptions {
     /// The guest's hostname.
     pub fn with_hostname(mut self, hostname: impl Into<String>) -> Self {
         self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// Whether the guest is restored from a saved one (a warm start) instead of booted.
+    pub fn with_warm_start(mut self, warm: bool) -> Self {
+        self.warm_start = warm;
         self
     }
 }
@@ -216,11 +228,13 @@ impl Machine {
         // The same host key on every boot of this machine: its fingerprint survives restarts.
         let host_key = existing_or_new_key(&host_key_path(ctx.home, name), name)?;
         let hostname = options.hostname.as_deref().unwrap_or(name);
-        let cmdline = image::kernel_cmdline(&image::BootParams {
+        let (public_line, host_key_text) = (key.public_line()?, host_key.private_text()?);
+        let params = image::BootParams {
             hostname,
-            authorized_key: &key.public_line()?,
-            host_key: Some(&host_key.private_text()?),
-        })?;
+            authorized_key: &public_line,
+            host_key: Some(&host_key_text),
+        };
+        let cmdline = image::kernel_cmdline(&params)?;
         let nics: Vec<Nic> = NetworkRole::ALL
             .iter()
             .map(|&role| Nic {
@@ -236,6 +250,7 @@ impl Machine {
             key: key.private,
             ..MachineFiles::builtin(ctx.home, name)
         };
+        ssh::pin_host_key(&files.known_hosts, name, &host_key.public_line()?)?;
         let spec = MachineSpec {
             name: name.to_owned(),
             memory_mib: options.memory_mib,
@@ -248,14 +263,47 @@ impl Machine {
             },
             nics: nics.clone(),
             console_log: console_log_path(ctx.home, name),
+            identity_port: options
+                .warm_start
+                .then(|| warm::identity_port_path(ctx.home, name)),
             owner: ctx.owner.clone(),
         };
         spec.validate()?;
-        on_define(name);
-        crate::teardown::while_creating(|| {
-            ctx.lv.define_domain(name, &spec.to_xml())?;
-            ctx.lv.start_domain(name)
-        })?;
+        if options.warm_start {
+            let saved = warm::ensure_saved_guest(
+                ctx.lv,
+                &spec,
+                &image,
+                ctx.cache_dir,
+                ctx.home,
+                ctx.timeouts.lease(),
+                on_define,
+            )?;
+            crate::progress::phase(format!("restoring {name} from the saved guest"));
+            on_define(name);
+            crate::teardown::while_creating(|| {
+                ctx.lv.define_domain(name, &spec.to_xml())?;
+                warm::restore_as(ctx.lv, &saved, name, ctx.home)
+            })?;
+            let macs: Vec<&str> = nics.iter().map(|n| n.mac.as_str()).collect();
+            let port = spec
+                .identity_port
+                .as_deref()
+                .expect("a warm machine's port");
+            warm::hand_identity(
+                port,
+                &spec.console_log,
+                &params,
+                &macs,
+                ctx.timeouts.lease(),
+            )?;
+        } else {
+            on_define(name);
+            crate::teardown::while_creating(|| {
+                ctx.lv.define_domain(name, &spec.to_xml())?;
+                ctx.lv.start_domain(name)
+            })?;
+        }
         Ok(Machine {
             name: name.to_owned(),
             lv: ctx.lv.clone(),
@@ -408,23 +456,59 @@ impl Machine {
             seen = self.lv.network_leases(&nic.network)?;
             Ok(lease_for_mac(&seen, &nic.mac))
         })?;
-        ip.ok_or_else(|| {
-            Error::NoLease(Box::new(NoLease {
-                machine: self.name.clone(),
-                network: nic.network.clone(),
-                mac: nic.mac.clone(),
-                after: deadline,
-                seen: describe_leases(&seen),
-                console: self.files.console_log.clone(),
-            }))
-        })
+        ip.ok_or_else(|| self.no_lease(role, deadline, &seen))
+    }
+
+    fn no_lease(&self, role: NetworkRole, after: Duration, seen: &[Lease]) -> Error {
+        let nic = self.nic(role);
+        Error::NoLease(Box::new(NoLease {
+            machine: self.name.clone(),
+            network: nic.network.clone(),
+            mac: nic.mac.clone(),
+            after,
+            seen: describe_leases(seen),
+            console: self.files.console_log.clone(),
+        }))
     }
 
     pub(crate) fn ips_now(&self) -> Result<Ips> {
-        Ok(Ips {
-            private: self.ip_now(NetworkRole::Private)?,
-            nat: self.ip_now(NetworkRole::Nat)?,
-        })
+        self.ips_timed().map(|(ips, _)| ips)
+    }
+
+    /// Waits for a lease on both networks, polling both at once; returns the addresses and
+    /// when the first of them was seen.
+    pub(crate) fn ips_timed(&self) -> Result<(Ips, Duration)> {
+        let started = std::time::Instant::now();
+        let mut first = None;
+        let mut found = [None, None];
+        let deadline = self.timeouts.lease();
+        let all = until(deadline, Duration::from_millis(100), || {
+            self.require_running()?;
+            for (slot, role) in found.iter_mut().zip(NetworkRole::ALL) {
+                if slot.is_none() {
+                    let nic = self.nic(role);
+                    *slot = lease_for_mac(&self.lv.network_leases(&nic.network)?, &nic.mac);
+                    if slot.is_some() {
+                        first.get_or_insert_with(|| started.elapsed());
+                    }
+                }
+            }
+            Ok(found.iter().all(Option::is_some).then_some(()))
+        })?;
+        let ips = match (all, found) {
+            (Some(()), [Some(private), Some(nat)]) => Ips { private, nat },
+            // The missing one's error, with what its network does list.
+            _ => {
+                let (role, _) = NetworkRole::ALL
+                    .into_iter()
+                    .zip(found)
+                    .find(|(_, ip)| ip.is_none())
+                    .expect("a lease is missing");
+                let seen = self.lv.network_leases(&self.nic(role).network)?;
+                return Err(self.no_lease(role, deadline, &seen));
+            }
+        };
+        Ok((ips, first.unwrap_or_else(|| started.elapsed())))
     }
 
     pub(crate) fn ssh_target(&self, role: NetworkRole) -> Result<SshTarget> {
@@ -484,14 +568,32 @@ impl Machine {
     }
 
     /// Waits until the machine has both leases and SSH answers on both networks. The
-    /// addresses are read once; the private network goes first (its connection records the host
-    /// key, as minikube's does), and once sshd answers there the NAT one answers at once.
+    /// addresses are read once.
     pub(crate) fn wait_ready_now(&self) -> Result<Ips> {
         let ips = self.ips_now()?;
-        let deadline = self.timeouts.ssh();
-        ssh::connect(&self.ssh_target_at(ips.private)?, deadline)?;
-        ssh::connect(&self.ssh_target_at(ips.nat)?, deadline)?;
+        self.wait_ssh_on(ips)?;
         Ok(ips)
+    }
+
+    /// Waits until SSH answers on both addresses. With a host key mkh pinned, both at once;
+    /// otherwise the private network first (its connection records the key, as minikube's
+    /// does), and once sshd answers there the NAT one answers at once.
+    pub(crate) fn wait_ssh_on(&self, ips: Ips) -> Result<()> {
+        let deadline = self.timeouts.ssh();
+        let private = self.ssh_target_at(ips.private)?;
+        let nat = self.ssh_target_at(ips.nat)?;
+        match self.files.host_keys {
+            HostKeys::Pinned => std::thread::scope(|s| {
+                let other = s.spawn(|| ssh::connect(&nat, deadline).map(drop));
+                let first = ssh::connect(&private, deadline).map(drop);
+                let second = other.join().expect("SSH wait thread panicked");
+                first.and(second)
+            }),
+            HostKeys::PerBoot => {
+                ssh::connect(&private, deadline)?;
+                ssh::connect(&nat, deadline).map(drop)
+            }
+        }
     }
 
     pub(crate) fn stop_now(&self) -> Result<()> {
@@ -669,6 +771,7 @@ mod tests {
                 },
             ],
             console_log: "/c".into(),
+            identity_port: None,
             owner: crate::owner::tests::sample_owner(),
         };
         let pair = crate::net::tests::pair("n", "p");

@@ -86,8 +86,14 @@ pub struct MachineSpec {
     pub nics: Vec<Nic>,
     /// Where the serial console is logged (written by virtlogd).
     pub console_log: PathBuf,
+    /// A warm-startable machine's second serial port (ttyS1): a UNIX socket libvirt listens on,
+    /// through which the host hands a restored guest its identity (`machine::warm`).
+    pub identity_port: Option<PathBuf>,
     pub owner: Owner,
 }
+
+/// The longest UNIX socket path the kernel takes (`sun_path` holds 108 bytes with the NUL).
+const SOCKET_PATH_MAX: usize = 107;
 
 /// A MAC derived from the machine's name and the NIC's role: stable across restarts and runs,
 /// different between machines. `52:` is a locally administered unicast prefix (as QEMU's
@@ -122,6 +128,19 @@ impl MachineSpec {
         }
         for nic in &self.nics {
             validate_object_name("network name", &nic.network)?;
+        }
+        if let Some(port) = &self.identity_port {
+            let len = port.as_os_str().len();
+            if len > SOCKET_PATH_MAX {
+                return Err(Error::InvalidInput {
+                    what: "warm start socket path",
+                    value: port.display().to_string(),
+                    problem: format!(
+                        "it is {len} bytes long; a UNIX socket path holds at most {SOCKET_PATH_MAX}"
+                    ),
+                    fix: "set MKH_STATE_DIR to a shorter directory, or start cold (MKH_WARM=0)",
+                });
+            }
         }
         Ok(())
     }
@@ -181,6 +200,12 @@ impl MachineSpec {
             "    <serial type='pty'>\n      <log file='{}' append='on'/>\n      <target port='0'/>\n    </serial>\n",
             escape(&self.console_log.to_string_lossy())
         ));
+        if let Some(port) = &self.identity_port {
+            x.push_str(&format!(
+                "    <serial type='unix'>\n      <source mode='bind' path='{}'/>\n      <target port='1'/>\n    </serial>\n",
+                escape(&port.to_string_lossy())
+            ));
+        }
         x.push_str(
             "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n",
         );
@@ -230,6 +255,7 @@ mod tests {
                 },
             ],
             console_log: "/var/tmp/console.log".into(),
+            identity_port: None,
             owner: crate::owner::tests::sample_owner(),
         }
     }
