@@ -178,6 +178,11 @@ impl EnvBuilder {
         let id = EnvId::random();
         let name = self.name.unwrap_or_else(|| id.env_name());
         let home = settings.state_dir.join("envs").join(&name);
+        if let Backend::Builtin(options) = &self.backend {
+            if options.warm_start {
+                crate::machine::warm::check_possible(&uri, &home)?;
+            }
+        }
         let backend = for_options(&self.backend, &settings, &home, &name)?;
 
         let lv = Arc::new(Libvirt::connect_to(&uri)?);

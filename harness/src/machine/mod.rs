@@ -5,7 +5,7 @@ pub(crate) mod accel;
 pub(crate) mod image;
 mod save_image;
 pub(crate) mod spec;
-mod warm;
+pub(crate) mod warm;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -270,6 +270,7 @@ impl Machine {
         };
         spec.validate()?;
         if options.warm_start {
+            warm::check_possible(ctx.lv.uri(), ctx.home)?;
             let saved = warm::ensure_saved_guest(
                 ctx.lv,
                 &spec,

@@ -92,8 +92,9 @@ pub struct MachineSpec {
     pub owner: Owner,
 }
 
-/// The longest UNIX socket path the kernel takes (`sun_path` holds 108 bytes with the NUL).
-const SOCKET_PATH_MAX: usize = 107;
+/// The longest UNIX socket path the kernel takes (`sun_path` holds 108 bytes with the NUL); see
+/// `warm::check_possible`.
+pub(crate) const SOCKET_PATH_MAX: usize = 107;
 
 /// A MAC derived from the machine's name and the NIC's role: stable across restarts and runs,
 /// different between machines. `52:` is a locally administered unicast prefix (as QEMU's
@@ -128,19 +129,6 @@ impl MachineSpec {
         }
         for nic in &self.nics {
             validate_object_name("network name", &nic.network)?;
-        }
-        if let Some(port) = &self.identity_port {
-            let len = port.as_os_str().len();
-            if len > SOCKET_PATH_MAX {
-                return Err(Error::InvalidInput {
-                    what: "warm start socket path",
-                    value: port.display().to_string(),
-                    problem: format!(
-                        "it is {len} bytes long; a UNIX socket path holds at most {SOCKET_PATH_MAX}"
-                    ),
-                    fix: "set MKH_STATE_DIR to a shorter directory, or start cold (MKH_WARM=0)",
-                });
-            }
         }
         Ok(())
     }

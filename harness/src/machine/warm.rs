@@ -110,6 +110,36 @@ pub(crate) fn ensure_saved_guest(
     Ok(path)
 }
 
+/// Whether a warm start can work for a machine whose home is `home` on the libvirt at `uri`:
+/// checked before anything is made.
+pub(crate) fn check_possible(uri: &str, home: &Path) -> Result<()> {
+    if !crate::libvirt::uri_is_local(uri) {
+        return Err(Error::InvalidInput {
+            what: "warm start",
+            value: uri.to_owned(),
+            problem: "a warm start hands the guest its identity through a UNIX socket on the \
+                      libvirt host, and this libvirt is remote"
+                .into(),
+            fix: "start cold (MKH_WARM=0, no --warm) on a remote libvirt",
+        });
+    }
+    let port = identity_port_path(home, "any machine");
+    if port.as_os_str().len() > crate::machine::spec::SOCKET_PATH_MAX {
+        return Err(Error::InvalidInput {
+            what: "MKH_STATE_DIR",
+            value: home.display().to_string(),
+            problem: format!(
+                "a warm machine's socket there ({}) would be longer than the {} bytes a UNIX \
+                 socket path holds",
+                port.display(),
+                crate::machine::spec::SOCKET_PATH_MAX
+            ),
+            fix: "set MKH_STATE_DIR to a shorter directory, or start cold (MKH_WARM=0)",
+        });
+    }
+    Ok(())
+}
+
 /// The UNIX socket of `machine`'s second serial port, in the environment's home: short, since
 /// a socket path holds at most 107 bytes.
 pub(crate) fn identity_port_path(home: &Path, machine: &str) -> PathBuf {
