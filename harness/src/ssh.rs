@@ -125,7 +125,10 @@ impl std::fmt::Debug for SshSession {
 pub(crate) fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSession> {
     let mut last = String::from("no attempt made");
     let session = until(deadline, Duration::from_millis(300), || {
-        match try_connect(target, Duration::from_secs(10)) {
+        let attempt = std::time::Instant::now();
+        let result = try_connect(target, Duration::from_secs(10));
+        tracing::debug!(ip = %target.ip, took = ?attempt.elapsed(), ok = result.is_ok(), "SSH attempt");
+        match result {
             Ok(s) => Ok(Some(s)),
             Err(e @ Error::HostKeyChanged { .. }) => Err(e),
             Err(e) => {

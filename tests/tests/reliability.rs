@@ -296,10 +296,16 @@ fn alone_a_libvirtd_restart_while_up_still_ends_in_a_full_teardown() {
         !before.is_empty(),
         "this test restarts a monolithic libvirtd; none runs"
     );
+    // Without systemd, the setup script starts libvirtd again as the test command did.
+    let setup = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../harness/scripts/setup-host.sh"
+    );
     let restart = Command::new("sh")
         .args([
             "-c",
-            "if command -v systemctl >/dev/null && systemctl is-active -q libvirtd; then systemctl restart libvirtd; else pkill -x libvirtd; sleep 1; libvirtd -d; fi",
+            "if command -v systemctl >/dev/null && systemctl is-active -q libvirtd; then systemctl restart libvirtd; else pkill -x libvirtd; while pgrep -x libvirtd >/dev/null; do sleep 0.1; done; \"$0\"; fi",
+            setup,
         ])
         .status()
         .unwrap();

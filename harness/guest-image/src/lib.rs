@@ -7,7 +7,7 @@
 //! (`<kernel>`/`<initrd>`/`<cmdline>` in the domain XML, no disk, no bootloader)
 //! and an initramfs holding busybox, dropbear and a few kernel modules. It is
 //! built from Debian packages on first use (`apt-get download`, `dpkg-deb -x`,
-//! busybox's `cpio -o -H newc` | `gzip`) so that no binary blob has to live in
+//! busybox's `cpio -o -H newc`, uncompressed) so that no binary blob has to live in
 //! the repository and every machine with Debian's mirrors can rebuild it.
 //!
 //! Everything that differs between machines rides on the kernel command line

@@ -1,5 +1,7 @@
-//! Packing the staged root into the initramfs: busybox's `cpio -o -H newc`
-//! piped into busybox's `gzip`.
+//! Packing the staged root into the initramfs: busybox's `cpio -o -H newc`,
+//! uncompressed. Under TCG the kernel's decompression of a gzipped initramfs
+//! takes longer than QEMU takes to load the larger file; the kernel unpacks an
+//! uncompressed one by copying.
 
 use std::fs;
 use std::io::Write as _;
@@ -35,9 +37,9 @@ fn archive_list(root: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// `busybox cpio -o -H newc -R 0:0 | busybox gzip` of `root` into `initrd`.
+/// `busybox cpio -o -H newc -R 0:0` of `root` into `initrd`.
 /// `-R 0:0` makes every file root's whoever builds (the setuid bits of ip/tc
-/// then mean root, and a non-root builder works too). The tools' stderr goes
+/// then mean root, and a non-root builder works too). The tool's stderr goes
 /// to a file in `work`.
 pub(crate) fn pack_initramfs(
     busybox: &Path,
@@ -49,29 +51,16 @@ pub(crate) fn pack_initramfs(
     let output = fs::File::create(initrd).map_err(|e| io_err("create", initrd, e))?;
     let errors_path = work.join("cpio.stderr");
     let errors = fs::File::create(&errors_path).map_err(|e| io_err("create", &errors_path, e))?;
-    let errors2 = errors
-        .try_clone()
-        .map_err(|e| io_err("open", &errors_path, e))?;
-
     let mut cpio = spawn(
         Command::new(busybox)
             .args(["cpio", "-o", "-H", "newc", "-R", "0:0"])
             .current_dir(root)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(output)
             .stderr(errors),
         "busybox-static",
     )?;
-    let cpio_out = cpio.stdout.take().expect("piped stdout");
-    let mut gzip = spawn(
-        Command::new(busybox)
-            .args(["gzip", "-c"])
-            .stdin(Stdio::from(cpio_out))
-            .stdout(output)
-            .stderr(errors2),
-        "busybox-static",
-    )?;
-    // gzip drains cpio into the file, so writing the whole list cannot block for long.
+    // cpio writes into a file, so writing the whole list cannot block for long.
     let write_result = cpio
         .stdin
         .take()
@@ -80,20 +69,10 @@ pub(crate) fn pack_initramfs(
     let cpio_status = cpio
         .wait()
         .map_err(|e| io_err("wait for cpio packing", root, e))?;
-    let gzip_status = gzip
-        .wait()
-        .map_err(|e| io_err("wait for gzip writing", initrd, e))?;
-    let failure = if !cpio_status.success() {
-        Some(("busybox cpio -o -H newc -R 0:0", cpio_status.to_string()))
-    } else if !gzip_status.success() {
-        Some(("busybox gzip -c", gzip_status.to_string()))
-    } else {
-        None
-    };
-    if let Some((command, status)) = failure {
+    if !cpio_status.success() {
         return Err(ImageError::CommandFailed {
-            command: command.into(),
-            status,
+            command: "busybox cpio -o -H newc -R 0:0".into(),
+            status: cpio_status.to_string(),
             stderr: tail(&fs::read_to_string(&errors_path).unwrap_or_default(), 1500),
             hint: "check free space in the cache dir",
         });

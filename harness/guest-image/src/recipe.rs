@@ -9,7 +9,7 @@ use crate::packages::Packages;
 
 /// Bump when the build code changes what ends up in the image: it is part of
 /// the digest, so old cached images are then simply no longer used.
-pub(crate) const FORMAT: &str = "mkh-guest-image/1";
+pub(crate) const FORMAT: &str = "mkh-guest-image/2";
 
 /// Metapackage whose dependency names the versioned kernel package.
 pub(crate) const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";

@@ -580,6 +580,7 @@ impl Machine {
     /// otherwise the private network first (its connection records the key, as minikube's
     /// does), and once sshd answers there the NAT one answers at once.
     pub(crate) fn wait_ssh_on(&self, ips: Ips) -> Result<()> {
+        self.wait_guest_has(ips);
         let deadline = self.timeouts.ssh();
         let private = self.ssh_target_at(ips.private)?;
         let nat = self.ssh_target_at(ips.nat)?;
@@ -595,6 +596,28 @@ impl Machine {
                 ssh::connect(&nat, deadline).map(drop)
             }
         }
+    }
+
+    /// Waits (a few seconds at most) until the guest's console says it set both addresses up.
+    /// dnsmasq lists a lease when it sends it, before the guest has the address: a connection
+    /// tried then waits for the host's next ARP retry, a second later. Only for a guest that says
+    /// so (the built-in one) on a local libvirt; otherwise, and on a console that stays silent,
+    /// SSH's own retries serve.
+    fn wait_guest_has(&self, ips: Ips) {
+        let Some(log) = self.files.console_log.as_deref() else {
+            return;
+        };
+        if !self.lv.is_local() {
+            return;
+        }
+        let wanted: Vec<String> = [ips.private, ips.nat]
+            .iter()
+            .map(|ip| format!(" {ip} "))
+            .collect();
+        let _ = until(Duration::from_secs(5), Duration::from_millis(20), || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            Ok(guest_has_addresses(&text, &wanted).then_some(()))
+        });
     }
 
     pub(crate) fn stop_now(&self) -> Result<()> {
@@ -628,6 +651,23 @@ impl Machine {
         self.lv
             .update_live_device(&self.name, &spec::link_state_xml(self.nic(role), up))
     }
+}
+
+/// Whether the guest's console, in its latest boot or restore, says it set up every address in
+/// `wanted` (each ` <ip> `, as in `mkh-guest: lease eth0 <ip> <mac> at 3.2s`).
+fn guest_has_addresses(console: &str, wanted: &[String]) -> bool {
+    let latest = ["mkh-guest: init started", "mkh-guest: warm: restored"]
+        .iter()
+        .filter_map(|m| console.rfind(m))
+        .max()
+        .map_or(console, |i| &console[i..]);
+    let leases: Vec<&str> = latest
+        .lines()
+        .filter(|l| l.starts_with("mkh-guest: lease "))
+        .collect();
+    wanted
+        .iter()
+        .all(|ip| leases.iter().any(|l| l.contains(ip.as_str())))
 }
 
 /// The newest lease of `mac` (leases of earlier boots may linger next to it).
@@ -717,6 +757,30 @@ mod tests {
             hostname: Some(host.into()),
             expiry,
         }
+    }
+
+    #[test]
+    fn the_guest_has_its_addresses_once_its_latest_boot_says_so() {
+        let wanted = [" 10.0.0.5 ".to_owned(), " 10.0.1.5 ".to_owned()];
+        let old_boot = "mkh-guest: init started, kernel 6.1, at 2.0s\n\
+            mkh-guest: lease eth0 10.0.0.5 52:00:00:00:00:01 at 3.0s\n\
+            mkh-guest: lease eth1 10.0.1.5 52:00:00:00:00:02 at 3.1s\n";
+        assert!(guest_has_addresses(old_boot, &wanted));
+        let restarted = format!(
+            "{old_boot}mkh-guest: init started, kernel 6.1, at 2.0s\n\
+            mkh-guest: lease eth0 10.0.0.5 52:00:00:00:00:01 at 3.0s\n"
+        );
+        assert!(!guest_has_addresses(&restarted, &wanted));
+        let restored = format!(
+            "{restarted}mkh-guest: warm: restored as m at 9.0s\n\
+            mkh-guest: lease eth0 10.0.0.5 52:00:00:00:00:01 at 9.3s\n\
+            mkh-guest: lease eth1 10.0.1.5 52:00:00:00:00:02 at 9.4s\n"
+        );
+        assert!(guest_has_addresses(&restored, &wanted));
+        // 10.0.0.50 is not 10.0.0.5.
+        let other = "mkh-guest: lease eth0 10.0.0.50 52:00:00:00:00:01 at 3.0s\n\
+            mkh-guest: lease eth1 10.0.1.5 52:00:00:00:00:02 at 3.1s\n";
+        assert!(!guest_has_addresses(other, &wanted));
     }
 
     #[test]
