@@ -2,10 +2,15 @@
 # Prepares this host for mkh: installs the Debian packages it needs, starts virtlogd and libvirtd
 # when they are not running, and waits until libvirt answers. Safe to run again: it only does
 # what is missing.
+#
+# With MKH_SETUP_REMOTE=1 (the test command sets it) it also starts an sshd of its own on
+# 127.0.0.1:2222 only, with a key made for it, so that libvirt can be reached as a remote host
+# over qemu+ssh (see remote_uri below); root's known_hosts learns that sshd's host key.
 set -euo pipefail
 
 packages=(libvirt-daemon-system qemu-system-x86 dnsmasq-base libvirt-dev pkg-config
           iputils-ping iproute2 busybox-static openssh-client openssl curl tini)
+[ "${MKH_SETUP_REMOTE:-}" = 1 ] && packages+=(openssh-server)
 uri="${MKH_LIBVIRT_URI:-${LIBVIRT_DEFAULT_URI:-qemu:///system}}"
 
 as_root() {
@@ -37,12 +42,51 @@ else
   fi
 fi
 
-for _ in $(seq 1 60); do
-  if virsh -c "$uri" version >/dev/null 2>&1; then
-    exit 0
-  fi
-  sleep 0.5
-done
-echo "mkh setup: libvirt does not answer at $uri after 30 s" >&2
-virsh -c "$uri" version >&2 || true
-exit 1
+answers() {
+  for _ in $(seq 1 60); do
+    virsh -c "$1" version >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "mkh setup: libvirt does not answer at $1 after 30 s" >&2
+  virsh -c "$1" version >&2 || true
+  return 1
+}
+answers "$uri"
+[ "${MKH_SETUP_REMOTE:-}" = 1 ] || exit 0
+
+# The loopback "remote" libvirt host: an sshd of its own (its own config, host key and
+# authorized key), never the system's.
+# (sshd's StrictModes wants root-owned directories up to it: not under /var/tmp.)
+dir=/var/lib/mkh-remote-ssh
+port=2222
+as_root mkdir -p "$dir"
+as_root chmod 755 "$dir"
+[ -f "$dir/host_ed25519" ] || as_root ssh-keygen -q -t ed25519 -N '' -C mkh-remote-host -f "$dir/host_ed25519"
+[ -f "$dir/id_ed25519" ] || as_root ssh-keygen -q -t ed25519 -N '' -C mkh-remote-client -f "$dir/id_ed25519"
+# The client key is for whoever runs the tests as root.
+as_root cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+as_root tee "$dir/sshd_config" >/dev/null <<CONF
+ListenAddress 127.0.0.1
+Port $port
+HostKey $dir/host_ed25519
+AuthorizedKeysFile $dir/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PidFile $dir/sshd.pid
+MaxStartups 100:30:200
+MaxSessions 100
+Subsystem sftp internal-sftp
+CONF
+as_root mkdir -p /run/sshd
+if ! { [ -f "$dir/sshd.pid" ] && as_root kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; }; then
+  as_root /usr/sbin/sshd -f "$dir/sshd_config"
+fi
+known=/root/.ssh/known_hosts
+as_root mkdir -p -m 700 /root/.ssh
+as_root ssh-keygen -q -R "[127.0.0.1]:$port" -f "$known" >/dev/null 2>&1 || true
+echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$dir/host_ed25519.pub")" | as_root tee -a "$known" >/dev/null
+remote_uri="qemu+ssh://root@127.0.0.1:$port/system?keyfile=$dir/id_ed25519"
+answers "$remote_uri"
+

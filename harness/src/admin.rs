@@ -303,16 +303,40 @@ pub struct GuestImageFiles {
     pub kernel: PathBuf,
     /// The initramfs.
     pub initrd: PathBuf,
+    /// The images uploaded to a remote libvirt host's pool (`mkh-images`); empty for a local
+    /// libvirt, which reads the files above.
+    pub uploaded: Vec<UploadedImage>,
 }
 
-/// Builds (once) or finds the built-in guest's image in the cache.
+pub use crate::machine::pool::CachedImage as UploadedImage;
+
+/// Builds (once) or finds the built-in guest's image in the cache, and lists the images
+/// uploaded to the libvirt host when it is remote.
 pub fn guest_image(settings: &Settings) -> Result<GuestImageFiles> {
     let image = crate::machine::image::find_or_build(&settings.cache_dir)?;
     crate::progress::finish();
     Ok(GuestImageFiles {
         kernel: image.kernel,
         initrd: image.initrd,
+        uploaded: uploaded_images(settings)?,
     })
+}
+
+fn uploaded_images(settings: &Settings) -> Result<Vec<UploadedImage>> {
+    if crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+        return Ok(Vec::new());
+    }
+    crate::machine::pool::cached_images(&Libvirt::connect_to(&settings.libvirt_uri)?)
+}
+
+/// Removes the guest images uploaded to a remote libvirt host's pool (the next environment
+/// there uploads again); returns what it removed. A local libvirt has none.
+pub fn remove_uploaded_images(settings: &Settings) -> Result<Vec<UploadedImage>> {
+    if crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+        return Ok(Vec::new());
+    }
+    let lv = Libvirt::connect_to(&settings.libvirt_uri)?;
+    crate::machine::pool::remove_cached_images(&lv)
 }
 
 /// Checks what this host offers mkh (`mkh doctor`); see [`DoctorReport`].

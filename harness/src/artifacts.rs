@@ -56,6 +56,15 @@ impl ArtifactPlan {
         let Ok(lv) = Libvirt::connect_to(&self.uri) else {
             return;
         };
+        if !lv.is_local() {
+            // virtlogd wrote these on the libvirt host.
+            for (name, _) in &self.machines {
+                let text = crate::machine::pool::console_text(&lv, name);
+                if !text.is_empty() {
+                    let _ = std::fs::write(dir.join(format!("{name}.console.log")), text);
+                }
+            }
+        }
         for (name, _) in &self.machines {
             if let Ok(xml) = lv.domain_xml(name) {
                 let _ = std::fs::write(dir.join(format!("{name}.domain.xml")), xml);

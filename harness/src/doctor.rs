@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::libvirt::Libvirt;
 use crate::libvirt::{uri_is_local, Removal};
-use crate::machine::accel::{self, Accel, AccelFacts};
+use crate::machine::accel::{self, Accel};
 use crate::minikube::contract::{self, Version};
 use crate::net::{taken_subnets, NetworkKind};
 use crate::owner::{Owner, OwnerKind};
@@ -149,13 +149,7 @@ fn accelerator(lv: Option<&Libvirt>, local: bool, forced: Option<Accel>) -> Chec
             Some("see the `libvirt` check"),
         );
     };
-    let facts = AccelFacts {
-        forced,
-        libvirt_offers_kvm: lv
-            .domain_capabilities("kvm")
-            .is_some_and(|xml| accel::domain_capabilities_offer_kvm(&xml)),
-        cpu_has_virt_flags: local.then(accel::local_cpu_has_virt_flags),
-    };
+    let facts = accel::facts(lv, forced);
     if forced == Some(Accel::Kvm) && !facts.libvirt_offers_kvm {
         return check(
             "accelerator",
@@ -173,7 +167,7 @@ fn accelerator(lv: Option<&Libvirt>, local: bool, forced: Option<Accel>) -> Chec
             let what = if forced.is_some() {
                 format!("tcg: {why}")
             } else if local && dev_kvm && facts.cpu_has_virt_flags == Some(false) {
-                "tcg: /dev/kvm exists but the CPU shows no vmx/svm flag: a PVM-only /dev/kvm, which QEMU cannot use for these guests".to_owned()
+                "tcg: /dev/kvm exists but libvirt's host CPU shows no vmx/svm: a PVM-only /dev/kvm, which QEMU cannot use for these guests".to_owned()
             } else if local && !dev_kvm {
                 "tcg: no /dev/kvm on this host".to_owned()
             } else {
@@ -183,7 +177,7 @@ fn accelerator(lv: Option<&Libvirt>, local: bool, forced: Option<Accel>) -> Chec
                 "accelerator",
                 Status::Warn,
                 format!("{what}; mkh emulates instead (TCG): guests boot several times slower, and every deadline is {slower}x longer"),
-                Some("for KVM, use a host or CI runner with hardware virtualisation (vmx or svm in /proc/cpuinfo; nested virtualisation on a VM) and access to /dev/kvm; the built-in guest works under TCG meanwhile"),
+                Some("for KVM, use a host or CI runner with hardware virtualisation (vmx or svm in libvirt's host CPU, `virsh capabilities`; nested virtualisation on a VM) and access to /dev/kvm; the built-in guest works under TCG meanwhile"),
             )
         }
     }

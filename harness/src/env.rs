@@ -640,14 +640,14 @@ impl Env {
         self.check_machine(name)?;
         let lv = self.core.lv.clone();
         let owned = name.to_owned();
-        off_thread(move || lv.remove_domain(&owned)).await?;
+        off_thread(move || crate::machine::pool::remove_domain(&lv, &owned, |_| true)).await?;
         self.machines.retain(|m| m.name() != name);
         Ok(())
     }
 
     pub(crate) fn remove_machine_now(&mut self, name: &str) -> Result<()> {
         self.check_machine(name)?;
-        self.core.lv.remove_domain(name)?;
+        crate::machine::pool::remove_domain(&self.core.lv, name, |_| true)?;
         self.machines.retain(|m| m.name() != name);
         Ok(())
     }
@@ -662,7 +662,7 @@ impl Env {
         wait_ready: bool,
     ) -> Result<()> {
         let name = self.machines[index].name().to_owned();
-        self.core.lv.remove_domain(&name)?;
+        crate::machine::pool::remove_domain(&self.core.lv, &name, |_| true)?;
         *lock(&self.core.generations)
             .entry(name.clone())
             .or_insert(0) += 1;

@@ -43,6 +43,9 @@ pub enum Error {
         in_use: usize,
     },
 
+    #[error("uploading volume {volume} to the libvirt host failed: {problem}; check the host's free space in mkh's storage pool (`virsh pool-info mkh-images`) and try again")]
+    Upload { volume: String, problem: String },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -26,15 +26,19 @@ pub enum ObjectKind {
     Network,
     /// An environment's home directory on this host (reaper only).
     Home,
+    /// A machine's console log in mkh's storage pool on a remote libvirt host (reaper only:
+    /// it goes with its domain).
+    Volume,
 }
 
 impl ObjectKind {
-    /// `domain`, `network` or `home`, as the JSON reports say it.
+    /// `domain`, `network`, `home` or `volume`, as the JSON reports say it.
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Domain => "domain",
             ObjectKind::Network => "network",
             ObjectKind::Home => "home",
+            ObjectKind::Volume => "volume",
         }
     }
 }
@@ -169,7 +173,7 @@ pub fn retag(lv: &Libvirt, objects: &[ClaimedObject], env: &str, owner: &Owner) 
                         })?;
                 lv.redefine_network(&obj.name, &xml)?;
             }
-            ObjectKind::Home => {}
+            ObjectKind::Home | ObjectKind::Volume => {}
         }
     }
     Ok(())
@@ -253,7 +257,7 @@ impl EnvSummary {
         let home = Path::new(home);
         let files = match self.minikube_cluster(lv.uri()) {
             Some(c) => c.machine_files(home, domain),
-            None => MachineFiles::builtin(home, domain),
+            None => MachineFiles::builtin(lv, home, domain),
         };
         let network = |suffix: &str| {
             self.network_names()
@@ -291,7 +295,7 @@ pub fn environments(objects: &[ClaimedObject]) -> Vec<EnvSummary> {
                 subnets: obj.subnets.clone(),
                 active: obj.active,
             }),
-            ObjectKind::Home => {}
+            ObjectKind::Home | ObjectKind::Volume => {}
         }
     }
     by_env.into_values().collect()

@@ -45,6 +45,7 @@ mod progress;
 #[cfg(test)]
 mod real_vm_tests;
 mod reaper;
+mod remote;
 pub mod scenario;
 mod settings;
 mod ssh;

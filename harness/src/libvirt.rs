@@ -484,6 +484,35 @@ impl Libvirt {
             .ok()
     }
 
+    /// The host CPU's feature names, as libvirt describes the CPU it runs on (its host
+    /// capabilities), with the features its CPU model implies expanded (`EPYC` implies `svm`);
+    /// `None` when libvirt does not say.
+    pub fn host_cpu_features(&self) -> Option<Vec<String>> {
+        let caps = self.conn.capabilities().ok()?;
+        let start = caps.find("<host>")?;
+        let cpu_start = start + caps[start..].find("<cpu>")?;
+        let cpu_end = cpu_start + caps[cpu_start..].find("</cpu>")? + "</cpu>".len();
+        let cpu = &caps[cpu_start..cpu_end];
+        let expanded = self
+            .conn
+            .baseline_cpu(&[cpu], sys::VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+            .unwrap_or_default();
+        let mut names = Vec::new();
+        for xml in [cpu, expanded.as_str()] {
+            let Ok(elements) = crate::xml::elements(xml) else {
+                continue;
+            };
+            names.extend(
+                elements
+                    .iter()
+                    .filter(|e| e.is_at(&["cpu", "feature"]))
+                    .filter(|e| e.attr("policy").is_none_or(|p| p != "disable"))
+                    .filter_map(|e| e.attr("name").map(str::to_owned)),
+            );
+        }
+        Some(names)
+    }
+
     fn network(&self, name: &str) -> Result<virt::network::Network> {
         self.conn
             .lookup_network_by_name(name)
@@ -494,6 +523,196 @@ impl Libvirt {
         self.conn
             .lookup_domain_by_name(name)
             .map_err(|source| failed("look up domain", name, source))
+    }
+}
+
+/// A volume of a storage pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Its path on the libvirt host.
+    pub path: String,
+    pub bytes: u64,
+}
+
+impl Libvirt {
+    /// Makes sure a `dir` pool of this name runs, defining, building and starting it (with
+    /// autostart) when missing. Two clients defining it at once is fine: the loser finds the
+    /// winner's. Returns its target path on the libvirt host.
+    pub fn ensure_dir_pool(&self, name: &str, xml: &str) -> Result<String> {
+        let pool = match self.conn_pool(name) {
+            Ok(pool) => pool,
+            Err(_) => match self.conn.define_storage_pool_xml(xml, 0) {
+                Ok(pool) => {
+                    let _ = pool.build(0);
+                    let _ = pool.set_autostart(true);
+                    pool
+                }
+                Err(define) => self
+                    .conn_pool(name)
+                    .map_err(|_| failed("define storage pool", name, define))?,
+            },
+        };
+        if !pool.is_active().unwrap_or(false) {
+            if let Err(source) = pool.create(0) {
+                if !pool.is_active().unwrap_or(false) {
+                    return Err(failed("start storage pool", name, source));
+                }
+            }
+        }
+        let xml = pool
+            .xml_desc(0)
+            .map_err(|source| failed("read XML of storage pool", name, source))?;
+        crate::xml::elements(&xml)
+            .ok()
+            .and_then(|els| {
+                els.into_iter()
+                    .find(|e| e.is_at(&["pool", "target", "path"]))
+                    .map(|e| e.text.trim().to_owned())
+            })
+            .ok_or_else(|| Error::Libvirt {
+                action: "read the target path of storage pool",
+                object: name.to_owned(),
+                source: virt::error::Error::last_error(),
+            })
+    }
+
+    /// Whether a storage pool of this name exists.
+    pub fn has_pool(&self, name: &str) -> bool {
+        self.conn_pool(name).is_ok()
+    }
+
+    /// The volumes of a pool, after a refresh (files written on the host by others, such as
+    /// virtlogd's console logs, appear only then). A missing pool has none.
+    pub fn volumes(&self, pool: &str) -> Result<Vec<VolumeInfo>> {
+        let Ok(p) = self.conn_pool(pool) else {
+            return Ok(Vec::new());
+        };
+        let _ = p.refresh(0);
+        let list = p
+            .list_all_volumes(0)
+            .map_err(|source| failed("list volumes of", pool, source))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|v| {
+                Some(VolumeInfo {
+                    name: v.name().ok()?,
+                    path: v.path().ok()?,
+                    bytes: v.info().ok()?.capacity,
+                })
+            })
+            .collect())
+    }
+
+    /// Creates a raw volume of `bytes` and uploads `data` (exactly `bytes` long) into it; a
+    /// failed upload deletes the volume. Fails if a volume of that name exists.
+    pub fn upload_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        bytes: u64,
+        data: &mut dyn std::io::Read,
+    ) -> Result<VolumeInfo> {
+        let p = self
+            .conn_pool(pool)
+            .map_err(|source| failed("look up storage pool", pool, source))?;
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>{bytes}</capacity>             <allocation unit='bytes'>0</allocation><target><format type='raw'/>             <permissions><mode>0644</mode></permissions></target></volume>",
+            crate::xml::escape(name)
+        );
+        let vol = virt::storage_vol::StorageVol::create_xml(&p, &xml, 0)
+            .map_err(|source| failed("create volume", name, source))?;
+        let sent = (|| -> std::result::Result<(), String> {
+            let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| e.to_string())?;
+            vol.upload(&stream, 0, bytes, 0)
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = bytes;
+            while left > 0 {
+                let n = data.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    let _ = stream.abort();
+                    return Err(format!("the source ended {left} bytes short"));
+                }
+                let mut chunk = &buf[..n.min(left as usize)];
+                while !chunk.is_empty() {
+                    let sent = stream.send(chunk).map_err(|e| e.to_string())?;
+                    chunk = &chunk[sent.max(0) as usize..];
+                }
+                left -= n.min(left as usize) as u64;
+            }
+            stream.finish().map_err(|e| e.to_string())
+        })();
+        if let Err(problem) = sent {
+            let _ = vol.delete(0);
+            return Err(Error::Upload {
+                volume: name.to_owned(),
+                problem,
+            });
+        }
+        Ok(VolumeInfo {
+            name: name.to_owned(),
+            path: vol
+                .path()
+                .map_err(|source| failed("read path of volume", name, source))?,
+            bytes,
+        })
+    }
+
+    /// Up to `max` bytes of a volume, from its start.
+    pub fn download_volume(&self, pool: &str, name: &str, max: u64) -> Result<Vec<u8>> {
+        let p = self
+            .conn_pool(pool)
+            .map_err(|source| failed("look up storage pool", pool, source))?;
+        let vol = p
+            .lookup_storage_vol_by_name(name)
+            .map_err(|source| failed("look up volume", name, source))?;
+        let size = vol.info().map(|i| i.capacity).unwrap_or(max).min(max);
+        let mut out = Vec::with_capacity(size as usize);
+        if size == 0 {
+            return Ok(out);
+        }
+        let stream = virt::stream::Stream::new(&self.conn, 0)
+            .map_err(|source| failed("open a stream for volume", name, source))?;
+        vol.download(&stream, 0, size, 0)
+            .map_err(|source| failed("download volume", name, source))?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = stream
+                .recv(&mut buf)
+                .map_err(|source| failed("download volume", name, source))?;
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        let _ = stream.finish();
+        Ok(out)
+    }
+
+    /// Deletes a volume; gone already is not an error.
+    pub fn delete_volume(&self, pool: &str, name: &str) -> Result<Removal> {
+        let Ok(p) = self.conn_pool(pool) else {
+            return Ok(Removal::AlreadyGone);
+        };
+        let vol = match p.lookup_storage_vol_by_name(name) {
+            Ok(v) => v,
+            Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => return Ok(Removal::AlreadyGone),
+            Err(source) => return Err(failed("look up volume", name, source)),
+        };
+        match vol.delete(0) {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => Ok(Removal::AlreadyGone),
+            Err(_) if p.lookup_storage_vol_by_name(name).is_err() => Ok(Removal::AlreadyGone),
+            Err(source) => Err(failed("delete volume", name, source)),
+        }
+    }
+
+    fn conn_pool(
+        &self,
+        name: &str,
+    ) -> std::result::Result<virt::storage_pool::StoragePool, virt::error::Error> {
+        self.conn.lookup_storage_pool_by_name(name)
     }
 }
 

@@ -116,9 +116,20 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Build (once) or find the cached guest image; print its files.
-    #[command(after_help = "Example:\n  mkh image")]
-    Image,
+    /// Build (once) or find the cached guest image; print its files, and the images uploaded
+    /// to a remote libvirt host.
+    #[command(
+        after_help = "Examples:\n  mkh image\n  MKH_LIBVIRT_URI=qemu+ssh://root@kvm-1/system mkh image --remove-uploaded"
+    )]
+    Image {
+        /// Remove the images uploaded to the (remote) libvirt host's pool mkh-images; the
+        /// next environment there uploads again.
+        #[arg(long)]
+        remove_uploaded: bool,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time environments with the guest, phase by phase, cold and warm, beside a plain
     /// virsh+ssh script; then several at once.
     #[command(
@@ -402,12 +413,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             network,
             command,
         } => ssh(&settings, &name, network.into(), &command),
-        Command::Image => {
-            let image = admin::guest_image(&settings)?;
-            println!("kernel {}", image.kernel.display());
-            println!("initrd {}", image.initrd.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Image {
+            remove_uploaded,
+            json,
+        } => image(&settings, remove_uploaded, json),
         Command::Bench {
             runs,
             parallel,
@@ -568,6 +577,38 @@ fn invoked_as() -> String {
     } else {
         argv0
     }
+}
+
+fn image(settings: &Settings, remove_uploaded: bool, json: bool) -> Result<ExitCode> {
+    if remove_uploaded {
+        let removed = admin::remove_uploaded_images(settings)?;
+        if json {
+            println!("{}", serde_json::json!({ "removed": removed }));
+        } else if removed.is_empty() {
+            println!("no guest image uploaded to {}", settings.libvirt_uri);
+        }
+        for image in removed.iter().filter(|_| !json) {
+            println!("removed uploaded image {} ({})", image.digest, image.kernel);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let image = admin::guest_image(settings)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&image).expect("serializes")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("kernel {}", image.kernel.display());
+    println!("initrd {}", image.initrd.display());
+    for up in &image.uploaded {
+        println!(
+            "uploaded {} to pool mkh-images: {} and {}, {} bytes, by {} at {}",
+            up.digest, up.kernel, up.initrd, up.bytes, up.uploaded_by, up.uploaded_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ssh(settings: &Settings, name: &str, role: NetworkRole, command: &[String]) -> Result<ExitCode> {

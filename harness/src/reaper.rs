@@ -189,7 +189,7 @@ pub struct Reaped {
     pub kind: ObjectKind,
     /// Its name.
     pub name: String,
-    /// Its environment.
+    /// Its environment (empty for a console log whose domain is gone: nothing names it).
     pub env: String,
     /// Why it was removed or kept.
     pub reason: String,
@@ -340,16 +340,33 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope, which: Which, state_dir: &Path) -> 
             None => obj.kind == ObjectKind::Domain,
         };
         let removal = match obj.kind {
-            ObjectKind::Domain => lv.remove_domain_if(&obj.name, unchanged),
+            ObjectKind::Domain => crate::machine::pool::remove_domain(lv, &obj.name, unchanged),
             ObjectKind::Network => lv.remove_network_if(&obj.name, unchanged),
             ObjectKind::Home => remove_home(Path::new(&obj.name), &obj.owner)
                 .map_err(|e| crate::error::Error::io(&obj.name, e)),
+            // Volumes carry no owner record: never judged, see below.
+            ObjectKind::Volume => Ok(Removal::AlreadyGone),
         };
         match removal {
             Ok(Removal::Removed) => report.removed.push(entry(why)),
             Ok(Removal::AlreadyGone | Removal::Changed) => {}
             Err(e) => report.errors.push(e.to_string()),
         }
+    }
+    // On a remote host: console logs whose domain is gone, whoever's they were.
+    match crate::machine::pool::sweep_orphan_consoles(lv) {
+        Ok(removed) => report
+            .removed
+            .extend(removed.into_iter().map(|name| Reaped {
+                kind: ObjectKind::Volume,
+                reason: format!(
+                    "the console log of domain {}, which is gone",
+                    crate::machine::pool::console_domain(&name)
+                ),
+                name,
+                env: String::new(),
+            })),
+        Err(e) => report.errors.push(e.to_string()),
     }
     Ok(report)
 }

@@ -93,6 +93,9 @@ pub(crate) struct SshTarget {
     pub key: PathBuf,
     /// mkh's own known-hosts record for the environment (`<machine> <type> <base64>` lines).
     pub known_hosts: PathBuf,
+    /// The libvirt host to go through, when it is reached over SSH (its guests' addresses
+    /// are routable only there).
+    pub via: Option<crate::remote::SshHost>,
 }
 
 /// What one command did: its exit status and everything it wrote.
@@ -148,11 +151,17 @@ pub(crate) fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSessi
 fn try_connect(target: &SshTarget, timeout: Duration) -> Result<SshSession> {
     let where_ = format!("{}@{}:{}", target.user, target.ip, target.port);
     let fail = |problem: &str, source: SshCause| ssh_error(&where_, problem, Some(source));
-    let addr = SocketAddr::from((target.ip, target.port));
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("connect", e.into()))?;
     let mut session = ssh2::Session::new().map_err(|e| fail("new session", e.into()))?;
     session.set_timeout(timeout.as_millis() as u32);
-    session.set_tcp_stream(tcp);
+    match &target.via {
+        None => {
+            let addr = SocketAddr::from((target.ip, target.port));
+            let tcp = TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|e| fail("connect", e.into()))?;
+            session.set_tcp_stream(tcp);
+        }
+        Some(host) => session.set_tcp_stream(host.tunnel(target.ip, target.port, timeout)?),
+    }
     session
         .handshake()
         .map_err(|e| fail("handshake", e.into()))?;

@@ -106,7 +106,9 @@ impl Teardown {
         };
         // Each kind at once: libvirt removes objects in parallel, and domains go before the
         // networks they sit on.
-        for (dom, r) in in_parallel(&self.domains, |dom| lv.remove_domain_if(dom, ours)) {
+        for (dom, r) in in_parallel(&self.domains, |dom| {
+            crate::machine::pool::remove_domain(&lv, dom, ours)
+        }) {
             removed("domain", dom, r);
         }
         for (net, r) in in_parallel(&self.networks, |net| lv.remove_network_if(net, ours)) {

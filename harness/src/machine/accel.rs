@@ -1,6 +1,8 @@
-//! The accelerator: KVM where the host really has hardware virtualisation, TCG otherwise.
-//! `/dev/kvm` alone proves nothing (a PVM-only kernel offers it, but stock guest kernels hang
-//! under it), so a local host must also show `vmx` or `svm` in its CPU flags.
+//! The accelerator: KVM where the libvirt host really has hardware virtualisation, TCG
+//! otherwise. One rule for every host, local or remote, read through libvirt: its domain
+//! capabilities must offer kvm, and its host CPU (libvirt's host capabilities, features
+//! expanded from the CPU model) must have `vmx` or `svm`. An offer of kvm alone proves nothing:
+//! a PVM-only `/dev/kvm` makes it too, and QEMU then aborts (or the guest hangs) under it.
 
 use serde::Serialize;
 
@@ -47,7 +49,8 @@ pub struct AccelFacts {
     pub forced: Option<Accel>,
     /// The libvirt host offers `kvm` domains for x86_64 (its domain capabilities).
     pub libvirt_offers_kvm: bool,
-    /// For a local libvirt: whether /proc/cpuinfo shows vmx or svm. `None` for a remote host.
+    /// The libvirt host's CPU has vmx or svm (its host capabilities); `None` when libvirt
+    /// could not say.
     pub cpu_has_virt_flags: Option<bool>,
 }
 
@@ -56,23 +59,24 @@ pub(crate) fn decide(facts: &AccelFacts) -> (Accel, String) {
     if let Some(forced) = facts.forced {
         return (forced, format!("MKH_ACCEL={}", forced.as_str()));
     }
-    if !facts.libvirt_offers_kvm {
-        return (
+    match (facts.libvirt_offers_kvm, facts.cpu_has_virt_flags) {
+        (false, _) => (
             Accel::Tcg,
             "libvirt offers no kvm domains on this host".into(),
-        );
-    }
-    match facts.cpu_has_virt_flags {
-        Some(false) => (
+        ),
+        (true, Some(true)) => (
+            Accel::Kvm,
+            "libvirt offers kvm and the host CPU has vmx/svm".into(),
+        ),
+        (true, Some(false)) => (
             Accel::Tcg,
-            "libvirt offers kvm, but the CPU shows no vmx/svm flag (e.g. a PVM-only /dev/kvm)"
+            "libvirt offers kvm, but the host CPU shows no vmx/svm (e.g. a PVM-only /dev/kvm)"
                 .into(),
         ),
-        Some(true) => (
-            Accel::Kvm,
-            "libvirt offers kvm and the CPU has vmx/svm".into(),
+        (true, None) => (
+            Accel::Tcg,
+            "libvirt offers kvm, but did not describe the host CPU, so vmx/svm is not shown".into(),
         ),
-        None => (Accel::Kvm, "the remote libvirt host offers kvm".into()),
     }
 }
 
@@ -84,18 +88,22 @@ pub fn domain_capabilities_offer_kvm(domcaps_xml: &str) -> bool {
     })
 }
 
-/// Whether this host's CPU flags show hardware virtualisation.
-pub fn local_cpu_has_virt_flags() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|t| cpuinfo_has_virt_flags(&t))
-        .unwrap_or(false)
+/// What libvirt says of its host, for [`decide`]: the same reading for a local or remote host.
+pub(crate) fn facts(lv: &crate::libvirt::Libvirt, forced: Option<Accel>) -> AccelFacts {
+    AccelFacts {
+        forced,
+        libvirt_offers_kvm: lv
+            .domain_capabilities("kvm")
+            .is_some_and(|xml| domain_capabilities_offer_kvm(&xml)),
+        cpu_has_virt_flags: lv
+            .host_cpu_features()
+            .map(|features| features_have_virt(&features)),
+    }
 }
 
-fn cpuinfo_has_virt_flags(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+/// Whether a CPU's feature names (libvirt's, expanded) include hardware virtualisation.
+pub(crate) fn features_have_virt(features: &[String]) -> bool {
+    features.iter().any(|f| f == "vmx" || f == "svm")
 }
 
 #[cfg(test)]
@@ -116,7 +124,8 @@ mod tests {
         assert_eq!(decide(&facts(true, Some(false))).0, Accel::Tcg);
         assert_eq!(decide(&facts(true, Some(true))).0, Accel::Kvm);
         assert_eq!(decide(&facts(false, Some(true))).0, Accel::Tcg);
-        assert_eq!(decide(&facts(true, None)).0, Accel::Kvm);
+        // A host CPU libvirt could not describe: no proof of vmx/svm.
+        assert_eq!(decide(&facts(true, None)).0, Accel::Tcg);
     }
 
     #[test]
@@ -135,9 +144,9 @@ mod tests {
             &caps.replace(">kvm<", ">qemu<")
         ));
         assert!(!domain_capabilities_offer_kvm("not xml"));
-        assert!(cpuinfo_has_virt_flags("flags\t\t: fpu vme vmx sse\n"));
-        assert!(!cpuinfo_has_virt_flags(
-            "flags\t\t: fpu vme sse\nvmx: none\n"
-        ));
+        let names = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert!(features_have_virt(&names("sse svm avx")));
+        assert!(features_have_virt(&names("vmx")));
+        assert!(!features_have_virt(&names("sse hypervisor vmx-ept")));
     }
 }

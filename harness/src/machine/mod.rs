@@ -3,6 +3,7 @@
 
 pub(crate) mod accel;
 pub(crate) mod image;
+pub(crate) mod pool;
 mod save_image;
 pub(crate) mod spec;
 pub(crate) mod warm;
@@ -23,7 +24,6 @@ use crate::ssh::{self, KeyPair, SshSession, SshTarget};
 use crate::wait::{off_thread, until};
 use crate::xml::elements;
 pub use accel::Accel;
-use accel::AccelFacts;
 pub use spec::NetworkRole;
 use spec::{derive_mac, Boot, MachineSpec, Nic};
 
@@ -150,12 +150,13 @@ pub(crate) enum HostKeys {
 }
 
 impl MachineFiles {
-    /// The built-in guest's files in environment home `home`.
-    pub fn builtin(home: &Path, machine: &str) -> MachineFiles {
+    /// The built-in guest's files in environment home `home`. On a remote libvirt host the
+    /// console log is there, not here (see `pool::console_text`).
+    pub fn builtin(lv: &Libvirt, home: &Path, machine: &str) -> MachineFiles {
         MachineFiles {
             key: key_path(home),
             known_hosts: home.join("known_hosts"),
-            console_log: Some(console_log_path(home, machine)),
+            console_log: lv.is_local().then(|| console_log_path(home, machine)),
             host_keys: HostKeys::Pinned,
         }
     }
@@ -163,14 +164,7 @@ impl MachineFiles {
 
 /// Picks the accelerator for a libvirt host, logging the choice and the reason.
 pub(crate) fn choose_accel(lv: &Libvirt, forced: Option<Accel>) -> Accel {
-    let facts = AccelFacts {
-        forced,
-        libvirt_offers_kvm: lv
-            .domain_capabilities("kvm")
-            .is_some_and(|xml| accel::domain_capabilities_offer_kvm(&xml)),
-        cpu_has_virt_flags: lv.is_local().then(accel::local_cpu_has_virt_flags),
-    };
-    let (accel, why) = accel::decide(&facts);
+    let (accel, why) = accel::decide(&accel::facts(lv, forced));
     tracing::info!(accel = accel.as_str(), "accelerator: {why}");
     accel
 }
@@ -248,21 +242,34 @@ impl Machine {
             .collect();
         let files = MachineFiles {
             key: key.private,
-            ..MachineFiles::builtin(ctx.home, name)
+            ..MachineFiles::builtin(ctx.lv, ctx.home, name)
         };
         ssh::pin_host_key(&files.known_hosts, name, &host_key.public_line()?)?;
+        // A remote libvirt host reads nothing of this machine's: the image is uploaded to its
+        // pool (once per digest), and virtlogd writes the console log there.
+        let ((kernel, initrd), console_log) = if ctx.lv.is_local() {
+            (
+                (image.kernel.clone(), image.initrd.clone()),
+                console_log_path(ctx.home, name),
+            )
+        } else {
+            (
+                pool::image_on_host(ctx.lv, &image)?,
+                pool::console_path_on_host(ctx.lv, name)?,
+            )
+        };
         let spec = MachineSpec {
             name: name.to_owned(),
             memory_mib: options.memory_mib,
             vcpus: options.vcpus,
             accel: ctx.accel,
             boot: Boot::Kernel {
-                kernel: image.kernel.clone(),
-                initrd: image.initrd.clone(),
+                kernel,
+                initrd,
                 cmdline,
             },
             nics: nics.clone(),
-            console_log: console_log_path(ctx.home, name),
+            console_log,
             identity_port: options
                 .warm_start
                 .then(|| warm::identity_port_path(ctx.home, name)),
@@ -525,6 +532,7 @@ impl Machine {
             user: SSH_USER.to_owned(),
             key: self.files.key.clone(),
             known_hosts: self.files.known_hosts.clone(),
+            via: crate::remote::SshHost::from_uri(self.lv.uri()),
         })
     }
 

@@ -1,0 +1,272 @@
+//! mkh's storage pool on a remote libvirt host: what a guest needs there that a local libvirt
+//! reads from this machine's files.
+//!
+//! - The guest image, uploaded through libvirt once per image digest and reused by every later
+//!   environment: `mkh-guest-<digest16>.kernel` and `.initrd`, then the manifest
+//!   `mkh-guest-<digest16>.json` (mkh's metadata: digest, sizes, who uploaded it and when),
+//!   written last, so that an image without a manifest is an upload under way or cut short.
+//!   The cache belongs to no environment: the reaper and the audit never count it; `mkh image`
+//!   lists it and removes it.
+//! - Each machine's console log, `<domain>.console.log`, which virtlogd writes on that host
+//!   (libvirt sees it as a volume after a pool refresh) and mkh downloads when it reads it. It
+//!   goes with its domain ([`remove_domain`]); one whose domain is gone is a leftover
+//!   ([`sweep_orphan_consoles`]).
+//!
+//! mkh touches no volume of the pool but those of these names.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::libvirt::{Libvirt, Removal};
+
+use super::image::GuestImage;
+
+/// The pool's name on the libvirt host.
+pub(crate) const POOL: &str = "mkh-images";
+/// Where the pool keeps its files on the libvirt host, when mkh defines it.
+const POOL_DIR: &str = "/var/lib/libvirt/mkh-images";
+const CONSOLE_SUFFIX: &str = ".console.log";
+/// How long a client waits for another client's upload of the same image to finish.
+const UPLOAD_WAIT: Duration = Duration::from_secs(300);
+
+/// One guest image in the pool, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedImage {
+    /// The image's content digest (64 hex digits), as in the local cache.
+    pub digest: String,
+    /// The kernel's volume.
+    pub kernel: String,
+    /// The initramfs's volume.
+    pub initrd: String,
+    /// Bytes of both.
+    pub bytes: u64,
+    /// When it was uploaded (RFC 3339).
+    pub uploaded_at: String,
+    /// The host name of the client that uploaded it.
+    pub uploaded_by: String,
+}
+
+fn stem(digest: &str) -> String {
+    format!("mkh-guest-{}", &digest[..digest.len().min(16)])
+}
+
+fn manifest_name(digest: &str) -> String {
+    format!("{}.json", stem(digest))
+}
+
+fn pool_xml() -> String {
+    format!(
+        "<pool type='dir'><name>{POOL}</name><target><path>{POOL_DIR}</path>\
+         <permissions><mode>0755</mode></permissions></target></pool>"
+    )
+}
+
+/// The paths on the libvirt host of the image's kernel and initrd, uploading them first when
+/// the pool does not hold this digest yet (or waiting for another client's upload of it).
+pub(crate) fn image_on_host(lv: &Libvirt, image: &GuestImage) -> Result<(PathBuf, PathBuf)> {
+    lv.ensure_dir_pool(POOL, &pool_xml())?;
+    let manifest = manifest_name(&image.digest);
+    let deadline = std::time::Instant::now() + UPLOAD_WAIT;
+    let mut uploaded_once = false;
+    loop {
+        let volumes = lv.volumes(POOL)?;
+        let path_of = |name: &str| {
+            volumes
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| PathBuf::from(&v.path))
+        };
+        if path_of(&manifest).is_some() {
+            let cached = read_manifest(lv, &manifest)?;
+            if let (Some(kernel), Some(initrd)) = (path_of(&cached.kernel), path_of(&cached.initrd))
+            {
+                tracing::debug!(digest = %image.digest, "guest image found in the host's pool");
+                return Ok((kernel, initrd));
+            }
+            // A manifest whose volumes went (removed by hand): upload again.
+            lv.delete_volume(POOL, &manifest)?;
+            continue;
+        }
+        let partial = [".kernel", ".initrd"]
+            .iter()
+            .any(|ext| path_of(&format!("{}{ext}", stem(&image.digest))).is_some());
+        if !partial || uploaded_once {
+            match upload(lv, image) {
+                Ok(()) => {
+                    uploaded_once = true;
+                    continue;
+                }
+                // Another client created the volume first: its upload is under way.
+                Err(Error::Libvirt { source, .. }) if already_exists(&source) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            // An upload cut short (its client died): start over, once.
+            remove_image_volumes(lv, &image.digest)?;
+            uploaded_once = true;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn already_exists(e: &virt::error::Error) -> bool {
+    e.message().contains("already exists") || e.message().contains("exists already")
+}
+
+fn upload(lv: &Libvirt, image: &GuestImage) -> Result<()> {
+    crate::progress::phase(format!(
+        "uploading the guest image to the libvirt host's pool {POOL} (once per image)"
+    ));
+    let stem = stem(&image.digest);
+    let mut bytes = 0;
+    for (path, ext) in [(&image.kernel, "kernel"), (&image.initrd, "initrd")] {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        lv.upload_volume(POOL, &format!("{stem}.{ext}"), len, &mut file)?;
+        bytes += len;
+    }
+    let manifest = CachedImage {
+        digest: image.digest.clone(),
+        kernel: format!("{stem}.kernel"),
+        initrd: format!("{stem}.initrd"),
+        bytes,
+        uploaded_at: jiff::Timestamp::now().to_string(),
+        uploaded_by: crate::owner::HostIdentity::current().host,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+    lv.upload_volume(
+        POOL,
+        &manifest_name(&image.digest),
+        text.len() as u64,
+        &mut text.as_slice(),
+    )?;
+    tracing::info!(digest = %image.digest, bytes, "uploaded the guest image to the libvirt host");
+    Ok(())
+}
+
+fn read_manifest(lv: &Libvirt, name: &str) -> Result<CachedImage> {
+    let bytes = lv.download_volume(POOL, name, 64 * 1024)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+        path: PathBuf::from(format!("{POOL}/{name}")),
+        what: "mkh's guest image manifest on the libvirt host".into(),
+        problem: e.to_string(),
+    })
+}
+
+fn remove_image_volumes(lv: &Libvirt, digest: &str) -> Result<()> {
+    let stem = stem(digest);
+    // The manifest first: without it, the rest is an upload cut short, never a cached image.
+    for ext in ["json", "kernel", "initrd"] {
+        lv.delete_volume(POOL, &format!("{stem}.{ext}"))?;
+    }
+    Ok(())
+}
+
+/// The guest images in the pool (none when it does not exist).
+pub(crate) fn cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
+    let mut out = Vec::new();
+    for v in lv.volumes(POOL)? {
+        if v.name.starts_with("mkh-guest-") && v.name.ends_with(".json") {
+            out.push(read_manifest(lv, &v.name)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes every guest image from the pool; returns them.
+pub(crate) fn remove_cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
+    let images = cached_images(lv)?;
+    for image in &images {
+        remove_image_volumes(lv, &image.digest)?;
+    }
+    Ok(images)
+}
+
+/// Where a domain's console log goes on a remote libvirt host: a file of mkh's pool.
+pub(crate) fn console_path_on_host(lv: &Libvirt, domain: &str) -> Result<PathBuf> {
+    let dir = lv.ensure_dir_pool(POOL, &pool_xml())?;
+    Ok(Path::new(&dir).join(format!("{domain}{CONSOLE_SUFFIX}")))
+}
+
+/// A domain's console log, as far as the remote host's virtlogd wrote it (empty before).
+pub(crate) fn console_text(lv: &Libvirt, domain: &str) -> String {
+    let name = format!("{domain}{CONSOLE_SUFFIX}");
+    let _ = lv.volumes(POOL); // a refresh: the log grows behind libvirt's back
+    lv.download_volume(POOL, &name, 16 << 20)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Removes a domain (as [`Libvirt::remove_domain_if`]) and, on a remote host, its console log.
+pub(crate) fn remove_domain(
+    lv: &Libvirt,
+    name: &str,
+    still_wanted: impl Fn(&str) -> bool,
+) -> Result<Removal> {
+    let removal = lv.remove_domain_if(name, still_wanted)?;
+    if removal != Removal::Changed && !lv.is_local() && lv.has_pool(POOL) {
+        let _ = lv.volumes(POOL);
+        lv.delete_volume(POOL, &format!("{name}{CONSOLE_SUFFIX}"))?;
+    }
+    Ok(removal)
+}
+
+/// Console logs in the pool whose domain no longer exists: left by a teardown cut short
+/// between the domain and its log. A log exists only once its domain started, so one without
+/// a domain is nobody's. Returns the names removed.
+pub(crate) fn sweep_orphan_consoles(lv: &Libvirt) -> Result<Vec<String>> {
+    if lv.is_local() || !lv.has_pool(POOL) {
+        return Ok(Vec::new());
+    }
+    let logs: Vec<String> = lv
+        .volumes(POOL)?
+        .into_iter()
+        .filter_map(|v| v.name.strip_suffix(CONSOLE_SUFFIX).map(str::to_owned))
+        .collect();
+    if logs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let domains: Vec<String> = lv.domains()?.into_iter().map(|d| d.name).collect();
+    let mut removed = Vec::new();
+    for domain in logs {
+        if !domains.contains(&domain) {
+            let name = format!("{domain}{CONSOLE_SUFFIX}");
+            if lv.delete_volume(POOL, &name)? == Removal::Removed {
+                removed.push(name);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The domain a console log volume belongs to.
+pub(crate) fn console_domain(volume: &str) -> &str {
+    volume.strip_suffix(CONSOLE_SUFFIX).unwrap_or(volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_mkh_s_own_and_the_manifest_reads_back() {
+        let digest = "0123456789abcdef".repeat(4);
+        assert_eq!(manifest_name(&digest), "mkh-guest-0123456789abcdef.json");
+        let m = CachedImage {
+            digest: digest.clone(),
+            kernel: format!("{}.kernel", stem(&digest)),
+            initrd: format!("{}.initrd", stem(&digest)),
+            bytes: 3,
+            uploaded_at: "2026-12-03T00:00:00Z".into(),
+            uploaded_by: "client".into(),
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<CachedImage>(&text).unwrap(), m);
+        assert!(pool_xml().contains("<name>mkh-images</name>"));
+    }
+}

@@ -1,0 +1,310 @@
+//! A libvirt host reached over SSH (`qemu+ssh://[user@]host[:port]/system[?keyfile=...]`):
+//! its guests' networks are that host's, routable from nowhere else, so mkh reaches a guest
+//! through the host, as `ssh -J` does: an SSH session to the host (the URI's user, port and
+//! `keyfile`, else the SSH agent or `~/.ssh/id_*`; the host key checked against
+//! `~/.ssh/known_hosts` unless the URI says `no_verify=1`, as libvirt's own ssh transport
+//! does), and in it a `direct-tcpip` channel to the guest's address, pumped to one end of a
+//! socket pair whose other end the guest's own SSH session runs on.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result, SshCause};
+
+/// The SSH endpoint of a libvirt URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SshHost {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// The URI's `keyfile`.
+    pub keyfile: Option<PathBuf>,
+    /// Whether the host key is checked (`no_verify=1` says not).
+    pub verify: bool,
+}
+
+impl std::fmt::Display for SshHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+impl SshHost {
+    /// The SSH endpoint of a URI whose transport is SSH (`+ssh`, `+libssh2`, `+libssh`);
+    /// `None` for any other URI.
+    pub fn from_uri(uri: &str) -> Option<SshHost> {
+        let url = url::Url::parse(uri).ok()?;
+        let (_, transport) = url.scheme().split_once('+')?;
+        if !matches!(transport, "ssh" | "libssh2" | "libssh") {
+            return None;
+        }
+        let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+        let query = |key: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let user = match url.username() {
+            "" => nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map_or_else(|| "root".to_owned(), |u| u.name),
+            u => u.to_owned(),
+        };
+        Some(SshHost {
+            user,
+            host,
+            port: url.port().unwrap_or(22),
+            keyfile: query("keyfile").map(PathBuf::from),
+            verify: query("no_verify").is_none_or(|v| v != "1"),
+        })
+    }
+
+    fn fail(&self, problem: impl Into<String>, source: Option<SshCause>) -> Error {
+        Error::Ssh {
+            target: format!("the libvirt host {self}"),
+            problem: problem.into(),
+            source,
+        }
+    }
+
+    /// A logged-in session to the host.
+    fn session(&self, timeout: Duration) -> Result<(ssh2::Session, std::os::fd::RawFd)> {
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| self.fail("resolve", Some(e.into())))?
+            .next()
+            .ok_or_else(|| self.fail("resolve: no address", None))?;
+        let tcp = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| self.fail("connect", Some(e.into())))?;
+        let _ = tcp.set_nodelay(true);
+        let fd = tcp.as_raw_fd();
+        let mut session =
+            ssh2::Session::new().map_err(|e| self.fail("new session", Some(e.into())))?;
+        session.set_timeout(timeout.as_millis() as u32);
+        session.set_tcp_stream(tcp);
+        session
+            .handshake()
+            .map_err(|e| self.fail("handshake", Some(e.into())))?;
+        if self.verify {
+            self.check_host_key(&session)?;
+        }
+        self.log_in(&session)?;
+        session.set_timeout(0);
+        Ok((session, fd))
+    }
+
+    fn check_host_key(&self, session: &ssh2::Session) -> Result<()> {
+        let (key, _) = session
+            .host_key()
+            .ok_or_else(|| self.fail("no host key offered", None))?;
+        let file = home_dir().join(".ssh/known_hosts");
+        let mut known = session
+            .known_hosts()
+            .map_err(|e| self.fail("known hosts", Some(e.into())))?;
+        let _ = known.read_file(&file, ssh2::KnownHostFileKind::OpenSSH);
+        match known.check_port(&self.host, self.port, key) {
+            ssh2::CheckResult::Match => Ok(()),
+            ssh2::CheckResult::Mismatch => Err(self.fail(
+                format!("its host key differs from the one {} records for it: another machine may answer there; if the host was rebuilt, update that file (ssh-keygen -R)", file.display()),
+                None,
+            )),
+            _ => Err(self.fail(
+                format!("its host key is not in {} (libvirt's ssh transport refuses it too); add it after checking it (`ssh -p {} {}@{}` once), or put no_verify=1 in the URI", file.display(), self.port, self.user, self.host),
+                None,
+            )),
+        }
+    }
+
+    fn log_in(&self, session: &ssh2::Session) -> Result<()> {
+        if let Some(key) = &self.keyfile {
+            return session
+                .userauth_pubkey_file(&self.user, None, key, None)
+                .map_err(|e| {
+                    self.fail(
+                        format!("key login with {} (the URI's keyfile)", key.display()),
+                        Some(e.into()),
+                    )
+                });
+        }
+        if session.userauth_agent(&self.user).is_ok() {
+            return Ok(());
+        }
+        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+            let key = home_dir().join(".ssh").join(name);
+            if key.exists()
+                && session
+                    .userauth_pubkey_file(&self.user, None, &key, None)
+                    .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(self.fail(
+            "no key logged in: neither the SSH agent nor ~/.ssh/id_{ed25519,ecdsa,rsa}; put keyfile=PATH in the URI",
+            None,
+        ))
+    }
+
+    /// A stream to `ip:port` as the host sees it, carried through the host. The pump runs on
+    /// a thread of its own until either end closes.
+    pub fn tunnel(&self, ip: Ipv4Addr, port: u16, timeout: Duration) -> Result<UnixStream> {
+        let (session, fd) = self.session(timeout)?;
+        session.set_timeout(timeout.as_millis() as u32);
+        let channel = session
+            .channel_direct_tcpip(&ip.to_string(), port, None)
+            .map_err(|e| {
+                self.fail(
+                    format!("open a channel to {ip}:{port} through it"),
+                    Some(e.into()),
+                )
+            })?;
+        session.set_timeout(0);
+        let (near, far) =
+            UnixStream::pair().map_err(|e| self.fail("socket pair", Some(e.into())))?;
+        std::thread::Builder::new()
+            .name(format!("mkh-jump-{ip}"))
+            .spawn(move || pump(session, channel, fd, far))
+            .map_err(|e| self.fail("start the tunnel thread", Some(e.into())))?;
+        tracing::debug!(%ip, port, "tunnel through the libvirt host");
+        Ok(near)
+    }
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Copies both ways between the channel and `local` until both sides are done (or one fails).
+fn pump(
+    session: ssh2::Session,
+    mut channel: ssh2::Channel,
+    session_fd: i32,
+    mut local: UnixStream,
+) {
+    let _ = local.set_nonblocking(true);
+    session.set_blocking(false);
+    let (mut up, mut down) = (Vec::<u8>::new(), Vec::<u8>::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut local_eof, mut eof_sent) = (false, false);
+    loop {
+        let mut progress = false;
+        // local -> guest
+        if up.is_empty() && !local_eof {
+            match local.read(&mut buf) {
+                Ok(0) => local_eof = true,
+                Ok(n) => up.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !up.is_empty() {
+            match channel.write(&up) {
+                Ok(n) => {
+                    up.drain(..n);
+                    progress |= n > 0;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if local_eof && up.is_empty() && !eof_sent {
+            eof_sent = channel.send_eof().is_ok() || eof_sent;
+        }
+        // guest -> local
+        if down.is_empty() {
+            match channel.read(&mut buf) {
+                Ok(0) if channel.eof() => {
+                    // The guest closed: so does the local end, when `local` drops.
+                    break;
+                }
+                Ok(n) => {
+                    down.extend_from_slice(&buf[..n]);
+                    progress |= n > 0;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !down.is_empty() {
+            match local.write(&down) {
+                Ok(n) => {
+                    down.drain(..n);
+                    progress |= n > 0;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !progress {
+            wait_readable(&local, session_fd);
+        }
+    }
+    let _ = channel.close();
+    drop(channel);
+    let _ = session.disconnect(None, "done", None);
+}
+
+/// Sleeps until the local end or the session's socket has something to read (20 ms at most:
+/// libssh2 may also be waiting to write).
+fn wait_readable(local: &UnixStream, session_fd: i32) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: the session owns this fd and outlives the call.
+    let session = unsafe { std::os::fd::BorrowedFd::borrow_raw(session_fd) };
+    let mut fds = [
+        PollFd::new(local.as_fd(), PollFlags::POLLIN),
+        PollFd::new(session, PollFlags::POLLIN),
+    ];
+    let _ = poll(&mut fds, PollTimeout::from(20u8));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_uris_name_their_host_and_others_none() {
+        let h =
+            SshHost::from_uri("qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k/id&no_verify=1")
+                .unwrap();
+        assert_eq!(
+            h,
+            SshHost {
+                user: "root".into(),
+                host: "127.0.0.1".into(),
+                port: 2222,
+                keyfile: Some("/k/id".into()),
+                verify: false,
+            }
+        );
+        let plain = SshHost::from_uri("qemu+ssh://kvm-1.example/system").unwrap();
+        assert_eq!((plain.port, plain.verify, plain.keyfile), (22, true, None));
+        assert_eq!(
+            SshHost::from_uri("qemu+libssh2://u@[::1]/system")
+                .unwrap()
+                .host,
+            "::1"
+        );
+        for uri in [
+            "qemu:///system",
+            "qemu+tcp://h/system",
+            "qemu+unix:///system",
+            "test:///default",
+            "not a uri",
+        ] {
+            assert_eq!(SshHost::from_uri(uri), None, "{uri}");
+        }
+    }
+}
