@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-harness/scripts/setup-host.sh
+# With the loopback "remote" libvirt host (an sshd of its own on 127.0.0.1:2222) for the
+# tests of a libvirt reached over qemu+ssh.
+MKH_SETUP_REMOTE=1 harness/scripts/setup-host.sh
 
 # The non-root check runs as a user in group `libvirt`. Without systemd there is no polkit to
 # grant that group libvirt's socket, so libvirtd's own socket settings do (and libvirtd restarts).
@@ -35,6 +37,10 @@ if [ -n "${MKH_TEST_USER:-}" ]; then
   cargo nextest run --workspace --profile "$profile" --run-ignored only \
     -E 'test(/^a_non_root_libvirt_user_/)' || status=$?
 fi
+
+# The tests of a libvirt host reached over SSH, through the sshd set up above.
+cargo nextest run --workspace --profile "$profile" --run-ignored only \
+  -E 'test(/^over_ssh_/)' || status=$?
 
 # The reliability test that restarts libvirtd runs alone, after everything else.
 cargo nextest run --workspace --profile "$profile" --run-ignored only --test-threads 1 \
