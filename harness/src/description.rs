@@ -79,4 +79,8 @@ pub struct SshDescription {
     pub key: PathBuf,
     /// The SSH port.
     pub port: u16,
+    /// For a libvirt host reached over SSH: the host (`user@host:port`) to jump through, as
+    /// `ssh -J` takes it; the guests' addresses are routable only there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jump: Option<String>,
 }

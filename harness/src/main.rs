@@ -549,8 +549,13 @@ fn up(settings: Settings, name: Option<String>, backend: Backend, json: bool) ->
     println!("reach it:");
     let mkh = invoked_as();
     println!("  {mkh} ssh {} -- id -un", desc.name);
+    let jump = ssh
+        .jump
+        .as_ref()
+        .map(|j| format!("-J {j} "))
+        .unwrap_or_default();
     println!(
-        "  ssh -i {} {}@{}",
+        "  ssh {jump}-i {} {}@{}",
         ssh.key.display(),
         ssh.user,
         ips.private

@@ -64,3 +64,41 @@ async fn parallel_b(#[future(awt)] cluster: Cluster) {
     report("parallel_b", &cluster).await;
     meet("parallel_a");
 }
+
+/// Four tests for two `--partition hash:K/2` runs at once (suite.rs): each reports its world and
+/// checks its machine answers on both networks.
+async fn partitioned(name: &str, cluster: Cluster) {
+    report(name, &cluster).await;
+    for role in [mkh::NetworkRole::Nat, mkh::NetworkRole::Private] {
+        let out = cluster.ssh(role).await.unwrap().exec("true").await.unwrap();
+        assert_eq!(out.status, 0, "{name} on {role}: {out:?}");
+    }
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "run by suite.rs, in one of two partitions"]
+async fn partitioned_1(#[future(awt)] cluster: Cluster) {
+    partitioned("partitioned_1", cluster).await;
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "run by suite.rs, in one of two partitions"]
+async fn partitioned_2(#[future(awt)] cluster: Cluster) {
+    partitioned("partitioned_2", cluster).await;
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "run by suite.rs, in one of two partitions"]
+async fn partitioned_3(#[future(awt)] cluster: Cluster) {
+    partitioned("partitioned_3", cluster).await;
+}
+
+#[rstest]
+#[tokio::test]
+#[ignore = "run by suite.rs, in one of two partitions"]
+async fn partitioned_4(#[future(awt)] cluster: Cluster) {
+    partitioned("partitioned_4", cluster).await;
+}

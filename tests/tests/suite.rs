@@ -11,8 +11,25 @@ use serde_json::Value;
 /// Runs `deliberate.rs` tests matching `filter` under nextest profile `profile`; returns the
 /// output, the run id, and the directory the tests reported into.
 fn nested_run(profile: &str, filter: &str, threads: &str) -> (Output, String, tempfile::TempDir) {
+    let (mut cmd, run_id, out_dir) = nested_command(profile, filter, threads, &[]);
+    let output = cmd.output().expect("cargo nextest runs");
+    (output, run_id, out_dir)
+}
+
+/// The `cargo nextest run` of [`nested_run`], with `extra` arguments, not yet started.
+fn nested_command(
+    profile: &str,
+    filter: &str,
+    threads: &str,
+    extra: &[&str],
+) -> (Command, String, tempfile::TempDir) {
     let out_dir = tempfile::tempdir().unwrap();
-    let run_id = format!("selftest-{}-{}", std::process::id(), filter.len());
+    let run_id = format!(
+        "selftest-{}-{}-{}",
+        std::process::id(),
+        filter.len(),
+        extra.join("").replace(['/', ':'], "_")
+    );
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args([
         "nextest",
@@ -33,6 +50,7 @@ fn nested_run(profile: &str, filter: &str, threads: &str) -> (Output, String, te
         "-E",
         filter,
     ])
+    .args(extra)
     .current_dir(env!("CARGO_MANIFEST_DIR"))
     .env("MKH_SELFTEST_OUT", out_dir.path())
     .env("MKH_RUN_ID", &run_id);
@@ -41,8 +59,7 @@ fn nested_run(profile: &str, filter: &str, threads: &str) -> (Output, String, te
             cmd.env_remove(k);
         }
     }
-    let output = cmd.output().expect("cargo nextest runs");
-    (output, run_id, out_dir)
+    (cmd, run_id, out_dir)
 }
 
 fn reported(dir: &Path, test: &str) -> Value {
@@ -148,4 +165,60 @@ fn two_tests_in_parallel_get_disjoint_networks_and_both_pass() {
     assert_eq!(subnets.len(), 4, "the two tests shared a subnet: {a} {b}");
     assert_ne!(a["env"], b["env"]);
     assert_run_left_nothing(&run_id, &log);
+}
+
+/// A suite split across runners (`--partition hash:K/N`, one runner per K), here two runners on
+/// one host at once: each partition runs its share, both pass, their environments never share
+/// a subnet, and neither leaves anything.
+#[test]
+fn two_nextest_partitions_at_once_pass_and_leave_nothing() {
+    let filter = "test(/^partitioned_/)";
+    let runs: Vec<_> = ["hash:1/2", "hash:2/2"]
+        .iter()
+        .map(|p| {
+            let (mut cmd, run_id, dir) =
+                nested_command("default", filter, "2", &["--partition", p]);
+            let child = cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("cargo nextest starts");
+            (child, run_id, dir)
+        })
+        .collect();
+    let mut subnets = Vec::new();
+    let mut ran = Vec::new();
+    for (child, run_id, dir) in runs {
+        let output = child.wait_with_output().unwrap();
+        let log = text(&output);
+        assert!(output.status.success(), "a partition failed:\n{log}");
+        assert!(log.contains("2 tests run: 2 passed"), "{log}");
+        for k in 1..=4 {
+            let test = format!("partitioned_{k}");
+            if dir.path().join(format!("{test}.json")).exists() {
+                let got = reported(dir.path(), &test);
+                subnets.extend(got["subnets"].as_array().unwrap().iter().cloned());
+                ran.push(test);
+            }
+        }
+        assert_run_left_nothing(&run_id, &log);
+    }
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            "partitioned_1",
+            "partitioned_2",
+            "partitioned_3",
+            "partitioned_4"
+        ]
+    );
+    let all = subnets.len();
+    subnets.sort_by_key(|s| s.to_string());
+    subnets.dedup();
+    assert_eq!(
+        subnets.len(),
+        all,
+        "environments of the two partitions share a subnet"
+    );
 }
