@@ -20,7 +20,7 @@ pub enum Error {
         fix: &'static str,
     },
 
-    #[error("cannot connect to libvirt at {uri}: {source}; start libvirtd (and virtlogd), check that your user may use its socket, or set MKH_LIBVIRT_URI")]
+    #[error("cannot connect to libvirt at {uri}: {source}; {}", connect_fix(.uri))]
     Connect {
         uri: String,
         #[source]
@@ -199,6 +199,15 @@ pub enum SshCause {
     /// The SSH protocol (libssh2).
     #[error(transparent)]
     Protocol(#[from] ssh2::Error),
+}
+
+/// What to do when libvirt at `uri` does not answer.
+fn connect_fix(uri: &str) -> &'static str {
+    if crate::libvirt::uri_is_local(uri) {
+        "start libvirtd (and virtlogd), check that your user may use its socket, or set MKH_LIBVIRT_URI"
+    } else {
+        "check that `virsh -c URI version` works from this shell (the host answers, the SSH key in ?keyfile= or your agent logs in, its host key is in ~/.ssh/known_hosts, libvirtd runs there), or set MKH_LIBVIRT_URI"
+    }
 }
 
 /// A machine got no DHCP lease in time: what was asked and what was seen.

@@ -533,6 +533,8 @@ pub struct VolumeInfo {
     /// Its path on the libvirt host.
     pub path: String,
     pub bytes: u64,
+    /// Bytes written so far (grows during an upload).
+    pub allocated: u64,
 }
 
 impl Libvirt {
@@ -595,10 +597,12 @@ impl Libvirt {
         Ok(list
             .into_iter()
             .filter_map(|v| {
+                let info = v.info().ok()?;
                 Some(VolumeInfo {
                     name: v.name().ok()?,
                     path: v.path().ok()?,
-                    bytes: v.info().ok()?.capacity,
+                    bytes: info.capacity,
+                    allocated: info.allocation,
                 })
             })
             .collect())
@@ -656,6 +660,7 @@ impl Libvirt {
                 .path()
                 .map_err(|source| failed("read path of volume", name, source))?,
             bytes,
+            allocated: bytes,
         })
     }
 

@@ -150,6 +150,13 @@ impl SshHost {
         ))
     }
 
+    /// Logs in once and out again: whether guests can be reached through this host.
+    pub fn check_login(&self) -> Result<()> {
+        let (session, _) = self.session(Duration::from_secs(20))?;
+        let _ = session.disconnect(None, "checked", None);
+        Ok(())
+    }
+
     /// A stream to `ip:port` as the host sees it, carried through the host. The pump runs on
     /// a thread of its own until either end closes.
     pub fn tunnel(&self, ip: Ipv4Addr, port: u16, timeout: Duration) -> Result<UnixStream> {

@@ -75,9 +75,16 @@ pub(crate) fn for_options(
 ) -> Result<Box<dyn ClusterBackend>> {
     Ok(match options {
         Backend::NetworksOnly => Box::new(builtin::BuiltinGuest { options: None }),
-        Backend::Builtin(o) => Box::new(builtin::BuiltinGuest {
-            options: Some(o.clone()),
-        }),
+        Backend::Builtin(o) => {
+            // Its guests are reached through an SSH host: a login that fails there would fail
+            // only once the machine runs.
+            if let Some(host) = crate::remote::SshHost::from_uri(&settings.libvirt_uri) {
+                host.check_login()?;
+            }
+            Box::new(builtin::BuiltinGuest {
+                options: Some(o.clone()),
+            })
+        }
         Backend::Minikube(o) => {
             Box::new(minikube::MinikubeBackend::new(o, settings, home, profile)?)
         }

@@ -15,7 +15,7 @@
 //! mkh touches no volume of the pool but those of these names.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +29,10 @@ pub(crate) const POOL: &str = "mkh-images";
 /// Where the pool keeps its files on the libvirt host, when mkh defines it.
 const POOL_DIR: &str = "/var/lib/libvirt/mkh-images";
 const CONSOLE_SUFFIX: &str = ".console.log";
-/// How long a client waits for another client's upload of the same image to finish.
-const UPLOAD_WAIT: Duration = Duration::from_secs(300);
+/// How long a client waits for the image in all (another client's upload of it included).
+const UPLOAD_WAIT: Duration = Duration::from_secs(600);
+/// An upload whose volumes did not grow for this long is dead.
+const STALLED: Duration = Duration::from_secs(15);
 
 /// One guest image in the pool, as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,50 +67,63 @@ fn pool_xml() -> String {
 }
 
 /// The paths on the libvirt host of the image's kernel and initrd, uploading them first when
-/// the pool does not hold this digest yet (or waiting for another client's upload of it).
+/// the pool does not hold this digest yet, or waiting for another client's upload of it. An
+/// upload whose volumes stop growing for [`STALLED`] was cut short (its client died): it is
+/// removed and made again.
 pub(crate) fn image_on_host(lv: &Libvirt, image: &GuestImage) -> Result<(PathBuf, PathBuf)> {
     lv.ensure_dir_pool(POOL, &pool_xml())?;
     let manifest = manifest_name(&image.digest);
-    let deadline = std::time::Instant::now() + UPLOAD_WAIT;
-    let mut uploaded_once = false;
+    let parts = [".kernel", ".initrd"].map(|ext| format!("{}{ext}", stem(&image.digest)));
+    let started = Instant::now();
+    let mut growth: Option<(u64, Instant)> = None;
     loop {
         let volumes = lv.volumes(POOL)?;
-        let path_of = |name: &str| {
-            volumes
-                .iter()
-                .find(|v| v.name == name)
-                .map(|v| PathBuf::from(&v.path))
-        };
-        if path_of(&manifest).is_some() {
+        let find = |name: &str| volumes.iter().find(|v| v.name == name);
+        if find(&manifest).is_some() {
             let cached = read_manifest(lv, &manifest)?;
-            if let (Some(kernel), Some(initrd)) = (path_of(&cached.kernel), path_of(&cached.initrd))
-            {
+            if let (Some(kernel), Some(initrd)) = (find(&cached.kernel), find(&cached.initrd)) {
                 tracing::debug!(digest = %image.digest, "guest image found in the host's pool");
-                return Ok((kernel, initrd));
+                return Ok((PathBuf::from(&kernel.path), PathBuf::from(&initrd.path)));
             }
             // A manifest whose volumes went (removed by hand): upload again.
-            lv.delete_volume(POOL, &manifest)?;
+            remove_image_volumes(lv, &image.digest)?;
             continue;
         }
-        let partial = [".kernel", ".initrd"]
-            .iter()
-            .any(|ext| path_of(&format!("{}{ext}", stem(&image.digest))).is_some());
-        if !partial || uploaded_once {
+        let partial: Vec<_> = parts.iter().filter_map(|p| find(p)).collect();
+        if partial.is_empty() {
             match upload(lv, image) {
-                Ok(()) => {
-                    uploaded_once = true;
-                    continue;
-                }
-                // Another client created the volume first: its upload is under way.
+                Ok(()) => continue,
+                // Another client created a volume first: its upload is under way.
                 Err(Error::Libvirt { source, .. }) if already_exists(&source) => {}
                 Err(e) => return Err(e),
             }
+        } else {
+            let allocated = partial.iter().map(|v| v.allocated).sum::<u64>();
+            match growth {
+                Some((seen, since)) if seen == allocated && since.elapsed() >= STALLED => {
+                    tracing::info!(digest = %image.digest, "an upload of the guest image stalled: made again");
+                    remove_image_volumes(lv, &image.digest)?;
+                    growth = None;
+                    continue;
+                }
+                Some((seen, _)) if seen == allocated => {}
+                Some(_) => growth = Some((allocated, Instant::now())),
+                None => {
+                    crate::progress::phase(
+                        "waiting for another client's upload of the guest image to the libvirt host",
+                    );
+                    growth = Some((allocated, Instant::now()));
+                }
+            }
         }
-        if std::time::Instant::now() >= deadline {
-            // An upload cut short (its client died): start over, once.
-            remove_image_volumes(lv, &image.digest)?;
-            uploaded_once = true;
-            continue;
+        if started.elapsed() >= UPLOAD_WAIT {
+            return Err(Error::Upload {
+                volume: manifest,
+                problem: format!(
+                    "the guest image did not appear in pool {POOL} within {}s",
+                    UPLOAD_WAIT.as_secs()
+                ),
+            });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
