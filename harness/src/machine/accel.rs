@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_and_cpuinfo_are_read() {
+    fn capabilities_and_cpu_features_are_read() {
         let caps = "<domainCapabilities><path>/usr/bin/qemu-system-x86_64</path>\
                     <domain>kvm</domain><arch>x86_64</arch></domainCapabilities>";
         assert!(domain_capabilities_offer_kvm(caps));
