@@ -117,6 +117,16 @@ struct HostFacts {
 
 /// Runs the benchmark and prints the table, or with `json` the report alone on stdout.
 pub(crate) fn run(settings: &Settings, options: &BenchOptions) -> Result<()> {
+    if !crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+        return Err(crate::error::Error::InvalidInput {
+            what: "libvirt URI for mkh bench",
+            value: settings.libvirt_uri.clone(),
+            problem: "the benchmark's script reaches the guests and the saved warm guest \
+                      directly, which only a local libvirt allows"
+                .into(),
+            fix: "run mkh bench on the libvirt host itself (MKH_LIBVIRT_URI=qemu:///system)",
+        });
+    }
     let lv = Libvirt::connect_to(&settings.libvirt_uri)?;
     let accel = choose_accel(&lv, settings.accel);
     let image = image::find_or_build(&settings.cache_dir)?;

@@ -51,11 +51,51 @@ fn assert_is_its_own(env: &Env) {
     );
 }
 
+/// The saved guests in the cache, with their modification times.
+fn saved_guests() -> Vec<(std::path::PathBuf, SystemTime)> {
+    let dir = mkh::Settings::current().unwrap().cache_dir.join("warm");
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 #[test]
 fn warm_machines_are_their_own_at_once_and_start_cold_after_a_stop() {
     // The first warm start of this image may boot and save the guest; these restore it.
     let first = warm_env();
+    let saved = saved_guests();
     let second = warm_env();
+    // The second restored the saved guest: no file of the cache was written again, and no
+    // half-written save of this process stayed.
+    let now = saved_guests();
+    for (path, modified) in &saved {
+        assert!(
+            now.contains(&(path.clone(), *modified)),
+            "{} was rewritten",
+            path.display()
+        );
+    }
+    let partial = format!(".save.partial-{}", std::process::id());
+    assert!(
+        !now.iter()
+            .any(|(p, _)| p.to_string_lossy().ends_with(&partial)),
+        "{now:?}"
+    );
+    // The template each saved guest booted as is gone.
+    let lv = mkh_tests::libvirt();
+    for env in [&first, &second] {
+        let template = format!("{}~warm", env.machine().unwrap().name());
+        assert!(
+            lv.lookup_domain_by_name(&template).is_err(),
+            "{template} stayed"
+        );
+    }
     assert_is_its_own(&first);
     assert_is_its_own(&second);
     let (a, b) = (first.machine().unwrap(), second.machine().unwrap());

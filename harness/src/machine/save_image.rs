@@ -34,15 +34,14 @@ pub(crate) fn copy_with_xml(from: &Path, to: &Path, xml: &str) -> Result<()> {
     let mut data = vec![0; data_len];
     src.read_exact(&mut data).map_err(io(from))?;
     let new = replace_xml(&head, &data, xml).map_err(|problem| bad(from, problem))?;
-    // The stream behind the header is copied by the kernel (copy_file_range).
-    std::fs::copy(from, to).map_err(io(to))?;
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .open(to)
-        .map_err(io(to))?;
+    // From the file whose header was read (a save renamed over it meanwhile is not mixed
+    // in); the kernel copies the stream (copy_file_range). No fsync: the copy is restored at
+    // once and is of no use after a crash.
+    src.seek(SeekFrom::Start(0)).map_err(io(from))?;
+    let mut dst = std::fs::File::create(to).map_err(io(to))?;
+    std::io::copy(&mut src, &mut dst).map_err(io(to))?;
     dst.seek(SeekFrom::Start(0)).map_err(io(to))?;
-    dst.write_all(&new).map_err(io(to))?;
-    dst.sync_data().map_err(io(to))
+    dst.write_all(&new).map_err(io(to))
 }
 
 fn bad(path: &Path, problem: String) -> Error {

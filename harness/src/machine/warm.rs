@@ -53,8 +53,10 @@ pub(crate) fn saved_guest_path(
 }
 
 /// The saved guest for `spec`, booting and saving it first when there is none. The guest that is
-/// saved runs as `<machine>-warm` on the machine's networks and is gone once saved; `on_define`
-/// hears of it first (teardown removes it if mkh is stopped half-way).
+/// saved runs as `<machine>~warm` on the machine's networks (no environment's name has a `~`,
+/// so no other environment's domain has that name) and is gone once saved; `on_define` hears of
+/// it first (teardown removes it if mkh is stopped half-way). On a failure, it is removed only
+/// if this call created it and it still carries this environment's owner record.
 pub(crate) fn ensure_saved_guest(
     lv: &Libvirt,
     spec: &MachineSpec,
@@ -71,7 +73,7 @@ pub(crate) fn ensure_saved_guest(
     crate::progress::phase("booting the guest once to save it for warm starts");
     let dir = path.parent().expect("a file in the cache");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = format!("{}-warm", spec.name);
+    let name = format!("{}~warm", spec.name);
     let console_log = console_dir.join(format!("{name}.console.log"));
     let template = MachineSpec {
         name: name.clone(),
@@ -95,19 +97,49 @@ pub(crate) fn ensure_saved_guest(
     };
     on_define(&name);
     let partial = path.with_extension(format!("save.partial-{}", std::process::id()));
-    let saved = crate::teardown::while_creating(|| {
-        lv.create_transient_domain(&name, &template.to_xml())?;
-        wait_for_console_line(&console_log, WAITING, deadline, &name)?;
-        lv.save_domain(&name, &partial)
-    });
+    remove_partials_of_dead_processes(dir);
+    let mut created = false;
+    // Signals wait only while libvirt makes something (the domain, the save file), not during
+    // the boot between: teardown may then remove the template, and the save fails.
+    let saved =
+        crate::teardown::while_creating(|| lv.create_transient_domain(&name, &template.to_xml()))
+            .and_then(|()| {
+                created = true;
+                wait_for_console_line(&console_log, WAITING, deadline, &name)?;
+                crate::teardown::while_creating(|| lv.save_domain(&name, &partial))
+            });
     if let Err(e) = saved {
-        let _ = lv.remove_domain(&name);
+        if created {
+            let ours = |xml: &str| {
+                crate::owner::Owner::from_object_xml(xml).as_ref() == Some(&template.owner)
+            };
+            let _ = lv.remove_domain_if(&name, ours);
+        }
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
     // Another process may have saved one at the same time: either is good.
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
     Ok(path)
+}
+
+/// Removes `*.save.partial-<pid>` files of processes that are gone (killed while saving).
+fn remove_partials_of_dead_processes(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .rsplit_once(".save.partial-")
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Whether a warm start can work for a machine whose home is `home` on the libvirt at `uri`:
@@ -186,14 +218,17 @@ pub(crate) fn hand_identity(
     let line = image::warm_identity_line(params, macs, now)?;
     let restored = format!("mkh-guest: warm: restored as {} ", params.hostname);
     let started = Instant::now();
+    // Only what the console says from now on: the log is appended to on every boot of the
+    // machine, and an earlier boot's line must not count.
+    let before = std::fs::metadata(console_log).map_or(0, |m| m.len() as usize);
     let mut socket =
         std::os::unix::net::UnixStream::connect(port).map_err(|e| Error::io(port, e))?;
     socket
         .write_all(line.as_bytes())
         .map_err(|e| Error::io(port, e))?;
     let taken = until(deadline, Duration::from_millis(10), || {
-        Ok(std::fs::read_to_string(console_log)
-            .is_ok_and(|t| t.contains(&restored))
+        Ok(std::fs::read(console_log)
+            .is_ok_and(|t| String::from_utf8_lossy(&t[before.min(t.len())..]).contains(&restored))
             .then_some(()))
     })?;
     if taken.is_some() {
