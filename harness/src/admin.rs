@@ -184,8 +184,12 @@ pub fn interactive_ssh(machine: &Machine, role: NetworkRole) -> Result<ExitStatu
     // mkh's own connection checks the host key the OpenSSH session is then pinned to.
     let target = m.ssh_now(role)?.target().clone();
     let known = m.pin_host_key_for_openssh(&target)?;
-    std::process::Command::new("ssh")
-        .arg("-i")
+    let mut ssh = std::process::Command::new("ssh");
+    if let Some(host) = &target.via {
+        ssh.arg("-o")
+            .arg(format!("ProxyCommand={}", host.openssh_proxy_command()));
+    }
+    ssh.arg("-i")
         .arg(&target.key)
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known.display()))

@@ -79,8 +79,9 @@ pub struct SshDescription {
     pub key: PathBuf,
     /// The SSH port.
     pub port: u16,
-    /// For a libvirt host reached over SSH: the host (`user@host:port`) to jump through, as
-    /// `ssh -J` takes it; the guests' addresses are routable only there.
+    /// For a libvirt host reached over SSH, whose guests' addresses are routable only there:
+    /// the OpenSSH `ProxyCommand` that goes through it (`ssh -p PORT [-i KEY] -W %h:%p
+    /// user@host`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jump: Option<String>,
+    pub proxy_command: Option<String>,
 }

@@ -117,6 +117,9 @@ pub fn run(settings: &Settings) -> DoctorReport {
         checks.push(subnets(lv, settings));
         checks.push(network_creation(lv, settings));
         checks.push(leftovers(lv, settings));
+        if let Some(host) = crate::remote::SshHost::from_uri(uri) {
+            checks.push(ssh_through_host(&host));
+        }
     }
     checks.push(guest_image(&settings.cache_dir, local || test_driver));
     checks.push(minikube(settings));
@@ -395,13 +398,32 @@ fn leftovers(lv: &Libvirt, settings: &Settings) -> Check {
     }
 }
 
+/// Whether mkh can reach guests through the SSH host of the URI (what `mkh ssh` and every
+/// readiness check do).
+fn ssh_through_host(host: &crate::remote::SshHost) -> Check {
+    match host.check_login() {
+        Ok(()) => check(
+            "ssh through host",
+            Status::Pass,
+            format!("logged in to {host}: guests are reached through it"),
+            None,
+        ),
+        Err(e) => check(
+            "ssh through host",
+            Status::Fail,
+            first_line(&e),
+            Some("mkh logs in as libvirt's ssh transport does, without ~/.ssh/config: put the user, port and keyfile= in the URI"),
+        ),
+    }
+}
+
 fn guest_image(cache_dir: &Path, local: bool) -> Check {
     if !local {
         return check(
             "guest image",
-            Status::Warn,
-            "not checked: QEMU on a remote libvirt host opens the image there, at this cache's path",
-            Some("build it on that host (`mkh image` there), at the same MKH_CACHE_DIR"),
+            Status::Pass,
+            "a remote libvirt host gets the image uploaded to mkh's pool mkh-images there, once per image (`mkh image` lists it)",
+            None,
         );
     }
     if let Err(e) = crate::config::check_cache_dir(cache_dir) {

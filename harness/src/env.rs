@@ -778,7 +778,8 @@ fn describe(core: &EnvCore, machines: &[Machine]) -> Result<EnvDescription> {
                 user: SSH_USER,
                 key: m.key().to_owned(),
                 port: 22,
-                jump: crate::remote::SshHost::from_uri(core.lv.uri()).map(|h| h.to_string()),
+                proxy_command: crate::remote::SshHost::from_uri(core.lv.uri())
+                    .map(|h| h.openssh_proxy_command()),
             }),
         ),
         None => (None, None),

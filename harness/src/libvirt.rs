@@ -486,7 +486,7 @@ impl Libvirt {
 
     /// The host CPU's feature names, as libvirt describes the CPU it runs on (its host
     /// capabilities), with the features its CPU model implies expanded (`EPYC` implies `svm`);
-    /// `None` when libvirt does not say.
+    /// `None` when libvirt does not say (no host CPU, or one without a single feature).
     pub fn host_cpu_features(&self) -> Option<Vec<String>> {
         let caps = self.conn.capabilities().ok()?;
         let start = caps.find("<host>")?;
@@ -510,7 +510,8 @@ impl Libvirt {
                     .filter_map(|e| e.attr("name").map(str::to_owned)),
             );
         }
-        Some(names)
+        // A CPU libvirt describes by no feature at all is one it does not know.
+        (!names.is_empty()).then_some(names)
     }
 
     fn network(&self, name: &str) -> Result<virt::network::Network> {
@@ -630,22 +631,33 @@ impl Libvirt {
             let stream = virt::stream::Stream::new(&self.conn, 0).map_err(|e| e.to_string())?;
             vol.upload(&stream, 0, bytes, 0)
                 .map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut left = bytes;
-            while left > 0 {
-                let n = data.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
+            // A stream is finished or aborted before it goes, whatever failed.
+            let send_all = |data: &mut dyn std::io::Read| -> std::result::Result<(), String> {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = data.read(&mut buf).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err(format!("the source ended {left} bytes short"));
+                    }
+                    let mut chunk = &buf[..n.min(left as usize)];
+                    while !chunk.is_empty() {
+                        match stream.send(chunk).map_err(|e| e.to_string())? {
+                            sent if sent > 0 => chunk = &chunk[sent as usize..],
+                            other => return Err(format!("the stream took {other} bytes")),
+                        }
+                    }
+                    left -= n.min(left as usize) as u64;
+                }
+                Ok(())
+            };
+            match send_all(data) {
+                Ok(()) => stream.finish().map_err(|e| e.to_string()),
+                Err(problem) => {
                     let _ = stream.abort();
-                    return Err(format!("the source ended {left} bytes short"));
+                    Err(problem)
                 }
-                let mut chunk = &buf[..n.min(left as usize)];
-                while !chunk.is_empty() {
-                    let sent = stream.send(chunk).map_err(|e| e.to_string())?;
-                    chunk = &chunk[sent.max(0) as usize..];
-                }
-                left -= n.min(left as usize) as u64;
             }
-            stream.finish().map_err(|e| e.to_string())
         })();
         if let Err(problem) = sent {
             let _ = vol.delete(0);
@@ -679,17 +691,20 @@ impl Libvirt {
         }
         let stream = virt::stream::Stream::new(&self.conn, 0)
             .map_err(|source| failed("open a stream for volume", name, source))?;
-        vol.download(&stream, 0, size, 0)
-            .map_err(|source| failed("download volume", name, source))?;
+        if let Err(source) = vol.download(&stream, 0, size, 0) {
+            let _ = stream.abort();
+            return Err(failed("download volume", name, source));
+        }
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = stream
-                .recv(&mut buf)
-                .map_err(|source| failed("download volume", name, source))?;
-            if n <= 0 {
-                break;
+            match stream.recv(&mut buf) {
+                Ok(n) if n > 0 => out.extend_from_slice(&buf[..n as usize]),
+                Ok(_) => break,
+                Err(source) => {
+                    let _ = stream.abort();
+                    return Err(failed("download volume", name, source));
+                }
             }
-            out.extend_from_slice(&buf[..n as usize]);
         }
         let _ = stream.finish();
         Ok(out)

@@ -549,13 +549,17 @@ fn up(settings: Settings, name: Option<String>, backend: Backend, json: bool) ->
     println!("reach it:");
     let mkh = invoked_as();
     println!("  {mkh} ssh {} -- id -un", desc.name);
-    let jump = ssh
-        .jump
+    let proxy = ssh
+        .proxy_command
         .as_ref()
-        .map(|j| format!("-J {j} "))
+        .and_then(|c| {
+            shlex::try_quote(&format!("ProxyCommand={c}"))
+                .ok()
+                .map(|q| format!("-o {q} "))
+        })
         .unwrap_or_default();
     println!(
-        "  ssh {jump}-i {} {}@{}",
+        "  ssh {proxy}-i {} {}@{}",
         ssh.key.display(),
         ssh.user,
         ips.private

@@ -361,7 +361,7 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope, which: Which, state_dir: &Path) -> 
                 kind: ObjectKind::Volume,
                 reason: format!(
                     "the console log of domain {}, which is gone",
-                    crate::machine::pool::console_domain(&name)
+                    crate::machine::pool::console_domain(&name).unwrap_or("?")
                 ),
                 name,
                 env: String::new(),

@@ -13,6 +13,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nix::poll::PollFlags;
+
 use crate::error::{Error, Result, SshCause};
 
 /// The SSH endpoint of a libvirt URI.
@@ -150,6 +152,24 @@ impl SshHost {
         ))
     }
 
+    /// The OpenSSH `ProxyCommand` that goes through this host as mkh does (`ssh -W`), with the
+    /// URI's port and key, for plain `ssh` to a guest.
+    pub fn openssh_proxy_command(&self) -> String {
+        let mut words = vec!["ssh".to_owned(), "-p".into(), self.port.to_string()];
+        if let Some(key) = &self.keyfile {
+            words.extend(["-i".into(), key.display().to_string()]);
+        }
+        if !self.verify {
+            words.extend(["-o".into(), "StrictHostKeyChecking=no".into()]);
+        }
+        words.extend([
+            "-W".into(),
+            "%h:%p".into(),
+            format!("{}@{}", self.user, self.host),
+        ]);
+        crate::ssh::shell_join(&words)
+    }
+
     /// Logs in once and out again: whether guests can be reached through this host.
     pub fn check_login(&self) -> Result<()> {
         let (session, _) = self.session(Duration::from_secs(20))?;
@@ -194,7 +214,10 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// Copies both ways between the channel and `local` until both sides are done (or one fails).
+/// Copies both ways between the channel and `local` until the guest closes, the local end has
+/// closed and the guest had [`CLOSE_GRACE`] to follow, or either fails. Between rounds it
+/// sleeps in `poll` on what it waits for: the local end when it can take or give bytes, the
+/// host's socket in the direction libssh2 is blocked on.
 fn pump(
     session: ssh2::Session,
     mut channel: ssh2::Channel,
@@ -205,13 +228,14 @@ fn pump(
     session.set_blocking(false);
     let (mut up, mut down) = (Vec::<u8>::new(), Vec::<u8>::new());
     let mut buf = vec![0u8; 64 * 1024];
-    let (mut local_eof, mut eof_sent) = (false, false);
+    let mut local_closed: Option<std::time::Instant> = None;
+    let mut eof_sent = false;
     loop {
         let mut progress = false;
         // local -> guest
-        if up.is_empty() && !local_eof {
+        if up.is_empty() && local_closed.is_none() {
             match local.read(&mut buf) {
-                Ok(0) => local_eof = true,
+                Ok(0) => local_closed = Some(std::time::Instant::now()),
                 Ok(n) => up.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(_) => break,
@@ -227,16 +251,14 @@ fn pump(
                 Err(_) => break,
             }
         }
-        if local_eof && up.is_empty() && !eof_sent {
-            eof_sent = channel.send_eof().is_ok() || eof_sent;
+        if local_closed.is_some() && up.is_empty() && !eof_sent {
+            eof_sent = channel.send_eof().is_ok();
         }
         // guest -> local
         if down.is_empty() {
             match channel.read(&mut buf) {
-                Ok(0) if channel.eof() => {
-                    // The guest closed: so does the local end, when `local` drops.
-                    break;
-                }
+                // The guest closed: so does the local end, when `local` drops.
+                Ok(0) if channel.eof() => break,
                 Ok(n) => {
                     down.extend_from_slice(&buf[..n]);
                     progress |= n > 0;
@@ -252,11 +274,27 @@ fn pump(
                     progress |= n > 0;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // The local end is gone: nothing more to deliver.
                 Err(_) => break,
             }
         }
+        if local_closed.is_some_and(|t| t.elapsed() >= CLOSE_GRACE) {
+            break;
+        }
         if !progress {
-            wait_readable(&local, session_fd);
+            let local_wants = match (up.is_empty() && local_closed.is_none(), !down.is_empty()) {
+                (true, true) => PollFlags::POLLIN | PollFlags::POLLOUT,
+                (true, false) => PollFlags::POLLIN,
+                (false, true) => PollFlags::POLLOUT,
+                (false, false) => PollFlags::empty(),
+            };
+            let session_wants = match session.block_directions() {
+                ssh2::BlockDirections::Outbound => PollFlags::POLLOUT,
+                ssh2::BlockDirections::Both => PollFlags::POLLIN | PollFlags::POLLOUT,
+                // Inbound, or nothing pending: whatever the guest sends next.
+                _ => PollFlags::POLLIN,
+            };
+            wait_for(&local, local_wants, session_fd, session_wants);
         }
     }
     let _ = channel.close();
@@ -264,17 +302,19 @@ fn pump(
     let _ = session.disconnect(None, "done", None);
 }
 
-/// Sleeps until the local end or the session's socket has something to read (20 ms at most:
-/// libssh2 may also be waiting to write).
-fn wait_readable(local: &UnixStream, session_fd: i32) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+/// How long the guest has to close once the local end closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Sleeps until the local end or the host's socket is ready as asked, 100 ms at most.
+fn wait_for(local: &UnixStream, local_wants: PollFlags, session_fd: i32, session_wants: PollFlags) {
+    use nix::poll::{poll, PollFd, PollTimeout};
     // SAFETY: the session owns this fd and outlives the call.
     let session = unsafe { std::os::fd::BorrowedFd::borrow_raw(session_fd) };
     let mut fds = [
-        PollFd::new(local.as_fd(), PollFlags::POLLIN),
-        PollFd::new(session, PollFlags::POLLIN),
+        PollFd::new(local.as_fd(), local_wants),
+        PollFd::new(session, session_wants),
     ];
-    let _ = poll(&mut fds, PollTimeout::from(20u8));
+    let _ = poll(&mut fds, PollTimeout::from(100u8));
 }
 
 #[cfg(test)]

@@ -65,13 +65,16 @@ async fn parallel_b(#[future(awt)] cluster: Cluster) {
     meet("parallel_a");
 }
 
-/// Four tests for two `--partition hash:K/2` runs at once (suite.rs): each reports its world and
-/// checks its machine answers on both networks.
+/// Four tests for two `--partition hash:K/2` runs at once (suite.rs): each reports its world,
+/// checks its machine answers on both networks, and waits until all four exist at once.
 async fn partitioned(name: &str, cluster: Cluster) {
     report(name, &cluster).await;
     for role in [mkh::NetworkRole::Nat, mkh::NetworkRole::Private] {
         let out = cluster.ssh(role).await.unwrap().exec("true").await.unwrap();
         assert_eq!(out.status, 0, "{name} on {role}: {out:?}");
+    }
+    for k in 1..=4 {
+        meet(&format!("partitioned_{k}"));
     }
 }
 

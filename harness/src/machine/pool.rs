@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::libvirt::{Libvirt, Removal};
+use crate::libvirt::{Libvirt, Removal, VolumeInfo};
 
 use super::image::GuestImage;
 
@@ -51,8 +51,10 @@ pub struct CachedImage {
     pub uploaded_by: String,
 }
 
+const IMAGE_PREFIX: &str = "mkh-guest-";
+
 fn stem(digest: &str) -> String {
-    format!("mkh-guest-{}", &digest[..digest.len().min(16)])
+    format!("{IMAGE_PREFIX}{}", &digest[..digest.len().min(16)])
 }
 
 fn manifest_name(digest: &str) -> String {
@@ -68,29 +70,32 @@ fn pool_xml() -> String {
 
 /// The paths on the libvirt host of the image's kernel and initrd, uploading them first when
 /// the pool does not hold this digest yet, or waiting for another client's upload of it. An
-/// upload whose volumes stop growing for [`STALLED`] was cut short (its client died): it is
-/// removed and made again.
+/// image is used only once its manifest reads and both volumes hold the bytes it records; one
+/// whose volumes (manifest included) stop growing for [`STALLED`] was cut short (its client
+/// died, or its files were removed by hand): it is removed and made again.
 pub(crate) fn image_on_host(lv: &Libvirt, image: &GuestImage) -> Result<(PathBuf, PathBuf)> {
     lv.ensure_dir_pool(POOL, &pool_xml())?;
     let manifest = manifest_name(&image.digest);
-    let parts = [".kernel", ".initrd"].map(|ext| format!("{}{ext}", stem(&image.digest)));
+    let names = [".kernel", ".initrd", ".json"].map(|ext| format!("{}{ext}", stem(&image.digest)));
     let started = Instant::now();
     let mut growth: Option<(u64, Instant)> = None;
     loop {
         let volumes = lv.volumes(POOL)?;
         let find = |name: &str| volumes.iter().find(|v| v.name == name);
-        if find(&manifest).is_some() {
-            let cached = read_manifest(lv, &manifest)?;
-            if let (Some(kernel), Some(initrd)) = (find(&cached.kernel), find(&cached.initrd)) {
-                tracing::debug!(digest = %image.digest, "guest image found in the host's pool");
-                return Ok((PathBuf::from(&kernel.path), PathBuf::from(&initrd.path)));
-            }
-            // A manifest whose volumes went (removed by hand): upload again.
-            remove_image_volumes(lv, &image.digest)?;
-            continue;
+        let complete = find(&manifest)
+            .and_then(|_| read_manifest(lv, &manifest).ok())
+            .and_then(|m| {
+                let (kernel, initrd) = (find(&m.kernel)?, find(&m.initrd)?);
+                let whole = |v: &VolumeInfo| v.allocated >= v.bytes;
+                (kernel.bytes + initrd.bytes == m.bytes && whole(kernel) && whole(initrd))
+                    .then(|| (PathBuf::from(&kernel.path), PathBuf::from(&initrd.path)))
+            });
+        if let Some(paths) = complete {
+            tracing::debug!(digest = %image.digest, "guest image found in the host's pool");
+            return Ok(paths);
         }
-        let partial: Vec<_> = parts.iter().filter_map(|p| find(p)).collect();
-        if partial.is_empty() {
+        let present: Vec<_> = names.iter().filter_map(|n| find(n)).collect();
+        if present.is_empty() {
             match upload(lv, image) {
                 Ok(()) => continue,
                 // Another client created a volume first: its upload is under way.
@@ -98,7 +103,7 @@ pub(crate) fn image_on_host(lv: &Libvirt, image: &GuestImage) -> Result<(PathBuf
                 Err(e) => return Err(e),
             }
         } else {
-            let allocated = partial.iter().map(|v| v.allocated).sum::<u64>();
+            let allocated = present.iter().map(|v| v.allocated).sum::<u64>();
             match growth {
                 Some((seen, since)) if seen == allocated && since.elapsed() >= STALLED => {
                     tracing::info!(digest = %image.digest, "an upload of the guest image stalled: made again");
@@ -182,22 +187,36 @@ fn remove_image_volumes(lv: &Libvirt, digest: &str) -> Result<()> {
     Ok(())
 }
 
-/// The guest images in the pool (none when it does not exist).
+/// The guest images in the pool whose manifest reads (none when it does not exist); an upload
+/// under way or cut short has none yet.
 pub(crate) fn cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
     let mut out = Vec::new();
     for v in lv.volumes(POOL)? {
-        if v.name.starts_with("mkh-guest-") && v.name.ends_with(".json") {
-            out.push(read_manifest(lv, &v.name)?);
+        if v.name.starts_with(IMAGE_PREFIX) && v.name.ends_with(".json") {
+            match read_manifest(lv, &v.name) {
+                Ok(m) => out.push(m),
+                Err(e) => tracing::debug!("{e}"),
+            }
         }
     }
     Ok(out)
 }
 
-/// Removes every guest image from the pool; returns them.
+/// Removes every guest image from the pool, uploads cut short included; returns those whose
+/// manifest read. Machines defined on them do not start again until an environment uploads
+/// the image anew.
 pub(crate) fn remove_cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
     let images = cached_images(lv)?;
-    for image in &images {
-        remove_image_volumes(lv, &image.digest)?;
+    // The manifests first: without one, the rest is never taken for a cached image.
+    let mut names: Vec<String> = lv
+        .volumes(POOL)?
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| n.starts_with(IMAGE_PREFIX))
+        .collect();
+    names.sort_by_key(|n| !n.ends_with(".json"));
+    for name in names {
+        lv.delete_volume(POOL, &name)?;
     }
     Ok(images)
 }
@@ -217,7 +236,30 @@ pub(crate) fn console_text(lv: &Libvirt, domain: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The domain whose console log a volume of the pool is: `<domain>.console.log`, or one of
+/// virtlogd's rotated files `<domain>.console.log.<n>`; `None` for any other volume.
+pub(crate) fn console_domain(volume: &str) -> Option<&str> {
+    let (log, rotation) = match volume.rsplit_once('.') {
+        Some((log, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (log, true),
+        _ => (volume, false),
+    };
+    let domain = log.strip_suffix(CONSOLE_SUFFIX)?;
+    (!domain.is_empty() && (rotation || log.len() == volume.len())).then_some(domain)
+}
+
+/// The console log volumes of `domain` in the pool.
+fn console_volumes_of(lv: &Libvirt, domain: &str) -> Result<Vec<String>> {
+    Ok(lv
+        .volumes(POOL)?
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| console_domain(n) == Some(domain))
+        .collect())
+}
+
 /// Removes a domain (as [`Libvirt::remove_domain_if`]) and, on a remote host, its console log.
+/// The domain's removal is what counts: a log that could not be deleted is logged, and goes
+/// with the next sweep.
 pub(crate) fn remove_domain(
     lv: &Libvirt,
     name: &str,
@@ -225,43 +267,37 @@ pub(crate) fn remove_domain(
 ) -> Result<Removal> {
     let removal = lv.remove_domain_if(name, still_wanted)?;
     if removal != Removal::Changed && !lv.is_local() && lv.has_pool(POOL) {
-        let _ = lv.volumes(POOL);
-        lv.delete_volume(POOL, &format!("{name}{CONSOLE_SUFFIX}"))?;
+        let deleted = console_volumes_of(lv, name).and_then(|logs| {
+            logs.iter()
+                .try_for_each(|log| lv.delete_volume(POOL, log).map(drop))
+        });
+        if let Err(e) = deleted {
+            tracing::warn!("the console log of domain {name} stays for now: {e}");
+        }
     }
     Ok(removal)
 }
 
 /// Console logs in the pool whose domain no longer exists: left by a teardown cut short
-/// between the domain and its log. A log exists only once its domain started, so one without
-/// a domain is nobody's. Returns the names removed.
+/// between the domain and its log. A log exists only once its domain started, so one whose
+/// domain is gone (looked up by name just before the deletion) is nobody's. Returns the names
+/// removed.
 pub(crate) fn sweep_orphan_consoles(lv: &Libvirt) -> Result<Vec<String>> {
     if lv.is_local() || !lv.has_pool(POOL) {
         return Ok(Vec::new());
     }
-    let logs: Vec<String> = lv
-        .volumes(POOL)?
-        .into_iter()
-        .filter_map(|v| v.name.strip_suffix(CONSOLE_SUFFIX).map(str::to_owned))
-        .collect();
-    if logs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let domains: Vec<String> = lv.domains()?.into_iter().map(|d| d.name).collect();
     let mut removed = Vec::new();
-    for domain in logs {
-        if !domains.contains(&domain) {
-            let name = format!("{domain}{CONSOLE_SUFFIX}");
-            if lv.delete_volume(POOL, &name)? == Removal::Removed {
-                removed.push(name);
-            }
+    for volume in lv.volumes(POOL)? {
+        let Some(domain) = console_domain(&volume.name) else {
+            continue;
+        };
+        if lv.domain_state(domain)? == crate::libvirt::DomainState::Missing
+            && lv.delete_volume(POOL, &volume.name)? == Removal::Removed
+        {
+            removed.push(volume.name);
         }
     }
     Ok(removed)
-}
-
-/// The domain a console log volume belongs to.
-pub(crate) fn console_domain(volume: &str) -> &str {
-    volume.strip_suffix(CONSOLE_SUFFIX).unwrap_or(volume)
 }
 
 #[cfg(test)]
@@ -283,5 +319,23 @@ mod tests {
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<CachedImage>(&text).unwrap(), m);
         assert!(pool_xml().contains("<name>mkh-images</name>"));
+    }
+
+    #[test]
+    fn console_logs_are_known_by_name_rotated_ones_too() {
+        assert_eq!(console_domain("mkh-a1.console.log"), Some("mkh-a1"));
+        assert_eq!(console_domain("mkh-a1.console.log.0"), Some("mkh-a1"));
+        assert_eq!(console_domain("x.y.console.log.12"), Some("x.y"));
+        for other in [
+            "mkh-guest-0123456789abcdef.kernel",
+            "mkh-guest-0123456789abcdef.json",
+            ".console.log",
+            "a.console.log.x",
+            "a.console.log.",
+            "a.console.logs",
+            "user-disk.qcow2",
+        ] {
+            assert_eq!(console_domain(other), None, "{other}");
+        }
     }
 }

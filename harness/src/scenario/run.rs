@@ -288,6 +288,16 @@ fn missing_need(scenario: &Scenario, settings: &Settings) -> Option<String> {
                 .into(),
         );
     }
+    let from_host = scenario.steps.iter().any(|(_, s)| {
+        matches!(s, Step::ExpectReachable(r) | Step::ExpectUnreachable(r)
+            if r.from.get_ref().as_str() == "host")
+    });
+    if from_host && !crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+        return Some(format!(
+            "its steps from the host probe the guests from this machine, which has no route to the networks of the remote libvirt at {}: run it on the libvirt host",
+            settings.libvirt_uri
+        ));
+    }
     if scenario.environment.backend == BackendChoice::Minikube {
         if let Err(e) = crate::minikube::find_binary(settings.minikube.as_deref()) {
             return Some(format!("needs minikube ({e})"));
