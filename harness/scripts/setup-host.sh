@@ -25,6 +25,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "mkh setup: installing ${missing[*]}"
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  # Installed here only for mkh's own sshd below: the package's service (all addresses, port
+  # 22), if its installation started one, is stopped and kept off.
+  if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now ssh.service ssh.socket 2>/dev/null || true
+    elif [ -f /run/sshd.pid ]; then
+      as_root kill "$(cat /run/sshd.pid)" 2>/dev/null || true
+    fi
+  fi
 fi
 
 if [ -d /run/systemd/system ]; then
