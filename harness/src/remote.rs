@@ -11,6 +11,8 @@ use std::net::{Ipv4Addr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::PollFlags;
@@ -193,10 +195,13 @@ impl SshHost {
         session.set_timeout(0);
         let (near, far) =
             UnixStream::pair().map_err(|e| self.fail("socket pair", Some(e.into())))?;
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_pump = stop.clone();
+        let handle = std::thread::Builder::new()
             .name(format!("mkh-jump-{ip}"))
-            .spawn(move || pump(session, channel, fd, far))
+            .spawn(move || pump(session, channel, fd, far, &stop_pump))
             .map_err(|e| self.fail("start the tunnel thread", Some(e.into())))?;
+        register_pump(stop, handle);
         tracing::debug!(%ip, port, "tunnel through the libvirt host");
         Ok(near)
     }
@@ -214,8 +219,36 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// The running pumps, each with its stop flag. libssh2 registers an `atexit` handler that
+/// tears its library state down; a pump still in a libssh2 call then crashes the process. So
+/// the first pump registers a handler of its own, which runs before libssh2's (handlers run in
+/// the reverse order of registration, and libssh2's was registered when the first session was
+/// made): it stops every pump and waits for it.
+static PUMPS: Mutex<Vec<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+fn register_pump(stop: Arc<AtomicBool>, handle: std::thread::JoinHandle<()>) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: `stop_pumps` is an `extern "C" fn()` that never unwinds.
+        unsafe { libc::atexit(stop_pumps) };
+    });
+    let mut pumps = PUMPS.lock().unwrap_or_else(|p| p.into_inner());
+    pumps.retain(|(_, h)| !h.is_finished());
+    pumps.push((stop, handle));
+}
+
+extern "C" fn stop_pumps() {
+    let pumps = std::mem::take(&mut *PUMPS.lock().unwrap_or_else(|p| p.into_inner()));
+    for (stop, _) in &pumps {
+        stop.store(true, Ordering::SeqCst);
+    }
+    for (_, handle) in pumps {
+        let _ = handle.join();
+    }
+}
+
 /// Copies both ways between the channel and `local` until the guest closes, the local end has
-/// closed and the guest had [`CLOSE_GRACE`] to follow, or either fails. Between rounds it
+/// closed and the guest had [`CLOSE_GRACE`] to follow, `stop` is set, or either fails. Between rounds it
 /// sleeps in `poll` on what it waits for: the local end when it can take or give bytes, the
 /// host's socket in the direction libssh2 is blocked on.
 fn pump(
@@ -223,6 +256,7 @@ fn pump(
     mut channel: ssh2::Channel,
     session_fd: i32,
     mut local: UnixStream,
+    stop: &AtomicBool,
 ) {
     let _ = local.set_nonblocking(true);
     session.set_blocking(false);
@@ -278,7 +312,7 @@ fn pump(
                 Err(_) => break,
             }
         }
-        if local_closed.is_some_and(|t| t.elapsed() >= CLOSE_GRACE) {
+        if local_closed.is_some_and(|t| t.elapsed() >= CLOSE_GRACE) || stop.load(Ordering::SeqCst) {
             break;
         }
         if !progress {
