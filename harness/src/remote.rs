@@ -248,9 +248,9 @@ extern "C" fn stop_pumps() {
 }
 
 /// Copies both ways between the channel and `local` until the guest closes, the local end has
-/// closed and the guest had [`CLOSE_GRACE`] to follow, `stop` is set, or either fails. Between rounds it
-/// sleeps in `poll` on what it waits for: the local end when it can take or give bytes, the
-/// host's socket in the direction libssh2 is blocked on.
+/// closed and the guest had [`CLOSE_GRACE`] to follow, `stop` is set, or either fails. Between
+/// rounds it sleeps in `poll` on what it waits for: the local end when it can take or give
+/// bytes, the host's socket in the direction libssh2 is blocked on.
 fn pump(
     session: ssh2::Session,
     mut channel: ssh2::Channel,
