@@ -18,7 +18,7 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # Build (or find) the guest image once, before tests that boot it run in parallel.
-cargo run --quiet -p mkh --bin mkh -- image
+cargo run --quiet -p mkh-cli -- image
 
 # The minikube stand-in serves a real kube-apiserver, built from Debian's kubernetes source
 # package once (about 6 minutes on 2 cores) and cached, where the stand-in finds it; etcd comes
@@ -47,5 +47,5 @@ cargo nextest run --workspace --profile "$profile" --run-ignored only --test-thr
   -E 'test(/^alone_/)' || status=$?
 
 echo "== libvirt objects left by run $MKH_RUN_ID"
-cargo run --quiet -p mkh --bin mkh -- audit --run "$MKH_RUN_ID" || status=1
+cargo run --quiet -p mkh-cli -- audit --run "$MKH_RUN_ID" || status=1
 exit $status

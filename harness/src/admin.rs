@@ -12,9 +12,6 @@ pub use crate::doctor::{Check, DoctorReport, Status};
 pub use crate::inventory::EnvNetwork;
 pub use crate::inventory::{ClaimedObject, EnvSummary, ObjectKind};
 pub use crate::owner::{Owner, OwnerKind, ProcessIdentity};
-pub use crate::progress::{
-    finish as finish_progress, show as show_progress, LogWriter, ProgressMode,
-};
 pub use crate::reaper::{ReapReport, ReapScope, Reaped};
 
 use crate::blocking::Machine;
@@ -40,27 +37,22 @@ pub fn environments(settings: &Settings) -> Result<Vec<EnvSummary>> {
     Ok(group(&claimed_objects(&*connect(settings)?)?))
 }
 
-fn find(lv: &Libvirt, name: &str) -> Result<EnvSummary> {
-    group(&claimed_objects(lv)?)
-        .into_iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| Error::UnknownEnvironment {
-            name: name.to_owned(),
-        })
-}
-
-/// The first machine of a named environment, read back from libvirt.
+/// The first machine of a named environment (see [`crate::Env::attach`]).
 pub fn machine(settings: &Settings, name: &str) -> Result<Machine> {
-    let lv = connect(settings)?;
-    find(&lv, name)?
-        .machine(&lv, settings.timeout_scale)
-        .map(Machine)
+    let env = crate::blocking::Env::attach(name, settings.clone())?;
+    env.machine().ok_or_else(|| Error::InvalidInput {
+        what: "environment",
+        value: name.to_owned(),
+        problem: "it has no machine".into(),
+        fix: "bring one up with `mkh up`",
+    })
 }
 
-/// What `mkh stop|start|restart NAME` does to an environment's machine.
+/// What `mkh stop|start|restart NAME` does to an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
-    /// An ACPI shutdown (forced off after the shutdown deadline).
+    /// Stop the cluster: an ACPI shutdown of each machine (forced off after the shutdown
+    /// deadline), or `minikube stop`.
     Stop,
     /// Start it and wait until SSH answers on both networks.
     Start,
@@ -68,93 +60,23 @@ pub enum Power {
     Restart,
 }
 
-/// Stops, starts or restarts an environment's machine (a minikube cluster: `minikube stop` /
-/// `minikube start` of its profile, with the binary recorded at creation and the settings'
-/// `minikube_args`); after a start, the first machine's IPs.
+/// Stops, starts or restarts an environment through the same [`crate::Env`] a test holds (a
+/// minikube cluster: `minikube stop` / `minikube start` of its profile, with the binary recorded
+/// at creation and the settings' `minikube_args`); after a start, the first machine's IPs.
 pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crate::Ips>> {
-    let lv = connect(settings)?;
-    let env = find(&lv, name)?;
-    let machine = env.machine(&lv, settings.timeout_scale)?;
-    if let Some(cluster) = env.minikube_cluster(lv.uri()) {
-        return power_minikube(settings, &lv, &env, &cluster, &machine, what);
-    }
+    let env = crate::blocking::Env::attach(name, settings.clone())?;
     crate::progress::phase(match what {
-        Power::Stop => format!("stopping {}", machine.name()),
-        Power::Start => format!("starting {} and waiting for SSH", machine.name()),
-        Power::Restart => format!("restarting {} and waiting for SSH", machine.name()),
+        Power::Stop => format!("stopping {name}"),
+        Power::Start => format!("starting {name} and waiting for SSH"),
+        Power::Restart => format!("restarting {name} and waiting for SSH"),
     });
-    match what {
-        Power::Stop => machine.stop_now().map(|()| None),
-        Power::Start => machine.start_now().map(Some),
-        Power::Restart => machine.restart_now().map(Some),
-    }
-}
-
-fn power_minikube(
-    settings: &Settings,
-    lv: &Libvirt,
-    env: &EnvSummary,
-    cluster: &crate::minikube::MinikubeCluster,
-    machine: &crate::Machine,
-    what: Power,
-) -> Result<Option<crate::Ips>> {
-    use crate::minikube::contract;
-    if what != Power::Stop {
-        // The flags mkh keeps for itself (-p, --driver, --nodes, ...) are refused as at `mkh up`;
-        // what `minikube start` would refuse, mkh refuses first (root without --force, ...).
-        contract::check_extra_args(&settings.minikube_args)?;
-        contract::check(
-            &contract::Request {
-                version: cluster.version()?,
-                memory_mib: None,
-                cpus: None,
-                extra_args: &settings.minikube_args,
-                binary: &cluster.binary,
-            },
-            &contract::Host::current(),
-        )?;
-    }
-    let accel = crate::machine::choose_accel(lv, settings.accel);
-    let deadline = crate::config::Timeouts::new(accel, settings.timeout_scale).minikube_start();
-    let profile = cluster.profile.clone();
-    let minikube = |verb: &str| -> Result<()> {
-        crate::progress::phase(format!("minikube {verb} -p {profile}"));
-        let mut args = vec![verb.to_owned(), "-p".to_owned(), profile.clone()];
-        if verb == "start" {
-            args.extend(settings.minikube_args.iter().cloned());
-        }
-        // SIGTERM or SIGINT on this command ends minikube's process group too.
-        let guard = crate::teardown::Registration::new(lv.uri(), &profile, true);
-        cluster.run(&args, deadline, &mut |group| guard.add_kill_group(group))?;
-        drop(guard);
-        // Each boot of a minikube machine shows a new host key.
-        machine.forget_boot_host_keys()
-    };
-    if matches!(what, Power::Stop | Power::Restart) {
-        minikube("stop")?;
+    if what != Power::Start {
+        env.stop()?;
     }
     if what == Power::Stop {
         return Ok(None);
     }
-    minikube("start")?;
-    // minikube recreates a private network it cannot start, without mkh's owner record.
-    let private = env
-        .network_names()
-        .into_iter()
-        .find(|n| n.ends_with("-priv"))
-        .unwrap_or_default();
-    let still_ours = lv.networks()?.iter().any(|n| {
-        n.name == private
-            && crate::owner::Owner::from_object_xml(&n.xml).is_some_and(|o| o.env == env.name)
-    });
-    if !still_ours {
-        return Err(Error::NetworkReplaced {
-            network: private,
-            problem: "after `minikube start` it no longer carries this environment's owner record (minikube made it anew)".into(),
-        });
-    }
-    crate::progress::phase(format!("waiting for SSH to {}", machine.name()));
-    machine.wait_ready_now().map(Some)
+    env.start().map(Some)
 }
 
 /// Runs `words` (quoted for the guest's shell) on `machine` over `role`'s network, with this
@@ -213,60 +135,9 @@ pub fn interactive_ssh(machine: &Machine, role: NetworkRole) -> Result<ExitStatu
 /// the environment is this process's: if `mkh down` is killed, its watchdog (or any reaper)
 /// finishes the job.
 pub fn down(settings: &Settings, name: &str) -> Result<()> {
-    let lv = connect(settings)?;
-    let objects = claimed_objects(&lv)?;
-    let env = group(&objects)
-        .into_iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| Error::UnknownEnvironment {
-            name: name.to_owned(),
-        })?;
-    let record = objects
-        .iter()
-        .find(|o| o.owner.env == name)
-        .map(|o| o.owner.clone())
-        .expect("an environment has objects");
-    // A process-owned environment is taken over only from an owner known to be dead (not one
-    // alive, nor one on another host).
-    let dead = matches!(
-        record.liveness(
-            &crate::owner::HostIdentity::current(),
-            crate::owner::process_start_time
-        ),
-        crate::owner::Liveness::Dead(_)
-    );
-    if env.kind == OwnerKind::Process && !dead {
-        return Err(Error::InvalidInput {
-            what: "environment",
-            value: name.to_owned(),
-            problem: format!(
-                "it belongs to process {} (test {}), not to the CLI",
-                env.pid,
-                env.test.as_deref().unwrap_or("-")
-            ),
-            fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
-        });
-    }
-    let remover = crate::owner::Owner {
-        process: crate::owner::this_process(),
-        kind: OwnerKind::Process,
-        ..record
-    };
-    if settings.watchdog && !lv.is_test_driver() {
-        crate::watchdog::watch_this_process(lv.uri(), &settings.state_dir);
-    }
-    crate::inventory::retag(&lv, &objects, name, &remover)?;
+    let env = crate::blocking::Env::attach(name, settings.clone())?;
     crate::progress::phase(format!("removing {name}"));
-    let problems = env.teardown(lv.uri()).run();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Teardown {
-            env: env.name,
-            count: problems.len(),
-            problems,
-        })
-    }
+    env.teardown()
 }
 
 /// Removes what dead owners left (and with [`ReapScope::IncludingCli`] CLI-owned environments
@@ -318,7 +189,6 @@ pub use crate::machine::pool::CachedImage as UploadedImage;
 /// uploaded to the libvirt host when it is remote.
 pub fn guest_image(settings: &Settings) -> Result<GuestImageFiles> {
     let image = crate::machine::image::find_or_build(&settings.cache_dir)?;
-    crate::progress::finish();
     Ok(GuestImageFiles {
         kernel: image.kernel,
         initrd: image.initrd,

@@ -14,9 +14,13 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::{EnvDescription, ExecOutput, Ips, MachineOptions, NetworkPair, NetworkRole, Result};
+use crate::{
+    DhcpLease, EnvDescription, ExecOutput, Ips, MachineOptions, NetworkPair, NetworkRole, Result,
+    Settings,
+};
 
-/// A live environment (see [`crate::Env`]); dropping it removes everything it created.
+/// A live environment (see [`crate::Env`]); dropping it removes everything it created (an
+/// attached one stays).
 #[derive(Debug)]
 pub struct Env {
     inner: crate::Env,
@@ -29,6 +33,11 @@ impl From<crate::Env> for Env {
 }
 
 impl Env {
+    /// See [`crate::Env::attach`].
+    pub fn attach(name: &str, settings: Settings) -> Result<Env> {
+        crate::Env::attach_now(name, settings).map(Env::from)
+    }
+
     /// The async handle on the same environment.
     pub fn as_async(&self) -> &crate::Env {
         &self.inner
@@ -67,6 +76,44 @@ impl Env {
     /// See [`crate::Env::remove_machine`].
     pub fn remove_machine(&mut self, name: &str) -> Result<()> {
         self.inner.remove_machine_now(name)
+    }
+
+    /// See [`crate::Env::recreate_machine`].
+    pub fn recreate_machine(
+        &mut self,
+        name: &str,
+        options: &MachineOptions,
+        wait_ready: bool,
+    ) -> Result<Machine> {
+        self.inner
+            .recreate_machine_now(name, options, wait_ready)
+            .cloned()
+            .map(Machine)
+    }
+
+    /// See [`crate::Env::dhcp_lease_time`].
+    pub fn dhcp_lease_time(&self) -> Option<std::time::Duration> {
+        self.inner.dhcp_lease_time()
+    }
+
+    /// See [`crate::Env::stop_network`].
+    pub fn stop_network(&self, role: NetworkRole) -> Result<()> {
+        self.inner.stop_network_now(role)
+    }
+
+    /// See [`crate::Env::start_network`].
+    pub fn start_network(&self, role: NetworkRole) -> Result<()> {
+        self.inner.start_network_now(role)
+    }
+
+    /// See [`crate::Env::leases`].
+    pub fn leases(&self, role: NetworkRole) -> Result<Vec<DhcpLease>> {
+        self.inner.leases_now(role)
+    }
+
+    /// See [`crate::Env::collect_artifacts`].
+    pub fn collect_artifacts(&self, problem: &str) -> Option<std::path::PathBuf> {
+        self.inner.collect_artifacts_now(problem)
     }
 
     /// See [`crate::Env::stop`].
@@ -113,6 +160,16 @@ impl Machine {
     /// See [`crate::Machine::ip`].
     pub fn ip(&self, role: NetworkRole) -> Result<Ipv4Addr> {
         self.0.ip_now(role)
+    }
+
+    /// See [`crate::Machine::ip_within`].
+    pub fn ip_within(&self, role: NetworkRole, deadline: std::time::Duration) -> Result<Ipv4Addr> {
+        self.0.ip_within_now(role, deadline)
+    }
+
+    /// See [`crate::Machine::mac`].
+    pub fn mac(&self, role: NetworkRole) -> &str {
+        self.0.mac(role)
     }
 
     /// See [`crate::Machine::ips`].

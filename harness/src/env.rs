@@ -19,10 +19,10 @@ use crate::description::{EnvDescription, MachineDescription, SshDescription, DES
 use crate::error::{Error, Result};
 use crate::inventory;
 use crate::libvirt::Libvirt;
-use crate::machine::{choose_accel, Accel, BootContext, Ips, Machine, MachineOptions, SSH_USER};
+use crate::machine::{choose_accel, Accel, Ips, Machine, MachineOptions, NetworkRole, SSH_USER};
 use crate::minikube::MinikubeOptions;
 use crate::names::{validate_env_name, EnvId};
-use crate::net::{create_pair, NetworkPair, SubnetPool};
+use crate::net::{create_pair, DhcpLease, NetworkPair, SubnetPool};
 use crate::owner::{Owner, OwnerKind};
 use crate::reaper;
 use crate::settings::Settings;
@@ -177,6 +177,7 @@ impl EnvBuilder {
         let uri = settings.libvirt_uri.clone();
         let id = EnvId::random();
         let name = self.name.unwrap_or_else(|| id.env_name());
+        let _span = tracing::info_span!("up", env = %name).entered();
         let home = settings.state_dir.join("envs").join(&name);
         if let Backend::Builtin(options) = &self.backend {
             if options.warm_start {
@@ -223,6 +224,7 @@ impl EnvBuilder {
             generations: Mutex::new(BTreeMap::new()),
             backend,
             registration: Mutex::new(Some(registration)),
+            attached: false,
         };
         let mut env = Env {
             core: Arc::new(core),
@@ -283,6 +285,9 @@ pub(crate) struct EnvCore {
     pub backend: Box<dyn ClusterBackend>,
     /// `None` once torn down or handed over.
     registration: Mutex<Option<Registration>>,
+    /// Reached by [`Env::attach`]: this process did not make it, and dropping the handle leaves
+    /// it as it is.
+    pub attached: bool,
 }
 
 impl EnvCore {
@@ -319,55 +324,23 @@ impl EnvCore {
         lock(&self.registration).take()
     }
 
-    /// Boots a machine of the built-in guest on the networks and waits until SSH answers on
-    /// both. Its name defaults to the environment's.
-    pub fn boot_machine(
-        &self,
-        options: &MachineOptions,
-        existing: &[String],
-        timings: &mut Timings,
-    ) -> Result<Machine> {
-        let machine = self.start_machine(options, existing, timings)?;
-        wait_ready_timed(&machine, timings)?;
-        Ok(machine)
+    /// How many times machine `name` was made again (`Env::recreate_machine`).
+    pub fn generation(&self, name: &str) -> u32 {
+        lock(&self.generations).get(name).copied().unwrap_or(0)
     }
 
-    /// [`EnvCore::boot_machine`] without waiting for the machine's leases and SSH.
-    pub fn start_machine(
-        &self,
-        options: &MachineOptions,
-        existing: &[String],
-        timings: &mut Timings,
-    ) -> Result<Machine> {
-        let name = match &options.suffix {
-            Some(suffix) => format!("{}-{suffix}", self.name),
-            None => self.name.clone(),
-        };
-        if existing.contains(&name) {
-            return Err(Error::InvalidInput {
-                what: "machine name",
-                value: name,
-                problem: "this environment already has a machine of that name".into(),
-                fix: "give each added machine its own suffix",
-            });
+    /// Makes SIGTERM and SIGINT end process group `pgid` (a minikube run) while it runs. An
+    /// environment of this process lists it for its teardown; an attached one, which a signal
+    /// does not tear down, gets a registration of its own, held by the caller while the group
+    /// runs.
+    pub fn kill_on_signal(&self, pgid: i32) -> Option<Registration> {
+        if self.attached {
+            let guard = Registration::new(self.lv.uri(), &self.name, true);
+            guard.add_kill_group(pgid);
+            return Some(guard);
         }
-        let owner = self.owner();
-        let ctx = BootContext {
-            lv: &self.lv,
-            accel: self.accel(),
-            networks: self.networks(),
-            home: &self.home,
-            owner: &owner,
-            cache_dir: &self.settings.cache_dir,
-            timeouts: self.timeouts(),
-            generation: lock(&self.generations).get(&name).copied().unwrap_or(0),
-        };
-        let started = Instant::now();
-        let machine = Machine::boot_builtin(&ctx, options, &name, &mut |dom| {
-            let _ = self.registered(|r| r.add_domain(dom));
-        })?;
-        timings.define_start = Some(started.elapsed());
-        Ok(machine)
+        let _ = self.registered(|r| r.add_kill_group(pgid));
+        None
     }
 
     /// The plan for collecting this environment's artifacts, over every domain it registered.
@@ -407,8 +380,11 @@ impl EnvCore {
 /// Waits for both leases, then SSH on both networks, timing each phase.
 pub(crate) fn wait_ready_timed(machine: &Machine, timings: &mut Timings) -> Result<Ips> {
     let started = Instant::now();
+    let span = tracing::info_span!("leases", machine = %machine.name()).entered();
     crate::progress::phase(format!("waiting for {}'s DHCP leases", machine.name()));
     let (ips, first) = machine.ips_timed()?;
+    drop(span);
+    let _span = tracing::info_span!("ssh", machine = %machine.name()).entered();
     timings.first_lease = Some(first);
     timings.leases = Some(started.elapsed());
     let started = Instant::now();
@@ -448,6 +424,123 @@ impl Env {
     /// Starts describing a new environment.
     pub fn builder() -> EnvBuilder {
         EnvBuilder::default()
+    }
+
+    /// Reaches an environment that exists already, by its name: one the CLI owns (`mkh up`, a
+    /// failed test's kept by `MKH_KEEP=1`, a cluster a whole test run shares) or one whose owner
+    /// died. The handle does what a handle from [`EnvBuilder::up`] does, on the same backend;
+    /// dropping it leaves the environment as it is, and [`Env::teardown`] removes it (refused
+    /// while a live process owns it). `settings` says which libvirt to look on.
+    pub async fn attach(name: &str, settings: Settings) -> Result<Env> {
+        let name = name.to_owned();
+        off_thread(move || Env::attach_now(&name, settings)).await
+    }
+
+    pub(crate) fn attach_now(name: &str, settings: Settings) -> Result<Env> {
+        let _span = tracing::info_span!("attach", env = name).entered();
+        let lv = Arc::new(Libvirt::connect_to(&settings.libvirt_uri)?);
+        let objects = inventory::claimed_objects(&lv)?;
+        let mine: Vec<&inventory::ClaimedObject> =
+            objects.iter().filter(|o| o.owner.env == name).collect();
+        let unknown = || Error::UnknownEnvironment {
+            name: name.to_owned(),
+        };
+        // A network's record is written at creation, with everything the environment is.
+        let owner = mine
+            .iter()
+            .find(|o| o.kind == inventory::ObjectKind::Network)
+            .or(mine.first())
+            .ok_or_else(unknown)?
+            .owner
+            .clone();
+        let of_kind = |kind| -> Vec<String> {
+            let mut names: Vec<String> = mine
+                .iter()
+                .filter(|o| o.kind == kind)
+                .map(|o| o.name.clone())
+                .collect();
+            // The primary machine (named after the environment, or minikube's profile) first.
+            names.sort_by_key(|n| (n != name, n.clone()));
+            names
+        };
+        let (domains, network_names) = (
+            of_kind(inventory::ObjectKind::Domain),
+            of_kind(inventory::ObjectKind::Network),
+        );
+        let named = |suffix: &str| {
+            network_names
+                .iter()
+                .find(|n| n.ends_with(suffix))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (nat, private) = (named("-nat"), named("-priv"));
+        let home = owner
+            .home
+            .as_ref()
+            .map_or_else(|| settings.state_dir.join("envs").join(name), PathBuf::from);
+        let nodes = u32::try_from(domains.len()).unwrap_or(u32::MAX).max(1);
+        let backend = crate::backend::for_record(&owner, &settings, &home, nodes);
+        let registration = Registration::new(lv.uri(), name, false);
+        if let Some(cluster) = backend.minikube() {
+            registration.add_command(cluster.delete_command());
+        }
+        domains.iter().for_each(|d| registration.add_domain(d));
+        network_names
+            .iter()
+            .for_each(|n| registration.add_network(n));
+        if owner.home.is_some() {
+            registration.add_dir(&home);
+        }
+        let core = EnvCore {
+            id: EnvId::of_network(&nat).unwrap_or_else(EnvId::random),
+            name: name.to_owned(),
+            settings,
+            lv,
+            owner: Mutex::new(owner),
+            home,
+            lease: None,
+            networks: OnceLock::new(),
+            accel: OnceLock::new(),
+            generations: Mutex::new(BTreeMap::new()),
+            backend,
+            registration: Mutex::new(Some(registration)),
+            attached: true,
+        };
+        let mut env = Env {
+            core: Arc::new(core),
+            machines: Vec::new(),
+            timings: Timings::default(),
+            artifacts: None,
+        };
+        match NetworkPair::read(&env.core.lv, &nat, &private) {
+            Ok(networks) => {
+                let _ = env.core.networks.set(networks);
+                let core = &env.core;
+                env.machines = domains
+                    .iter()
+                    .map(|d| {
+                        let files = core.backend.machine_files(core, d);
+                        Machine::attach(
+                            &core.lv,
+                            d,
+                            core.networks(),
+                            files,
+                            core.settings.timeout_scale,
+                        )
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            Err(e) => {
+                // What a remover that died left: only its removal makes sense.
+                tracing::warn!(
+                    env = name,
+                    "{name} is incomplete ({e}): only its removal can help"
+                );
+                let _ = env.core.networks.set(NetworkPair::named(&nat, &private));
+            }
+        }
+        Ok(env)
     }
 
     fn create(&mut self) -> Result<()> {
@@ -527,8 +620,8 @@ impl Env {
             let _ = self.core.registered(|r| {
                 r.on_signal(Box::new(move || {
                     plan.collect(&dir, None, None);
-                    eprintln!(
-                        "mkh: ended by a signal; what explains it is in {}",
+                    tracing::error!(
+                        "ended by a signal; what explains it is in {}",
                         dir.display()
                     );
                 }))
@@ -541,22 +634,68 @@ impl Env {
         &self.core.name
     }
 
-    /// The environment's libvirt connection.
-    pub(crate) fn libvirt(&self) -> &crate::libvirt::Libvirt {
-        &self.core.lv
-    }
-
-    /// Collects what explains a failure (`error`) into the artifact directory, when one was
-    /// given; returns it.
-    /// The DHCP lease time of the environment's networks, if it was set.
-    pub(crate) fn dhcp_lease_time(&self) -> Option<Duration> {
+    /// The DHCP lease time of the environment's networks, if it was set
+    /// ([`EnvBuilder::dhcp_lease_time`]; `None`: dnsmasq's default, an hour).
+    pub fn dhcp_lease_time(&self) -> Option<Duration> {
         self.core.lease
     }
 
-    pub(crate) fn collect_failure_now(&self, error: &str) -> Option<PathBuf> {
+    /// Stops one of the environment's networks, as libvirt's `net-destroy` does: its bridge,
+    /// its dnsmasq and the leases it handed out go, and the machines' NICs on it lose their
+    /// link until [`Env::start_network`]. Stopped already is fine.
+    pub async fn stop_network(&self, role: NetworkRole) -> Result<()> {
+        let core = self.core.clone();
+        off_thread(move || core.lv.stop_network(&core.networks().get(role).name)).await
+    }
+
+    /// Starts one of the environment's networks again (a new bridge and dnsmasq; the machines'
+    /// NICs join it again and ask for leases on their own time). Running already is fine.
+    pub async fn start_network(&self, role: NetworkRole) -> Result<()> {
+        let core = self.core.clone();
+        off_thread(move || core.lv.start_network(&core.networks().get(role).name)).await
+    }
+
+    /// The DHCP leases that one of the environment's networks holds now, as libvirt lists them
+    /// (`virsh net-dhcp-leases`), of every machine on it.
+    pub async fn leases(&self, role: NetworkRole) -> Result<Vec<DhcpLease>> {
+        let core = self.core.clone();
+        off_thread(move || leases(&core, role)).await
+    }
+
+    /// Collects what explains a failure (console logs, leases, domain XML, minikube's logs,
+    /// `problem`) into the directory given to [`EnvBuilder::artifacts_on_failure`], now, and
+    /// returns it; `None` without one.
+    pub async fn collect_artifacts(&self, problem: &str) -> Option<PathBuf> {
         let (plan, dir) = self.failure_artifacts()?;
-        plan.collect(&dir, Some(error), Some(MINIKUBE_LOGS_DEADLINE));
+        let problem = problem.to_owned();
+        off_thread(move || {
+            plan.collect(&dir, Some(&problem), Some(MINIKUBE_LOGS_DEADLINE));
+            Ok::<_, Error>(dir)
+        })
+        .await
+        .ok()
+    }
+
+    pub(crate) fn collect_artifacts_now(&self, problem: &str) -> Option<PathBuf> {
+        let (plan, dir) = self.failure_artifacts()?;
+        plan.collect(&dir, Some(problem), Some(MINIKUBE_LOGS_DEADLINE));
         Some(dir)
+    }
+
+    pub(crate) fn stop_network_now(&self, role: NetworkRole) -> Result<()> {
+        self.core
+            .lv
+            .stop_network(&self.core.networks().get(role).name)
+    }
+
+    pub(crate) fn start_network_now(&self, role: NetworkRole) -> Result<()> {
+        self.core
+            .lv
+            .start_network(&self.core.networks().get(role).name)
+    }
+
+    pub(crate) fn leases_now(&self, role: NetworkRole) -> Result<Vec<DhcpLease>> {
+        leases(&self.core, role)
     }
 
     /// Its two networks.
@@ -606,7 +745,8 @@ impl Env {
         let existing = self.machine_names();
         let (machine, timings) = off_thread(move || {
             let mut timings = Timings::default();
-            core.boot_machine(&options, &existing, &mut timings)
+            core.backend
+                .add_machine(&core, &options, &existing, &mut timings)
                 .map(|m| (m, timings))
         })
         .await?;
@@ -615,9 +755,12 @@ impl Env {
 
     pub(crate) fn add_machine_now(&mut self, options: &MachineOptions) -> Result<&Machine> {
         let mut timings = Timings::default();
-        let machine = self
-            .core
-            .boot_machine(options, &self.machine_names(), &mut timings)?;
+        let machine = self.core.backend.add_machine(
+            &self.core,
+            options,
+            &self.machine_names(),
+            &mut timings,
+        )?;
         Ok(self.push_machine(machine, timings))
     }
 
@@ -652,33 +795,50 @@ impl Env {
         Ok(())
     }
 
-    /// Replaces machine `index` by a new one booted with `options` under the same name: new
-    /// MACs, same hostname (as minikube recreates a VM whose domain went missing). Returns once
-    /// the new domain runs, or with `wait_ready` once it answers SSH on both networks.
+    /// Replaces machine `name` (of the built-in guest) by a new one booted with `options` under
+    /// the same name: its domain is removed and defined anew, with new MACs and the same
+    /// hostname, as minikube recreates a VM whose domain went missing. Returns once the new
+    /// domain runs, or with `wait_ready` once it answers SSH on both networks.
+    pub async fn recreate_machine(
+        &mut self,
+        name: &str,
+        options: MachineOptions,
+        wait_ready: bool,
+    ) -> Result<&Machine> {
+        self.check_machine(name)?;
+        let (core, others, owned) = (self.core.clone(), self.others(name), name.to_owned());
+        let machine =
+            off_thread(move || recreate(&core, &owned, &options, &others, wait_ready)).await?;
+        Ok(self.replace_machine(machine))
+    }
+
     pub(crate) fn recreate_machine_now(
         &mut self,
-        index: usize,
+        name: &str,
         options: &MachineOptions,
         wait_ready: bool,
-    ) -> Result<()> {
-        let name = self.machines[index].name().to_owned();
-        crate::machine::pool::remove_domain(&self.core.lv, &name, |_| true)?;
-        *lock(&self.core.generations)
-            .entry(name.clone())
-            .or_insert(0) += 1;
-        let others: Vec<String> = self
-            .machine_names()
+    ) -> Result<&Machine> {
+        self.check_machine(name)?;
+        let machine = recreate(&self.core, name, options, &self.others(name), wait_ready)?;
+        Ok(self.replace_machine(machine))
+    }
+
+    fn others(&self, name: &str) -> Vec<String> {
+        self.machine_names()
             .into_iter()
-            .filter(|n| *n != name)
-            .collect();
-        let mut timings = Timings::default();
-        let machine = self.core.start_machine(options, &others, &mut timings)?;
-        if wait_ready {
-            wait_ready_timed(&machine, &mut timings)?;
-        }
+            .filter(|n| n != name)
+            .collect()
+    }
+
+    fn replace_machine(&mut self, machine: Machine) -> &Machine {
+        let index = self
+            .machines
+            .iter()
+            .position(|m| m.name() == machine.name())
+            .expect("checked to exist");
         self.machines[index] = machine;
         self.arm_signal_artifacts();
-        Ok(())
+        &self.machines[index]
     }
 
     fn check_machine(&self, name: &str) -> Result<()> {
@@ -738,7 +898,9 @@ impl Env {
         crate::kube::client(path, context).await
     }
 
-    /// Removes everything, reporting every problem instead of swallowing it. Idempotent.
+    /// Removes everything, reporting every problem instead of swallowing it. Idempotent. An
+    /// attached environment ([`Env::attach`]) is taken over first: refused while a live process
+    /// owns it.
     pub async fn teardown(self) -> Result<()> {
         let core = self.core.clone();
         off_thread(move || finish(&core)).await
@@ -764,6 +926,27 @@ impl Env {
         let dir = self.artifacts.clone()?;
         Some((self.core.artifact_plan(), dir))
     }
+}
+
+fn leases(core: &EnvCore, role: NetworkRole) -> Result<Vec<DhcpLease>> {
+    let leases = core.lv.network_leases(&core.networks().get(role).name)?;
+    Ok(leases
+        .into_iter()
+        .filter_map(DhcpLease::from_libvirt)
+        .collect())
+}
+
+fn recreate(
+    core: &EnvCore,
+    name: &str,
+    options: &MachineOptions,
+    others: &[String],
+    wait_ready: bool,
+) -> Result<Machine> {
+    crate::machine::pool::remove_domain(&core.lv, name, |_| true)?;
+    *lock(&core.generations).entry(name.to_owned()).or_insert(0) += 1;
+    core.backend
+        .recreate_machine(core, options, others, wait_ready)
 }
 
 fn describe(core: &EnvCore, machines: &[Machine]) -> Result<EnvDescription> {
@@ -842,7 +1025,49 @@ fn hand_over(core: &EnvCore, machines: &[Machine]) -> Result<EnvDescription> {
     describe(core, machines)
 }
 
+/// Makes an attached environment this process's before removing it: refused while a live
+/// process owns it (that process removes it); while the removal runs, this process's watchdog
+/// (or any reaper) finishes it if this process dies.
+fn take_over(core: &EnvCore) -> Result<()> {
+    let record = core.owner();
+    let dead = matches!(
+        record.liveness(
+            &crate::owner::HostIdentity::current(),
+            crate::owner::process_start_time
+        ),
+        crate::owner::Liveness::Dead(_)
+    );
+    if record.kind == OwnerKind::Process && !dead {
+        return Err(Error::InvalidInput {
+            what: "environment",
+            value: core.name.clone(),
+            problem: format!(
+                "it belongs to process {} (test {}), not to the CLI",
+                record.process.pid,
+                record.test.as_deref().unwrap_or("-")
+            ),
+            fix: "it is removed when that process ends; `mkh reap` removes it if the process died",
+        });
+    }
+    let remover = Owner {
+        process: crate::owner::this_process(),
+        kind: OwnerKind::Process,
+        ..record
+    };
+    if core.settings.watchdog && !core.lv.is_test_driver() {
+        crate::watchdog::watch_this_process(core.lv.uri(), &core.settings.state_dir);
+    }
+    let objects = inventory::claimed_objects(&core.lv)?;
+    inventory::retag(&core.lv, &objects, &core.name, &remover)?;
+    *lock(&core.owner) = remover;
+    Ok(())
+}
+
 fn finish(core: &EnvCore) -> Result<()> {
+    let _span = tracing::info_span!("teardown", env = %core.name).entered();
+    if core.attached && lock(&core.registration).is_some() {
+        take_over(core)?;
+    }
     let Some(registration) = core.take_registration() else {
         return Ok(());
     };
@@ -885,7 +1110,8 @@ fn with_deadline<T: Send + 'static>(
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if lock(&self.core.registration).is_none() {
+        // An attached environment outlives its handle.
+        if self.core.attached || lock(&self.core.registration).is_none() {
             return;
         }
         if std::thread::panicking() {
@@ -894,15 +1120,16 @@ impl Drop for Env {
                 let deadline = MINIKUBE_LOGS_DEADLINE + Duration::from_secs(5);
                 let collect = move || plan.collect(&dir, None, Some(MINIKUBE_LOGS_DEADLINE));
                 if with_deadline("artifacts", deadline, collect).is_none() {
-                    eprintln!("mkh: collecting artifacts took over {deadline:?}; going on");
+                    tracing::warn!("collecting artifacts took over {deadline:?}; going on");
                 }
-                eprintln!("mkh: failed; what explains it is in {}", shown.display());
+                tracing::error!(env = %self.core.name, "failed; what explains it is in {}", shown.display());
             }
             if self.core.settings.keep_failed {
                 match hand_over(&self.core, &self.machines) {
-                    Ok(d) => print_kept(&d),
-                    Err(e) => eprintln!(
-                        "mkh: MKH_KEEP=1 but {} could not be handed over: {e}",
+                    Ok(d) => tracing::warn!(env = %d.name, "{}", kept_message(&d)),
+                    Err(e) => tracing::error!(
+                        env = %self.core.name,
+                        "MKH_KEEP=1 but {} could not be handed over: {e}",
                         self.core.name
                     ),
                 }
@@ -920,33 +1147,34 @@ impl Drop for Env {
                 })
             });
         if let Err(e) = outcome {
-            eprintln!("mkh: {e}");
+            tracing::error!(env = %self.core.name, "{e}");
         }
     }
 }
 
 /// How to reach and remove an environment that `MKH_KEEP=1` kept.
-fn print_kept(d: &EnvDescription) {
-    eprintln!(
-        "mkh: MKH_KEEP=1: environment {} is kept (now CLI-owned)",
+fn kept_message(d: &EnvDescription) -> String {
+    let mut lines = vec![format!(
+        "MKH_KEEP=1: environment {} is kept (now CLI-owned)",
         d.name
-    );
+    )];
     if let (Some(ips), Some(ssh)) = (&d.ips, &d.ssh) {
-        eprintln!("mkh:   nat {}  private {}", ips.nat, ips.private);
-        eprintln!(
-            "mkh:   ssh -i {} {}@{}",
+        lines.push(format!("  nat {}  private {}", ips.nat, ips.private));
+        lines.push(format!(
+            "  ssh -i {} {}@{}",
             ssh.key.display(),
             ssh.user,
             ips.private
-        );
+        ));
     }
     if let (Some(k), Some(c)) = (&d.kubeconfig, &d.context) {
-        eprintln!(
-            "mkh:   KUBECONFIG={} kubectl --context {c} get ns",
+        lines.push(format!(
+            "  KUBECONFIG={} kubectl --context {c} get ns",
             k.display()
-        );
+        ));
     }
-    eprintln!("mkh:   remove it with: mkh down {}", d.name);
+    lines.push(format!("  remove it with: mkh down {}", d.name));
+    lines.join("\n")
 }
 
 #[cfg(test)]

@@ -60,30 +60,6 @@ pub enum Error {
         problem: String,
     },
 
-    #[error("the Kubernetes API server of {env} refused to {action}: {source}")]
-    KubeRequest {
-        env: String,
-        action: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-
-    #[error("{}:{line}:{column}: {problem}", .file.display())]
-    BadScenario {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        problem: String,
-    },
-
-    #[error("`{command}` failed on {machine} (exit status {status}): {stderr}")]
-    GuestCommand {
-        machine: String,
-        command: String,
-        status: i32,
-        stderr: String,
-    },
-
     #[error("libvirt returned XML that mkh cannot read ({object}): {problem}")]
     BadXml { object: String, problem: String },
 

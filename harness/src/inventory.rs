@@ -6,15 +6,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::libvirt::Libvirt;
-use crate::machine::{Machine, MachineFiles};
-use crate::minikube::MinikubeCluster;
 use crate::net::NetworkFacts;
 use crate::owner::{Owner, OwnerKind};
-use crate::teardown::Teardown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +30,7 @@ pub enum ObjectKind {
 
 impl ObjectKind {
     /// `domain`, `network`, `home` or `volume`, as the JSON reports say it.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Domain => "domain",
@@ -196,78 +194,6 @@ pub struct EnvSummary {
     pub domains: Vec<String>,
     /// Its networks in libvirt, with their subnets.
     pub networks: Vec<EnvNetwork>,
-}
-
-impl EnvSummary {
-    /// Its networks' names.
-    pub fn network_names(&self) -> Vec<String> {
-        self.networks.iter().map(|n| n.name.clone()).collect()
-    }
-
-    /// The minikube cluster of a minikube-backed environment on libvirt `uri`, from its owner
-    /// record.
-    pub fn minikube_cluster(&self, uri: &str) -> Option<MinikubeCluster> {
-        let (home, profile, binary) = (
-            self.home.as_ref()?,
-            self.profile.as_ref()?,
-            self.minikube.as_ref()?,
-        );
-        Some(MinikubeCluster::at(
-            Path::new(home),
-            profile,
-            binary.into(),
-            uri,
-        ))
-    }
-
-    /// Everything that removes this environment: `minikube delete` first where minikube made
-    /// it (with the binary that made it), then its domains, networks and home.
-    pub fn teardown(&self, uri: &str) -> Teardown {
-        Teardown {
-            uri: uri.to_owned(),
-            env: self.name.clone(),
-            commands: self
-                .minikube_cluster(uri)
-                .map(|c| c.delete_command())
-                .into_iter()
-                .collect(),
-            domains: self.domains.clone(),
-            networks: self.network_names(),
-            dirs: self.home.iter().map(PathBuf::from).collect(),
-            ..Teardown::default()
-        }
-    }
-
-    /// A handle on the environment's first machine: the one named after it (minikube's
-    /// primary control plane), else the first one libvirt lists.
-    pub fn machine(&self, lv: &std::sync::Arc<Libvirt>, timeout_scale: f64) -> Result<Machine> {
-        let primary = self
-            .domains
-            .iter()
-            .find(|d| **d == self.name)
-            .or(self.domains.first());
-        let (Some(domain), Some(home)) = (primary, self.home.as_ref()) else {
-            return Err(Error::InvalidInput {
-                what: "environment",
-                value: self.name.clone(),
-                problem: "it has no machine".into(),
-                fix: "bring one up with `mkh up`",
-            });
-        };
-        let home = Path::new(home);
-        let files = match self.minikube_cluster(lv.uri()) {
-            Some(c) => c.machine_files(home, domain),
-            None => MachineFiles::builtin(lv, home, domain),
-        };
-        let network = |suffix: &str| {
-            self.network_names()
-                .into_iter()
-                .find(|n| n.ends_with(suffix))
-                .unwrap_or_default()
-        };
-        let networks = crate::net::NetworkPair::named(&network("-nat"), &network("-priv"));
-        Machine::attach(lv, domain, &networks, files, timeout_scale)
-    }
 }
 
 pub fn environments(objects: &[ClaimedObject]) -> Vec<EnvSummary> {

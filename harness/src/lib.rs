@@ -17,17 +17,27 @@
 //! ```
 //!
 //! Every call that waits is `async` and never blocks the runtime thread; [`blocking`] has the
-//! same calls for code without a runtime. [`admin`] holds the `mkh` command's verbs.
+//! same calls for code without a runtime.
+//!
+//! mkh reports what it does through `tracing`: the phases of long work as INFO events of target
+//! [`PROGRESS_TARGET`], problems as warnings. It prints nothing itself.
+//!
+//! Features: `kube` ([`Env::kube_client`]; k8s-openapi's Kubernetes version is the final crate's
+//! choice) and `admin` (the `mkh` command's verbs over every environment of a host; test code
+//! does not need it).
 //! `ARCHITECTURE.md` at the repository root maps the modules.
 #![warn(missing_docs)]
 
+#[cfg(feature = "admin")]
 pub mod admin;
 mod artifacts;
 mod backend;
+#[cfg(feature = "admin")]
 mod bench;
 pub mod blocking;
 mod config;
 mod description;
+#[cfg(feature = "admin")]
 mod doctor;
 mod env;
 mod error;
@@ -46,7 +56,6 @@ mod progress;
 mod real_vm_tests;
 mod reaper;
 mod remote;
-pub mod scenario;
 mod settings;
 mod ssh;
 mod teardown;
@@ -61,6 +70,8 @@ pub use error::{Error, NoLease, Result, SshCause};
 pub use ipnet;
 pub use machine::{Accel, Ips, Machine, MachineOptions, NetworkRole};
 pub use minikube::MinikubeOptions;
-pub use net::{NetworkInfo, NetworkKind, NetworkPair, SubnetPool};
+pub use net::spec::{MAX_LEASE as MAX_DHCP_LEASE, MIN_LEASE as MIN_DHCP_LEASE};
+pub use net::{DhcpLease, NetworkInfo, NetworkKind, NetworkPair, SubnetPool};
+pub use progress::PROGRESS_TARGET;
 pub use settings::{BackendKind, Settings};
 pub use ssh::{ExecOutput, SshSession};

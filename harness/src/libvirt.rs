@@ -146,6 +146,7 @@ impl Libvirt {
     }
 
     /// Destroys (if active) and undefines a network. Gone already is not an error.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
     pub fn remove_network(&self, name: &str) -> Result<Removal> {
         self.remove_network_if(name, |_| true)
     }
@@ -211,6 +212,7 @@ impl Libvirt {
     }
 
     /// Destroys (if running) and undefines a domain. Gone already is not an error.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
     pub fn remove_domain(&self, name: &str) -> Result<Removal> {
         self.remove_domain_if(name, |_| true)
     }

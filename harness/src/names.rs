@@ -27,6 +27,19 @@ impl EnvId {
         EnvId(format!("{first}{rest}"))
     }
 
+    /// The id in a network name mkh made (`mkh-<id>-nat`, `mkh-<id>-priv`).
+    pub fn of_network(name: &str) -> Option<EnvId> {
+        let rest = name.strip_prefix("mkh-")?;
+        let id = rest
+            .strip_suffix("-nat")
+            .or_else(|| rest.strip_suffix("-priv"))?;
+        (id.len() == 6
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .then(|| EnvId(id.to_owned()))
+    }
+
     /// `mkh-<id>`: the default environment name and the prefix of every object name.
     pub fn env_name(&self) -> String {
         format!("mkh-{}", self.0)

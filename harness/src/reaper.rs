@@ -18,6 +18,7 @@ use crate::owner::{process_start_time, HostIdentity, Liveness, Owner, OwnerKind,
 
 /// What a sweep may remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // `mkh reap --all`.
 pub enum ReapScope {
     /// Objects of dead process owners.
     DeadOwners,
@@ -27,6 +28,7 @@ pub enum ReapScope {
 
 /// Which owners' objects a sweep looks at (the verdict still decides).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // `mkh reap --run`.
 pub enum Which<'a> {
     /// Every owner's.
     All,
@@ -293,6 +295,7 @@ fn kill_process(pid: i32) {
 }
 
 /// What a sweep over `objects` would remove, with why, removing nothing (`mkh doctor`).
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
 pub(crate) fn would_reap<'a>(
     objects: &'a [ClaimedObject],
     scope: ReapScope,

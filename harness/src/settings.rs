@@ -243,6 +243,18 @@ fn uid() -> u32 {
 }
 
 impl Settings {
+    /// Whether the libvirt URI names this host's libvirt (`qemu:///system`, `qemu:///session`,
+    /// `test:///`), not one reached over the network.
+    pub fn libvirt_is_local(&self) -> bool {
+        crate::libvirt::uri_is_local(&self.libvirt_uri)
+    }
+
+    /// The minikube binary these settings name (`MKH_MINIKUBE`, else `minikube` on PATH),
+    /// checked to exist and be executable.
+    pub fn minikube_binary(&self) -> Result<PathBuf> {
+        crate::minikube::find_binary(self.minikube.as_deref())
+    }
+
     /// The settings this process uses: loaded at first use ([`Settings::load`]), then kept.
     /// Bad settings are not kept: every call reports them, naming the file or variable.
     pub fn current() -> Result<Settings> {

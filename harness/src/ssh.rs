@@ -262,6 +262,7 @@ fn recorded_key(text: &str, machine: &str) -> Option<String> {
 
 /// The recorded host key of `machine` as an OpenSSH known_hosts line for `ip`, so that OpenSSH
 /// can be pinned to the key mkh checked.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
 pub(crate) fn openssh_known_hosts_line(
     known_hosts: &Path,
     machine: &str,
@@ -451,6 +452,7 @@ impl SshSession {
         self.target.ip
     }
 
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
     pub(crate) fn target(&self) -> &SshTarget {
         &self.target
     }

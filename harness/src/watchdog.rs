@@ -205,7 +205,7 @@ fn become_the_watchdog_if_asked() {
     let parent_is_owner = serde_json::from_str::<ProcessIdentity>(&owner)
         .is_ok_and(|o| o.pid == nix::unistd::getppid().as_raw() as u32);
     if !(stdin_is_pipe && parent_is_owner) {
-        eprintln!("mkh: {OWNER_VAR} is set, but this process is no watchdog: ignored");
+        tracing::warn!("{OWNER_VAR} is set, but this process is no watchdog: ignored");
         return;
     }
     let code = match watch(&owner) {
@@ -313,6 +313,7 @@ fn left_by(lv: &Libvirt, plan: &ArtifactPlan, owner: &ProcessIdentity) -> bool {
     })
 }
 
+/// A line of the watchdog's own log: its stderr is a file (see `watch_this_process`).
 fn log(line: &str) {
     eprintln!("{} mkh watchdog: {line}", crate::owner::now_unix());
 }

@@ -14,11 +14,11 @@ pub fn mkh_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "mkh", "--bin", "mkh"])
+            .args(["build", "--quiet", "-p", "mkh-cli", "--bin", "mkh"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "cargo build -p mkh failed");
+        assert!(status.success(), "cargo build -p mkh-cli failed");
         // <target>/debug/deps/<test-exe> -> <target>/debug/mkh
         let exe = std::env::current_exe().expect("test executable path");
         let profile_dir = exe
@@ -34,6 +34,68 @@ pub fn mkh_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// The workspace's root directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the workspace")
+        .to_owned()
+}
+
+/// A crate of a user's, outside the workspace: `dependencies` is its manifest's
+/// `[dependencies]` table (`{root}` stands for the workspace's path), `tests` its files under
+/// `tests/`. `cargo test ARGS` runs in it, offline, with the workspace's lock file (the same
+/// versions) and target directory (what is built already is reused); returns whether it
+/// passed, and its output.
+pub fn test_outside_crate(
+    dependencies: &str,
+    tests: &[(String, String)],
+    args: &[&str],
+) -> (bool, String) {
+    let root = workspace();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let krate = dir.path().join("user-crate");
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    std::fs::create_dir_all(krate.join("tests")).unwrap();
+    let manifest = format!(
+        "[package]\nname = \"user-crate\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\n{}",
+        dependencies.replace("{root}", &root.display().to_string())
+    );
+    std::fs::write(krate.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(krate.join("src/lib.rs"), "").unwrap();
+    std::fs::copy(root.join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+    for (name, text) in tests {
+        std::fs::write(krate.join("tests").join(name), text).unwrap();
+    }
+    // <target>/debug/deps/<test-exe>
+    let target = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_owned();
+    let mut test = vec!["test", "--offline", "--quiet"];
+    test.extend_from_slice(args);
+    cargo(&test, &krate, &[("CARGO_TARGET_DIR", target.as_os_str())])
+}
+
+/// Runs `cargo ARGS` in `dir` with `envs` set; returns whether it succeeded, and its stdout and
+/// stderr.
+pub fn cargo(args: &[&str], dir: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(dir)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("cargo runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Runs `mkh ARGS`, returning (exit code, stdout, stderr).

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use mkh::scenario::Scenario;
+use mkh_scenario::Scenario;
 use mkh_tests::*;
 use rstest::rstest;
 

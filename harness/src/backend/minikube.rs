@@ -10,7 +10,7 @@ use crate::description::EnvDescription;
 use crate::env::{wait_ready_timed, EnvCore, Timings};
 use crate::error::{Error, Result};
 use crate::libvirt::{DomainState, Libvirt};
-use crate::machine::{Accel, Ips, Machine};
+use crate::machine::{Accel, Ips, Machine, MachineFiles};
 use crate::minikube::cache;
 use crate::minikube::contract::{self, Host, Request, Version};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
@@ -21,8 +21,12 @@ use crate::settings::Settings;
 pub(super) struct MinikubeBackend {
     cluster: MinikubeCluster,
     options: MinikubeOptions,
-    version: Version,
+    /// `None` for an attached cluster whose binary no longer answers `minikube version`.
+    version: Option<Version>,
     nodes: u32,
+    /// Whether what `minikube start` would refuse was checked (at creation); an attached
+    /// cluster is checked before it is started.
+    checked: bool,
 }
 
 impl MinikubeBackend {
@@ -68,9 +72,46 @@ impl MinikubeBackend {
         Ok(MinikubeBackend {
             cluster,
             options: options.clone(),
+            version: Some(version),
+            nodes,
+            checked: true,
+        })
+    }
+
+    /// The cluster of an existing environment (see `backend::for_record`): its later starts
+    /// pass the settings' `minikube_args`, as `mkh up` did.
+    pub fn attached(cluster: MinikubeCluster, nodes: u32, settings: &Settings) -> MinikubeBackend {
+        let version = cluster.version().ok();
+        MinikubeBackend {
+            cluster,
+            options: MinikubeOptions {
+                nodes: Some(nodes),
+                extra_args: settings.minikube_args.clone(),
+                ..MinikubeOptions::default()
+            },
             version,
             nodes,
-        })
+            checked: false,
+        }
+    }
+
+    /// What `minikube start` would refuse, refused first: the flags mkh keeps for itself and
+    /// the rules of the binary's version (root without `--force`, ...).
+    fn check_start(&self) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        check_extra_args(&self.options.extra_args)?;
+        contract::check(
+            &Request {
+                version: self.cluster.version()?,
+                memory_mib: None,
+                cpus: None,
+                extra_args: &self.options.extra_args,
+                binary: &self.cluster.binary,
+            },
+            &Host::current(),
+        )
     }
 
     fn node_machines(&self) -> Vec<String> {
@@ -113,6 +154,7 @@ impl MinikubeBackend {
         let all_tagged = || untagged.lock().map_or(true, |l| l.is_empty());
         let done = std::sync::atomic::AtomicBool::new(false);
         let mut group = None;
+        let mut signal_guard = None;
         let result = std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !done.load(std::sync::atomic::Ordering::SeqCst) && !all_tagged() {
@@ -124,7 +166,7 @@ impl MinikubeBackend {
             });
             let result = cluster.run(&args, deadline, &mut |g| {
                 group = Some(g);
-                let _ = env.registered(|r| r.add_kill_group(g));
+                signal_guard = env.kill_on_signal(g);
             });
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             result
@@ -132,6 +174,7 @@ impl MinikubeBackend {
         if let Some(g) = group {
             let _ = env.registered(|r| r.forget_kill_group(g));
         }
+        drop(signal_guard);
         if let Err(e) = result {
             // A failed new host is deleted and made again by minikube (`startHostInternal`,
             // `pkg/minikube/node/start.go`), its private network with it: say so first.
@@ -257,12 +300,16 @@ impl super::ClusterBackend for MinikubeBackend {
             .cache_dir
             .clone()
             .unwrap_or_else(|| env.settings.cache_dir.join("minikube"));
-        cluster.prepare(&shared_cache, self.version)?;
+        let version = match self.version {
+            Some(v) => v,
+            None => cluster.version()?,
+        };
+        cluster.prepare(&shared_cache, version)?;
         // From here on, whatever happens, teardown starts with `minikube delete`.
         env.registered(|r| r.add_command(cluster.delete_command()))?;
         let started = Instant::now();
         let result = {
-            let key = cache::download_key(self.version, &self.options.extra_args);
+            let key = cache::download_key(version, &self.options.extra_args);
             let deadline = env.timeouts().minikube_start();
             let _first_download = cache::first_start_lock(&shared_cache, &key, deadline)?;
             let result = self.run_start(env);
@@ -294,6 +341,7 @@ impl super::ClusterBackend for MinikubeBackend {
     }
 
     fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips> {
+        self.check_start()?;
         forget_boot_host_keys(machines)?;
         self.run_start(env)?;
         let Some((primary, others)) = machines.split_first() else {
@@ -308,6 +356,10 @@ impl super::ClusterBackend for MinikubeBackend {
             node.wait_ready_now()?;
         }
         primary.wait_ready_now()
+    }
+
+    fn machine_files(&self, env: &EnvCore, domain: &str) -> MachineFiles {
+        self.cluster.machine_files(&env.home, domain)
     }
 
     /// kvm2's serial console is a pty without a log file.
@@ -325,6 +377,6 @@ impl super::ClusterBackend for MinikubeBackend {
         d.minikube_home = Some(c.minikube_home.clone());
         d.kubeconfig = Some(c.kubeconfig.clone());
         d.context = Some(c.context().to_owned());
-        d.minikube_version = Some(self.version.to_string());
+        d.minikube_version = self.version.map(|v| v.to_string());
     }
 }

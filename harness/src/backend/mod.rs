@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::description::EnvDescription;
 use crate::env::{EnvCore, Timings};
-use crate::error::Result;
-use crate::machine::{Ips, Machine, MachineOptions};
+use crate::error::{Error, Result};
+use crate::machine::{Ips, Machine, MachineFiles, MachineOptions};
 use crate::minikube::{MinikubeCluster, MinikubeOptions};
+use crate::owner::Owner;
 
 /// What runs on an environment's networks.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -41,11 +42,51 @@ pub(crate) trait ClusterBackend: Send + Sync + std::fmt::Debug {
     /// SSH answers on both networks.
     fn bring_up(&self, env: &EnvCore, timings: &mut Timings) -> Result<Vec<Machine>>;
 
+    /// Boots one more machine on the environment's networks (not named in `existing`) and waits
+    /// until SSH answers on both.
+    fn add_machine(
+        &self,
+        env: &EnvCore,
+        _options: &MachineOptions,
+        _existing: &[String],
+        _timings: &mut Timings,
+    ) -> Result<Machine> {
+        Err(self.only_builtin(env, "add a machine"))
+    }
+
+    /// Boots a machine anew under its old name (its domain is gone): new MACs, the same name
+    /// and hostname, as minikube recreates a VM whose domain went missing.
+    fn recreate_machine(
+        &self,
+        env: &EnvCore,
+        _options: &MachineOptions,
+        _others: &[String],
+        _wait_ready: bool,
+    ) -> Result<Machine> {
+        Err(self.only_builtin(env, "recreate a machine"))
+    }
+
+    /// What the built-in guest alone can do.
+    fn only_builtin(&self, env: &EnvCore, what: &str) -> Error {
+        Error::InvalidInput {
+            what: "environment",
+            value: env.name.clone(),
+            problem: format!(
+                "mkh can {what} only with the built-in guest, and it runs {}",
+                self.name()
+            ),
+            fix: "use an environment of the built-in guest for this",
+        }
+    }
+
     /// Stops the cluster.
     fn stop(&self, env: &EnvCore, machines: &[Machine]) -> Result<()>;
 
     /// Starts a stopped cluster and waits until SSH answers on both networks.
     fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips>;
+
+    /// The keys, known hosts and console log of one of its machines.
+    fn machine_files(&self, env: &EnvCore, domain: &str) -> MachineFiles;
 
     /// Where a domain of this backend logs its console, if it does.
     fn console_log(&self, env: &EnvCore, domain: &str) -> Option<PathBuf>;
@@ -89,4 +130,24 @@ pub(crate) fn for_options(
             Box::new(minikube::MinikubeBackend::new(o, settings, home, profile)?)
         }
     })
+}
+
+/// The backend of an existing environment, from its owner record: minikube's where the record
+/// names a profile and the binary that made it, else the built-in guest. Nothing is checked
+/// here: removing an environment must work when its minikube is gone; starting it checks what
+/// `minikube start` would refuse.
+pub(crate) fn for_record(
+    owner: &Owner,
+    settings: &crate::Settings,
+    home: &Path,
+    nodes: u32,
+) -> Box<dyn ClusterBackend> {
+    match (&owner.profile, &owner.minikube) {
+        (Some(profile), Some(binary)) => Box::new(minikube::MinikubeBackend::attached(
+            MinikubeCluster::at(home, profile, PathBuf::from(binary), &settings.libvirt_uri),
+            nodes,
+            settings,
+        )),
+        _ => Box::new(builtin::BuiltinGuest { options: None }),
+    }
 }

@@ -216,6 +216,7 @@ impl Machine {
         name: &str,
         on_define: &mut dyn FnMut(&str),
     ) -> Result<Machine> {
+        let _span = tracing::info_span!("boot", machine = name).entered();
         let image = image::find_or_build(ctx.cache_dir)?;
         crate::progress::phase(format!("booting {name} ({})", ctx.accel.as_str()));
         let key = existing_or_new_key(&key_path(ctx.home), "mkh")?;
@@ -393,6 +394,13 @@ impl Machine {
         off_thread(move || m.ip_now(role)).await
     }
 
+    /// Its IP on `role`'s network as [`Machine::ip`] finds it, waiting at most `deadline` for a
+    /// lease (an error naming the leases seen after that).
+    pub async fn ip_within(&self, role: NetworkRole, deadline: Duration) -> Result<Ipv4Addr> {
+        let m = self.clone();
+        off_thread(move || m.ip_within_now(role, deadline)).await
+    }
+
     /// Both addresses (see [`Machine::ip`]).
     pub async fn ips(&self) -> Result<Ips> {
         let m = self.clone();
@@ -448,11 +456,11 @@ impl Machine {
     }
 
     pub(crate) fn ip_now(&self, role: NetworkRole) -> Result<Ipv4Addr> {
-        self.ip_within(role, self.timeouts.lease())
+        self.ip_within_now(role, self.timeouts.lease())
     }
 
     /// [`Machine::ip_now`], waiting at most `deadline` for a lease.
-    pub(crate) fn ip_within(&self, role: NetworkRole, deadline: Duration) -> Result<Ipv4Addr> {
+    pub(crate) fn ip_within_now(&self, role: NetworkRole, deadline: Duration) -> Result<Ipv4Addr> {
         self.require_running()?;
         let nic = self.nic(role);
         let mut seen = Vec::new();
@@ -566,6 +574,7 @@ impl Machine {
 
     /// Writes an OpenSSH known_hosts file holding the host key mkh recorded for this machine,
     /// for handing a session over to the `ssh` command.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
     pub(crate) fn pin_host_key_for_openssh(&self, target: &SshTarget) -> Result<PathBuf> {
         let line =
             ssh::openssh_known_hosts_line(&target.known_hosts, &target.host_key_label, target.ip)?;

@@ -189,6 +189,7 @@ fn remove_image_volumes(lv: &Libvirt, digest: &str) -> Result<()> {
 
 /// The guest images in the pool whose manifest reads (none when it does not exist); an upload
 /// under way or cut short has none yet.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
 pub(crate) fn cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
     let mut out = Vec::new();
     for v in lv.volumes(POOL)? {
@@ -205,6 +206,7 @@ pub(crate) fn cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
 /// Removes every guest image from the pool, uploads cut short included; returns those whose
 /// manifest read. Machines defined on them do not start again until an environment uploads
 /// the image anew.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
 pub(crate) fn remove_cached_images(lv: &Libvirt) -> Result<Vec<CachedImage>> {
     let images = cached_images(lv)?;
     // The manifests first: without one, the rest is never taken for a cached image.

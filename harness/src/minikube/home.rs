@@ -1,7 +1,9 @@
 //! minikube's files as the kvm2 driver leaves them: where they live under MINIKUBE_HOME, and
 //! typed readers for the two config files mkh needs. The readers keep the field names minikube
 //! writes (PascalCase), default every field they do not find and ignore the ones they do not
-//! know, so that files of other minikube versions still read.
+//! know, so that files of other minikube versions still read. Only their tests read the config
+//! files yet.
+#![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ use crate::net::NetworkPair;
 use crate::teardown::TeardownCommand;
 pub use contract::check_extra_args;
 use contract::Version;
-pub use home::{MachineConfig, MinikubeFiles, ProfileConfig};
+pub use home::MinikubeFiles;
 
 /// How long `minikube delete` may take in a teardown: it must fit nextest's grace period (30 s)
 /// with room for mkh's own removals after it.
@@ -48,6 +48,15 @@ pub struct MinikubeOptions {
     pub nodes: Option<u32>,
     /// The shared minikube cache (ISO, preload); default `<MKH_CACHE_DIR>/minikube`.
     pub cache_dir: Option<PathBuf>,
+}
+
+impl MinikubeOptions {
+    /// Refuses `minikube start` arguments that would break isolation or that mkh sets itself
+    /// (`-p`, `--driver`, `--network`, `--memory`, ...), and a `--force` minikube could not read:
+    /// the check [`crate::EnvBuilder::up`] makes of [`MinikubeOptions::extra_args`].
+    pub fn check_extra_args(args: &[String]) -> Result<()> {
+        check_extra_args(args)
+    }
 }
 
 /// Finds the minikube binary: the explicit path (the options', else `MKH_MINIKUBE` from the
@@ -281,14 +290,6 @@ impl MinikubeCluster {
             log: self.log.clone(),
             deadline,
         }
-    }
-
-    pub fn machine_config(&self) -> Result<MachineConfig> {
-        MachineConfig::read(&self.files().machine_config(&self.profile))
-    }
-
-    pub fn profile_config(&self) -> Result<ProfileConfig> {
-        ProfileConfig::read(&self.files().profile_config(&self.profile))
     }
 
     /// Where machine `machine`'s key is (the recorded host keys stay in `home`). Its console

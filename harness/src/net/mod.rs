@@ -37,6 +37,31 @@ pub struct NetworkInfo {
     pub gateway: std::net::Ipv4Addr,
 }
 
+/// A DHCP lease a network's dnsmasq handed out, as libvirt lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpLease {
+    /// The client's MAC address, lower case.
+    pub mac: String,
+    /// The address leased.
+    pub ip: std::net::Ipv4Addr,
+    /// The host name the client sent, if any.
+    pub hostname: Option<String>,
+    /// When the lease expires, in seconds since the Unix epoch.
+    pub expiry: i64,
+}
+
+impl DhcpLease {
+    /// An IPv4 lease; `None` for another kind.
+    pub(crate) fn from_libvirt(lease: crate::libvirt::Lease) -> Option<DhcpLease> {
+        Some(DhcpLease {
+            mac: lease.mac.to_ascii_lowercase(),
+            ip: lease.ip.parse().ok()?,
+            hostname: lease.hostname,
+            expiry: lease.expiry,
+        })
+    }
+}
+
 /// An environment's two networks, like minikube's `default` and `mk-<profile>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkPair {
@@ -47,7 +72,7 @@ pub struct NetworkPair {
 }
 
 impl NetworkPair {
-    /// A pair known only by name (an environment read back from libvirt).
+    /// A pair known only by name (an incomplete environment read back from libvirt).
     pub(crate) fn named(nat: &str, private: &str) -> NetworkPair {
         let info = |name: &str, kind| NetworkInfo {
             name: name.into(),
@@ -60,6 +85,43 @@ impl NetworkPair {
             nat: info(nat, NetworkKind::Nat),
             private: info(private, NetworkKind::Isolated),
         }
+    }
+
+    /// The pair of an environment read back from libvirt, from its networks' XML (`nat` and
+    /// `private`: their names).
+    pub(crate) fn read(
+        lv: &crate::libvirt::Libvirt,
+        nat: &str,
+        private: &str,
+    ) -> crate::Result<NetworkPair> {
+        let all = lv.networks()?;
+        let info = |name: &str, kind| -> crate::Result<NetworkInfo> {
+            let found =
+                all.iter()
+                    .find(|n| n.name == name)
+                    .ok_or_else(|| crate::Error::InvalidInput {
+                        what: "network",
+                        value: name.to_owned(),
+                        problem: "libvirt no longer has it".into(),
+                        fix: "remove the rest of the environment with `mkh down NAME`",
+                    })?;
+            let facts =
+                NetworkFacts::from_xml(&found.xml).map_err(|problem| crate::Error::BadXml {
+                    object: format!("network {name}"),
+                    problem,
+                })?;
+            Ok(NetworkInfo {
+                name: name.to_owned(),
+                kind,
+                subnet: facts.subnets.first().copied().unwrap_or_default(),
+                bridge: facts.bridge.unwrap_or_default(),
+                gateway: facts.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            })
+        };
+        Ok(NetworkPair {
+            nat: info(nat, NetworkKind::Nat)?,
+            private: info(private, NetworkKind::Isolated)?,
+        })
     }
 
     /// The network of `role`.
@@ -162,6 +224,7 @@ pub(crate) fn create_pair(
 
 /// Creates one network under the allocator lock, as an environment's are made (`mkh doctor`
 /// makes one this way to show that it can).
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // The `mkh` command's.
 pub(crate) fn create_one(
     lv: &Libvirt,
     name: &str,

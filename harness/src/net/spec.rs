@@ -165,6 +165,8 @@ pub struct NetworkFacts {
     pub bridge: Option<String>,
     /// Every IPv4 subnet the network claims (`<ip address=... prefix|netmask=...>`).
     pub subnets: Vec<Ipv4Net>,
+    /// The host's address on its first IPv4 subnet.
+    pub gateway: Option<Ipv4Addr>,
     pub owner: Option<Owner>,
 }
 
@@ -181,6 +183,7 @@ impl NetworkFacts {
             .find(|e| e.is_at(&["network", "bridge"]))
             .and_then(|e| e.attr("name").map(str::to_owned));
         let mut subnets = Vec::new();
+        let mut gateway = None;
         for ip in els.iter().filter(|e| e.is_at(&["network", "ip"])) {
             let family = ip.attr("family").unwrap_or("ipv4");
             let Some(address) = ip.attr("address") else {
@@ -207,12 +210,14 @@ impl NetworkFacts {
                 },
             };
             let net = Ipv4Net::new(address, prefix).map_err(|e| e.to_string())?;
+            gateway.get_or_insert(address);
             subnets.push(net.trunc());
         }
         Ok(NetworkFacts {
             name,
             bridge,
             subnets,
+            gateway,
             owner: Owner::from_object_xml(xml),
         })
     }

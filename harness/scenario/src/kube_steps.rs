@@ -3,10 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-use crate::env::Env;
-use crate::error::{Error, Result};
+use mkh::blocking::Env;
 
-use super::format::{Apply, ClusterIp};
+use crate::error::{Error, Result};
+use crate::format::{Apply, ClusterIp};
 
 #[cfg(feature = "kube")]
 fn block_on<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -43,7 +43,7 @@ pub(super) fn apply(env: &Env, a: &Apply) -> Result<String> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind));
     block_on(async {
-        let client = env.kube_client().await?;
+        let client = env.as_async().kube_client().await?;
         let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
         api.patch(
             &name,
@@ -63,7 +63,7 @@ pub(super) fn cluster_ip(env: &Env, c: &ClusterIp) -> Result<Option<Ipv4Addr>> {
     use kube::core::{ApiResource, GroupVersionKind};
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Service"));
     block_on(async {
-        let client = env.kube_client().await?;
+        let client = env.as_async().kube_client().await?;
         let api: Api<DynamicObject> = Api::namespaced_with(client, &c.namespace, &resource);
         let service = api
             .get_opt(c.service.get_ref())
@@ -75,12 +75,12 @@ pub(super) fn cluster_ip(env: &Env, c: &ClusterIp) -> Result<Option<Ipv4Addr>> {
 
 #[cfg(not(feature = "kube"))]
 fn unsupported() -> Error {
-    Error::InvalidInput {
+    Error::Mkh(mkh::Error::InvalidInput {
         what: "scenario step",
         value: "apply / expect-cluster-ip".into(),
-        problem: "this mkh was built without its `kube` feature".into(),
-        fix: "build mkh with `--features kube` (the test suite's scenarios use it)",
-    }
+        problem: "this mkh-scenario was built without its `kube` feature".into(),
+        fix: "build mkh-scenario with its `kube` feature (the `mkh` command has it)",
+    })
 }
 
 #[cfg(not(feature = "kube"))]

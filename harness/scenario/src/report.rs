@@ -5,7 +5,7 @@ use std::io::Write;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
 
-use super::run::{outcome_word, Outcome, ScenarioReport};
+use crate::run::{outcome_word, Outcome, ScenarioReport};
 
 /// One line per scenario: outcome, seconds, steps passed, file, and what failed.
 pub fn table(reports: &[ScenarioReport]) -> String {

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+mod progress;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 use mkh::admin::{self, OwnerKind, ReapScope};
@@ -133,7 +135,7 @@ enum Command {
     /// Time environments with the guest, phase by phase, cold and warm, beside a plain
     /// virsh+ssh script; then several at once.
     #[command(
-        after_help = "Examples:\n  cargo run --release -p mkh -- bench --runs 5\n  mkh bench --runs 3 --parallel 1,2 --json | jq '{mkh_ready_s, warm_ready_s, ratio}'"
+        after_help = "Examples:\n  cargo run --release -p mkh-cli -- bench --runs 5\n  mkh bench --runs 3 --parallel 1,2 --json | jq '{mkh_ready_s, warm_ready_s, ratio}'"
     )]
     Bench {
         /// Runs of each of mkh cold, mkh warm and the script.
@@ -260,16 +262,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     // The benchmark prints its own lines and must not be slowed by a view.
-    admin::show_progress(
+    progress::show(
         if cli.quiet || matches!(cli.command, Command::Bench { .. }) {
-            admin::ProgressMode::Quiet
+            progress::ProgressMode::Quiet
         } else {
-            admin::ProgressMode::Auto
+            progress::ProgressMode::Auto
         },
     );
     let env_name = cli.command.env_name().map(str::to_owned);
     let result = run(cli);
-    admin::finish_progress();
+    progress::finish();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -316,12 +318,22 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| admin::LogWriter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // Progress events are the view's, whatever the log filter says.
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(|| progress::LogWriter)
         .with_ansi(colour)
         .without_time()
         .with_target(false)
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.target() != mkh::PROGRESS_TARGET
+        }));
+    tracing_subscriber::registry()
+        .with(log)
+        .with(progress::ProgressLayer)
         .init();
 }
 
@@ -438,18 +450,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions { .. } => unreachable!("answered before the settings"),
         Command::Down { name } => {
             admin::down(&settings, &name)?;
-            admin::finish_progress();
+            progress::finish();
             println!("removed environment {name}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Reap { all, run, json } => reap(&settings, all, run.as_deref(), json),
         Command::Audit { run, json } => audit(&settings, run.as_deref(), json),
-        Command::Scenario(command) => scenario(settings, command, cli.quiet),
+        Command::Scenario(command) => scenario(settings, command),
     }
 }
 
-fn scenario(settings: Settings, command: ScenarioCommand, quiet: bool) -> Result<ExitCode> {
-    use mkh::scenario::{self, report, Progress, RunOptions, Scenario};
+fn scenario(settings: Settings, command: ScenarioCommand) -> Result<ExitCode> {
+    use mkh_scenario::{self as scenario, report, RunOptions, Scenario};
     let (files, run) = match command {
         ScenarioCommand::Check { files } => (files, None),
         ScenarioCommand::Run {
@@ -487,17 +499,12 @@ fn scenario(settings: Settings, command: ScenarioCommand, quiet: bool) -> Result
     let options = RunOptions {
         settings,
         keep_failed: keep,
-        progress: if quiet {
-            Progress::Quiet
-        } else {
-            Progress::Lines
-        },
     };
     let reports: Vec<_> = scenarios
         .iter()
         .map(|s| scenario::run(s, &options))
         .collect();
-    admin::finish_progress();
+    progress::finish();
     if json {
         println!("{}", report::json(&reports));
     } else {
@@ -522,7 +529,7 @@ fn up(settings: Settings, name: Option<String>, backend: Backend, json: bool) ->
         builder = builder.name(name);
     }
     let desc = admin::up_for_cli(builder)?;
-    admin::finish_progress();
+    progress::finish();
     if json {
         println!(
             "{}",
@@ -638,7 +645,7 @@ fn exit_code(status: i32) -> ExitCode {
 
 fn power(settings: &Settings, name: &str, what: admin::Power) -> Result<ExitCode> {
     let result = admin::power(settings, name, what)?;
-    admin::finish_progress();
+    progress::finish();
     match result {
         None => println!("stopped {name}"),
         Some(ips) => println!("started {name}: nat {} private {}", ips.nat, ips.private),
@@ -746,7 +753,12 @@ fn ls(settings: &Settings, json: bool, names: bool) -> Result<ExitCode> {
                 OwnerKind::Cli => "cli",
                 OwnerKind::Process => "process",
             };
-            let objects: Vec<String> = e.domains.iter().cloned().chain(e.network_names()).collect();
+            let objects: Vec<String> = e
+                .domains
+                .iter()
+                .cloned()
+                .chain(e.networks.iter().map(|n| n.name.clone()))
+                .collect();
             println!(
                 "{:<24} {:<8} {:>8}  {}",
                 e.name,

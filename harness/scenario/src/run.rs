@@ -8,7 +8,6 @@
 //! guest's is the one mkh can rely on; each step's report names the mechanism it used.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,21 +15,14 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::format::{BackendChoice, Block, DhcpAction, Impair, Lookup, Reach, Scenario, Step};
-use crate::env::Env;
-use crate::error::{Error, Result};
-use crate::machine::{Machine, MachineOptions, NetworkRole};
-use crate::net::spec::MAX_LEASE;
-use crate::settings::{BackendKind, Settings};
+use mkh::blocking::{Env, Machine};
+use mkh::{
+    BackendKind, MachineOptions, NetworkRole, Settings, MAX_DHCP_LEASE as MAX_LEASE,
+    PROGRESS_TARGET,
+};
 
-/// How a run reports as it goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// A line per step on standard error, with the elapsed time.
-    Lines,
-    /// Nothing.
-    Quiet,
-}
+use crate::error::{Error, Result};
+use crate::format::{BackendChoice, Block, DhcpAction, Impair, Lookup, Reach, Scenario, Step};
 
 /// How to run scenarios.
 #[derive(Debug, Clone)]
@@ -39,8 +31,6 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Leave a failed scenario's environment up, handed to the CLI.
     pub keep_failed: bool,
-    /// Progress lines or none.
-    pub progress: Progress,
 }
 
 /// What became of a scenario.
@@ -112,6 +102,12 @@ impl From<Error> for StepError {
     }
 }
 
+impl From<mkh::Error> for StepError {
+    fn from(e: mkh::Error) -> Self {
+        StepError::Mkh(e.into())
+    }
+}
+
 type StepResult = std::result::Result<Option<String>, StepError>;
 
 /// Runs one scenario.
@@ -128,18 +124,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
         kept: None,
         artifacts: None,
     };
-    let say = |line: String| {
-        if options.progress != Progress::Lines {
-            return;
-        }
-        // Through the program's progress view when it has one (the `mkh` command's).
-        if crate::progress::shown() {
-            crate::progress::line(line);
-        } else {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{:>7.1}s  {line}", started.elapsed().as_secs_f64());
-        }
-    };
+    // For the program's progress view (the `mkh` command's), or its log.
+    let say = |line: String| tracing::info!(target: PROGRESS_TARGET, step = "done", "{line}");
     say(format!(
         "{}: {}",
         scenario.file.display(),
@@ -183,7 +169,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
     for (i, (line, step)) in scenario.steps.iter().enumerate() {
         let step_started = Instant::now();
         let text = summary(step);
-        crate::progress::running(format!("[{:>2}/{total}] {text}", i + 1));
+        running(format!("[{:>2}/{total}] {text}", i + 1));
         let result = run_step(&mut env, step, &mut state);
         let seconds = step_started.elapsed().as_secs_f64();
         let (passed, detail) = match &result {
@@ -225,12 +211,14 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
         }
     }
     if report.outcome != Outcome::Passed {
-        report.artifacts = env.collect_failure_now(report.problem.as_deref().unwrap_or(""));
+        report.artifacts = env.collect_artifacts(report.problem.as_deref().unwrap_or(""));
         if let Some(dir) = &report.artifacts {
             say(format!("what explains it is in {}", dir.display()));
         }
         if options.keep_failed {
-            match env.hand_over_now() {
+            // Handed over or not, the environment is gone from this process's hands: one that
+            // could not be handed over is torn down as its handle drops.
+            match env.hand_over_to_cli() {
                 Ok(d) => {
                     say(format!(
                         "kept {} up: `mkh down {}` removes it",
@@ -240,26 +228,37 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> ScenarioReport {
                 }
                 Err(e) => say(format!("could not keep the environment: {e}")),
             }
+            report.seconds = started.elapsed().as_secs_f64();
+            say_outcome(&report);
+            return report;
         }
     }
-    if report.kept.is_none() {
-        let mut env = env;
-        if let Err(e) = env.teardown_now() {
-            say(format!("teardown: {e}"));
-            if report.outcome == Outcome::Passed {
-                report.outcome = Outcome::Error;
-                report.problem = Some(format!("teardown: {e}"));
-            }
+    if let Err(e) = env.teardown() {
+        say(format!("teardown: {e}"));
+        if report.outcome == Outcome::Passed {
+            report.outcome = Outcome::Error;
+            report.problem = Some(format!("teardown: {e}"));
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
-    say(format!(
+    say_outcome(&report);
+    report
+}
+
+fn say_outcome(report: &ScenarioReport) {
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        step = "done",
         "{}: {} in {:.1} s",
-        scenario.file.display(),
+        report.file.display(),
         outcome_word(&report.outcome),
         report.seconds
-    ));
-    report
+    );
+}
+
+/// Work whose outcome a "done" line will say (a step): a spinner in the `mkh` command's view.
+fn running(text: String) {
+    tracing::info!(target: PROGRESS_TARGET, step = "running", "{text}");
 }
 
 /// `passed`, `FAILED`, `error` or `skipped`.
@@ -284,7 +283,7 @@ fn missing_need(scenario: &Scenario, settings: &Settings) -> Option<String> {
         .any(|(_, s)| matches!(s, Step::Apply(_) | Step::ExpectClusterIp(_)));
     if talks_to_kube && !cfg!(feature = "kube") {
         return Some(
-            "its Kubernetes steps need mkh built with its `kube` feature (the `mkh` command has it unless built with `--no-default-features`)"
+            "its Kubernetes steps need mkh-scenario built with its `kube` feature (the `mkh` command has it)"
                 .into(),
         );
     }
@@ -292,14 +291,14 @@ fn missing_need(scenario: &Scenario, settings: &Settings) -> Option<String> {
         matches!(s, Step::ExpectReachable(r) | Step::ExpectUnreachable(r)
             if r.from.get_ref().as_str() == "host")
     });
-    if from_host && !crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+    if from_host && !settings.libvirt_is_local() {
         return Some(format!(
             "its steps from the host probe the guests from this machine, which has no route to the networks of the remote libvirt at {}: run it on the libvirt host",
             settings.libvirt_uri
         ));
     }
     if scenario.environment.backend == BackendChoice::Minikube {
-        if let Err(e) = crate::minikube::find_binary(settings.minikube.as_deref()) {
+        if let Err(e) = settings.minikube_binary() {
             return Some(format!("needs minikube ({e})"));
         }
     }
@@ -338,7 +337,7 @@ const LEASE_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
 fn artifact_dir(settings: &Settings, scenario: &Scenario) -> PathBuf {
     let root = settings.state_dir.join("scenario-artifacts");
-    crate::config::prune_oldest(&root, ARTIFACTS_KEPT, |e| e.path().is_dir());
+    prune_oldest(&root, ARTIFACTS_KEPT);
     let stem = scenario
         .file
         .file_stem()
@@ -346,13 +345,32 @@ fn artifact_dir(settings: &Settings, scenario: &Scenario) -> PathBuf {
         .unwrap_or_else(|| "scenario".into());
     root.join(format!(
         "{stem}-{}-{}",
-        crate::owner::now_unix(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         std::process::id()
     ))
 }
 
+/// Removes the oldest directories in `dir` so that `keep` remain once one more is made.
+fn prune_oldest(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort();
+    let excess = (found.len() + 1).saturating_sub(keep);
+    for (_, path) in found.into_iter().take(excess) {
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
+
 fn bring_up(scenario: &Scenario, settings: &Settings, artifacts: &std::path::Path) -> Result<Env> {
-    let mut builder = Env::builder();
+    let mut builder = mkh::Env::builder();
     if let Some(lease) = &scenario.environment.dhcp_lease_s {
         builder = builder.dhcp_lease_time(Duration::from_secs(u64::from(*lease.get_ref())));
     }
@@ -360,10 +378,10 @@ fn bring_up(scenario: &Scenario, settings: &Settings, artifacts: &std::path::Pat
         .settings(settings.clone())
         .backend(settings.backend())
         .artifacts_on_failure(artifacts)
-        .up_now()?;
+        .up_blocking()?;
     if scenario.environment.backend == BackendChoice::Builtin {
         for i in 1..scenario.environment.machine_count() as usize {
-            env.add_machine_now(&machine_options(settings, i))?;
+            env.add_machine(&machine_options(settings, i))?;
         }
     }
     Ok(env)
@@ -372,7 +390,7 @@ fn bring_up(scenario: &Scenario, settings: &Settings, artifacts: &std::path::Pat
 /// The built-in guest's options for machine `index` (0: the environment's first machine).
 fn machine_options(settings: &Settings, index: usize) -> MachineOptions {
     let base = match settings.backend() {
-        crate::Backend::Builtin(o) => o,
+        mkh::Backend::Builtin(o) => o,
         _ => MachineOptions::default(),
     };
     match index {
@@ -395,13 +413,13 @@ fn machine_index(name: &str) -> usize {
     name.trim_start_matches('m').parse::<usize>().unwrap_or(1) - 1
 }
 
-fn machine<'a>(env: &'a Env, name: &str) -> &'a Machine {
-    &env.machines()[machine_index(name)]
+fn machine(env: &Env, name: &str) -> Machine {
+    env.machines().swap_remove(machine_index(name))
 }
 
-fn selected<'a>(env: &'a Env, name: &str) -> Vec<&'a Machine> {
+fn selected(env: &Env, name: &str) -> Vec<Machine> {
     if name == "all" {
-        env.machines().iter().collect()
+        env.machines()
     } else {
         vec![machine(env, name)]
     }
@@ -417,9 +435,7 @@ fn control(role: NetworkRole) -> NetworkRole {
 
 /// Runs a shell command in a guest as `docker`; fails unless it exits 0.
 fn guest(m: &Machine, over: NetworkRole, command: &str) -> Result<String> {
-    let out = m
-        .ssh_now(over)?
-        .exec_within_now(command, Duration::from_secs(60))?;
+    let out = m.ssh(over)?.exec_within(command, Duration::from_secs(60))?;
     if out.status == 0 {
         Ok(out.stdout)
     } else {
@@ -480,7 +496,8 @@ fn check(holds: bool, expected: impl Into<String>, seen: impl Into<String>) -> S
 fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
     if let Step::Recreate(r) = step {
         let index = machine_index(r.machine.get_ref());
-        env.recreate_machine_now(index, &machine_options(&state.settings, index), r.wait)?;
+        let name = env.machines()[index].name().to_owned();
+        env.recreate_machine(&name, &machine_options(&state.settings, index), r.wait)?;
         return Ok(Some(
             "domain removed and defined again: new MACs, same name and hostname".into(),
         ));
@@ -490,44 +507,44 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
         Step::Recreate(_) => unreachable!("handled above"),
         Step::Start(s) => {
             for m in selected(env, s.machine.get_ref()) {
-                m.start_now()?;
+                m.start()?;
             }
             Ok(None)
         }
         Step::Stop(s) => {
             for m in selected(env, s.machine.get_ref()) {
-                m.stop_now()?;
+                m.stop()?;
             }
             Ok(None)
         }
         Step::Restart(s) => {
             for m in selected(env, s.machine.get_ref()) {
-                m.restart_now()?;
+                m.restart()?;
             }
             Ok(None)
         }
         Step::Link(l) => {
-            machine(env, l.machine.get_ref()).set_link_now(l.network, l.up)?;
+            machine(env, l.machine.get_ref()).set_link(l.network, l.up)?;
             Ok(Some("libvirt link state of the NIC".into()))
         }
         Step::DestroyNetwork(n) => {
-            env.libvirt().stop_network(&network(env, n.network).name)?;
+            env.stop_network(n.network)?;
             Ok(None)
         }
         Step::StartNetwork(n) => {
-            env.libvirt().start_network(&network(env, n.network).name)?;
+            env.start_network(n.network)?;
             Ok(None)
         }
         Step::Partition(p) | Step::Heal(p) => {
             let cut = matches!(step, Step::Partition(_));
-            let pair: Vec<&Machine> = p
+            let pair: Vec<Machine> = p
                 .machines
                 .get_ref()
                 .iter()
                 .map(|m| machine(env, m.get_ref()))
                 .collect();
-            for (a, b) in [(pair[0], pair[1]), (pair[1], pair[0])] {
-                let peer = b.ip_now(p.network)?;
+            for (a, b) in [(&pair[0], &pair[1]), (&pair[1], &pair[0])] {
+                let peer = b.ip(p.network)?;
                 let command = if cut {
                     format!("ip route replace blackhole {peer}/32")
                 } else {
@@ -539,7 +556,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
         }
         Step::Impair(i) => impair(env, i),
         Step::ClearImpairment(n) => {
-            let m = machine(env, n.machine.get_ref());
+            let m = &machine(env, n.machine.get_ref());
             let nic = nic_name(m, n.network)?;
             guest(
                 m,
@@ -549,7 +566,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
             Ok(Some(format!("netem removed from the guest's {nic}")))
         }
         Step::Dhcp(d) => {
-            let m = machine(env, d.machine.get_ref());
+            let m = &machine(env, d.machine.get_ref());
             let nic = nic_name(m, d.network)?;
             let verb = d.action.guest_verb();
             // The built-in guest's root service (see its /init); elsewhere, no way is known.
@@ -567,7 +584,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
             // networkGetDHCPLeases skips expired ones); dnsmasq's clock, not the guest's speed,
             // sets when: no timeout scale.
             let lease = env.dhcp_lease_time().unwrap_or(MAX_LEASE);
-            crate::progress::running(format!(
+            running(format!(
                 "waiting for the lease of {} on {} to expire (lease time {} s)",
                 m.name(),
                 d.network.as_str(),
@@ -585,7 +602,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
                         )
                     }
                     Ok(_) => std::thread::sleep(Duration::from_millis(500)),
-                    Err(Error::NoLease(_)) => {
+                    Err(mkh::Error::NoLease(_)) => {
                         return Ok(Some(format!(
                             "udhcpc on the guest's {nic} held (SIGSTOP); the host's lease expired after {:.0} s (lease time {} s)",
                             held.elapsed().as_secs_f64(),
@@ -593,20 +610,20 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
                         )))
                     }
                     // Only a lease still listed is worth waiting for.
-                    Err(e) => return Err(StepError::Mkh(e)),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
         Step::Block(b) => block(env, b, state, true),
         Step::Unblock(b) => block(env, b, state, false),
         Step::Run(r) => {
-            let m = machine(env, r.machine.get_ref());
+            let m = &machine(env, r.machine.get_ref());
             let within = r.within_s.as_ref().map(|s| *s.get_ref());
             let mut output = String::new();
             let result = retrying(within, || {
                 let out = m
-                    .ssh_now(r.network)?
-                    .exec_within_now(r.command.get_ref(), Duration::from_secs(120))?;
+                    .ssh(r.network)?
+                    .exec_within(r.command.get_ref(), Duration::from_secs(120))?;
                 if let Some(status) = &r.status {
                     check(
                         i64::from(out.status) == *status.get_ref(),
@@ -633,14 +650,14 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
             result
         }
         Step::RememberIp(r) => {
-            let ip = looked_up(env, machine(env, r.machine.get_ref()), r.network, r.by)?;
+            let ip = looked_up(env, &machine(env, r.machine.get_ref()), r.network, r.by)?;
             state
                 .remembered
                 .insert(r.name.get_ref().clone(), ip.to_string());
             Ok(Some(format!("{} = {ip}", r.name.get_ref())))
         }
         Step::ExpectIp(e) => {
-            let m = machine(env, e.machine.get_ref());
+            let m = &machine(env, e.machine.get_ref());
             retrying(e.within_s.as_ref().map(|s| *s.get_ref()), || {
                 let ip = looked_up(env, m, e.network, e.by)?;
                 if let Some(cidr) = &e.within {
@@ -671,9 +688,9 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
         Step::ExpectReachable(r) => reach(env, r, true),
         Step::ExpectUnreachable(r) => reach(env, r, false),
         Step::ExpectSsh(n) => {
-            let m = machine(env, n.machine.get_ref());
+            let m = &machine(env, n.machine.get_ref());
             retrying(n.within_s.as_ref().map(|s| *s.get_ref()), || {
-                let seen = match m.ssh_now(n.network).and_then(|s| s.exec_now("echo ok")) {
+                let seen = match m.ssh(n.network).and_then(|s| s.exec("echo ok")) {
                     Ok(out) if out.stdout.trim() == "ok" => return Ok(None),
                     Ok(out) => format!("`echo ok` printed {:?}", clip(&out.stdout)),
                     Err(e) => e.to_string(),
@@ -684,7 +701,7 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
         Step::ExpectIpFails(f) => {
             let re = regex::Regex::new(f.matches.get_ref()).expect("checked when parsed");
             let expected = format!("an error matching /{}/", f.matches.get_ref());
-            let m = machine(env, f.machine.get_ref());
+            let m = &machine(env, f.machine.get_ref());
             // A lease that is there answers at once: wait no longer than that.
             retrying(f.within_s.as_ref().map(|s| *s.get_ref()), || {
                 match m.ip_within(f.network, Duration::from_secs(1)) {
@@ -697,9 +714,9 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
                 }
             })
         }
-        Step::Apply(a) => Ok(Some(super::kube_steps::apply(env, a)?)),
+        Step::Apply(a) => Ok(Some(crate::kube_steps::apply(env, a)?)),
         Step::ExpectClusterIp(c) => retrying(c.within_s.as_ref().map(|s| *s.get_ref()), || {
-            let seen = super::kube_steps::cluster_ip(env, c)?;
+            let seen = crate::kube_steps::cluster_ip(env, c)?;
             let shown = seen.map_or_else(
                 || "no such Service (or no ClusterIP)".into(),
                 |ip| ip.to_string(),
@@ -733,14 +750,14 @@ fn run_step(env: &mut Env, step: &Step, state: &mut State) -> StepResult {
 /// first lease with that name, as a lookup by name finds it).
 fn looked_up(env: &Env, m: &Machine, role: NetworkRole, by: Lookup) -> Result<Ipv4Addr> {
     match by {
-        Lookup::Mac => m.ip_now(role),
+        Lookup::Mac => Ok(m.ip(role)?),
         Lookup::Hostname => {
             let net = &network(env, role).name;
-            let leases = env.libvirt().network_leases(net)?;
+            let leases = env.leases(role)?;
             leases
                 .iter()
                 .find(|l| l.hostname.as_deref() == Some(m.name()))
-                .and_then(|l| l.ip.parse().ok())
+                .map(|l| l.ip)
                 .ok_or_else(|| Error::GuestCommand {
                     machine: m.name().to_owned(),
                     command: format!("look up the lease of hostname {} on {net}", m.name()),
@@ -751,7 +768,7 @@ fn looked_up(env: &Env, m: &Machine, role: NetworkRole, by: Lookup) -> Result<Ip
     }
 }
 
-fn network(env: &Env, role: NetworkRole) -> &crate::net::NetworkInfo {
+fn network(env: &Env, role: NetworkRole) -> &mkh::NetworkInfo {
     let pair = env.networks();
     match role {
         NetworkRole::Nat => &pair.nat,
@@ -760,7 +777,7 @@ fn network(env: &Env, role: NetworkRole) -> &crate::net::NetworkInfo {
 }
 
 fn impair(env: &Env, i: &Impair) -> StepResult {
-    let m = machine(env, i.machine.get_ref());
+    let m = &machine(env, i.machine.get_ref());
     let nic = nic_name(m, i.network)?;
     let mut netem = String::new();
     if let Some(d) = &i.delay_ms {
@@ -804,7 +821,7 @@ fn block(env: &Env, b: &Block, state: &mut State, on: bool) -> StepResult {
             let ip = if peer.get_ref() == "host" {
                 network(env, b.network).gateway
             } else {
-                machine(env, peer.get_ref()).ip_now(b.network)?
+                machine(env, peer.get_ref()).ip(b.network)?
             };
             (
                 format!("peer {} ({ip})", peer.get_ref()),
@@ -846,17 +863,17 @@ fn block(env: &Env, b: &Block, state: &mut State, on: bool) -> StepResult {
 
 /// Reachability by ping, or by a TCP connection when `tcp_port` is given.
 fn reach(env: &Env, r: &Reach, expect: bool) -> StepResult {
-    let to = machine(env, r.to.get_ref());
+    let to = &machine(env, r.to.get_ref());
     let from = r.from.get_ref().as_str();
     retrying(r.within_s.as_ref().map(|s| *s.get_ref()), || {
-        let ip = to.ip_now(r.network)?;
+        let ip = to.ip(r.network)?;
         let (how, answered) = match &r.tcp_port {
             None => {
                 let answered = if from == "host" {
                     host_ping(ip)
                 } else {
                     from_guest(
-                        machine(env, from),
+                        &machine(env, from),
                         r.network,
                         &format!("ping -c 1 -W 1 {ip}"),
                     )?
@@ -870,7 +887,7 @@ fn reach(env: &Env, r: &Reach, expect: bool) -> StepResult {
                     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
                 } else {
                     from_guest(
-                        machine(env, from),
+                        &machine(env, from),
                         r.network,
                         &format!("nc -w 2 {ip} {port} </dev/null >/dev/null"),
                     )?
@@ -901,8 +918,8 @@ fn reach(env: &Env, r: &Reach, expect: bool) -> StepResult {
 /// Whether a probe run in `source` (over the other network than the one probed) exits 0.
 fn from_guest(source: &Machine, probed: NetworkRole, command: &str) -> Result<bool> {
     let out = source
-        .ssh_now(control(probed))?
-        .exec_within_now(command, Duration::from_secs(10))?;
+        .ssh(control(probed))?
+        .exec_within(command, Duration::from_secs(10))?;
     Ok(out.status == 0)
 }
 

@@ -22,9 +22,9 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use toml::Spanned;
 
+use mkh::{NetworkRole, MAX_DHCP_LEASE as MAX_LEASE, MIN_DHCP_LEASE as MIN_LEASE};
+
 use crate::error::{Error, Result};
-use crate::machine::NetworkRole;
-use crate::net::spec::{MAX_LEASE, MIN_LEASE};
 
 /// Files larger than this are refused before they are parsed.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
@@ -641,9 +641,7 @@ impl Checker<'_> {
                 );
             }
             for arg in args.get_ref() {
-                if let Err(e) =
-                    crate::minikube::contract::check_extra_args(&[arg.get_ref().clone()])
-                {
+                if let Err(e) = mkh::MinikubeOptions::check_extra_args(&[arg.get_ref().clone()]) {
                     return self.err(arg.span(), e.to_string());
                 }
             }
