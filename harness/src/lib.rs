@@ -59,6 +59,7 @@ pub use description::{EnvDescription, MachineDescription, SshDescription, DESCRI
 pub use env::{Env, EnvBuilder, Timings};
 pub use error::{Error, NoLease, Result, SshCause};
 pub use ipnet;
+pub use libvirt::{LibvirtError, LibvirtErrorKind};
 pub use machine::{Accel, Ips, Machine, MachineOptions, NetworkRole};
 pub use minikube::MinikubeOptions;
 pub use net::{NetworkInfo, NetworkKind, NetworkPair, SubnetPool};

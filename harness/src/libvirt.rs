@@ -19,6 +19,82 @@ pub fn uri_is_local(uri: &str) -> bool {
     }
 }
 
+/// A failure libvirt reported, in mkh's terms: libvirt's own words, and the kind of failure
+/// where mkh tells kinds apart. It displays as libvirt's error came: level, message, code and
+/// libvirt's reporting module, e.g. `error: Network not found: no network with matching name 'x'
+/// [code=nonetwork (43), domain=test (12)]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct LibvirtError {
+    kind: LibvirtErrorKind,
+    message: String,
+    text: String,
+}
+
+impl LibvirtError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> LibvirtErrorKind {
+        self.kind
+    }
+
+    /// libvirt's message alone, without the level, code and domain that `Display` adds.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn from_virt(e: virt::error::Error) -> Self {
+        LibvirtError {
+            kind: kind_of(&e),
+            message: e.message().to_owned(),
+            text: e.to_string(),
+        }
+    }
+}
+
+/// The kinds of libvirt failure mkh tells apart; every other failure is [`Other`]. New kinds
+/// may be added: match with a wildcard arm.
+///
+/// [`Other`]: LibvirtErrorKind::Other
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LibvirtErrorKind {
+    /// The object to create exists already (a domain, network or volume of that name).
+    AlreadyExists,
+    /// No domain, network, storage pool or volume of that name (any more).
+    NoSuchObject,
+    /// The object is not in a state that allows the operation, such as starting a network that
+    /// runs already or stopping a domain that does not run.
+    OperationInvalid,
+    /// Any other failure.
+    Other,
+}
+
+/// A libvirt error's kind, from its code (and, where libvirt has no code for the failure, from
+/// its words).
+fn kind_of(e: &virt::error::Error) -> LibvirtErrorKind {
+    use ErrorNumber as N;
+    let code = e.code();
+    if code.is_any(vec![
+        N::NoDomain,
+        N::NoNetwork,
+        N::NoStoragePool,
+        N::NoStorageVolume,
+    ]) {
+        LibvirtErrorKind::NoSuchObject
+    } else if code.is(N::OperationInvalid) {
+        LibvirtErrorKind::OperationInvalid
+    } else if code.is_any(vec![N::DomExist, N::NetworkExist, N::StorageVolExist])
+        // libvirt reports some clashes as a failed operation ("network 'x' already exists with
+        // uuid ..."; a storage volume, depending on the version and backend).
+        || e.message().contains("already exists")
+        || e.message().contains("exists already")
+    {
+        LibvirtErrorKind::AlreadyExists
+    } else {
+        LibvirtErrorKind::Other
+    }
+}
+
 /// What happened to an object mkh asked to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -56,7 +132,7 @@ impl Libvirt {
         QUIET.call_once(virt::error::clear_error_callback);
         let conn = Connect::open(Some(uri)).map_err(|source| Error::Connect {
             uri: uri.to_owned(),
-            source,
+            source: LibvirtError::from_virt(source),
         })?;
         Ok(Libvirt {
             conn,
@@ -576,7 +652,7 @@ impl Libvirt {
             .ok_or_else(|| Error::Libvirt {
                 action: "read the target path of storage pool",
                 object: name.to_owned(),
-                source: virt::error::Error::last_error(),
+                source: LibvirtError::from_virt(virt::error::Error::last_error()),
             })
     }
 
@@ -717,12 +793,12 @@ impl Libvirt {
         };
         let vol = match p.lookup_storage_vol_by_name(name) {
             Ok(v) => v,
-            Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => return Ok(Removal::AlreadyGone),
+            Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
             Err(source) => return Err(failed("look up volume", name, source)),
         };
         match vol.delete(0) {
             Ok(()) => Ok(Removal::Removed),
-            Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => Ok(Removal::AlreadyGone),
+            Err(e) if is_gone(&e) => Ok(Removal::AlreadyGone),
             Err(_) if p.lookup_storage_vol_by_name(name).is_err() => Ok(Removal::AlreadyGone),
             Err(source) => Err(failed("delete volume", name, source)),
         }
@@ -740,7 +816,7 @@ fn failed(action: &'static str, object: &str, source: virt::error::Error) -> Err
     Error::Libvirt {
         action,
         object: object.to_owned(),
-        source,
+        source: LibvirtError::from_virt(source),
     }
 }
 
@@ -761,12 +837,11 @@ fn removed_by_another(lookup: impl Fn() -> std::result::Result<(), virt::error::
 }
 
 fn is_gone(e: &virt::error::Error) -> bool {
-    e.code()
-        .is_any(vec![ErrorNumber::NoNetwork, ErrorNumber::NoDomain])
+    kind_of(e) == LibvirtErrorKind::NoSuchObject
 }
 
 fn is_not_running(e: &virt::error::Error) -> bool {
-    e.code().is(ErrorNumber::OperationInvalid)
+    kind_of(e) == LibvirtErrorKind::OperationInvalid
 }
 
 /// Whether an error says the subnet or bridge is already used on the host, so the allocator
