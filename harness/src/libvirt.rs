@@ -855,3 +855,76 @@ pub fn is_address_conflict(err: &Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_URI: &str = "test:///default";
+
+    /// The error the `virt` crate gives for a lookup of a network that does not exist.
+    fn missing_network_error() -> virt::error::Error {
+        let conn = Connect::open(Some(TEST_URI)).unwrap();
+        conn.lookup_network_by_name("mkh-no-such-network")
+            .map(drop)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn a_missing_network_is_no_such_object_with_libvirts_words() {
+        let raw = missing_network_error();
+        let e = LibvirtError::from_virt(raw.clone());
+        assert_eq!(e.kind(), LibvirtErrorKind::NoSuchObject);
+        assert_eq!(e.to_string(), raw.to_string());
+        assert_eq!(e.message(), raw.message());
+        assert!(e.message().contains("mkh-no-such-network"), "{e}");
+    }
+
+    #[test]
+    fn mkh_errors_carry_the_libvirt_error_as_their_source() {
+        let lv = Libvirt::connect_to(TEST_URI).unwrap();
+        let err = lv.network_leases("mkh-no-such-network").unwrap_err();
+        let Error::Libvirt { source, .. } = &err else {
+            panic!("not a libvirt error: {err:?}");
+        };
+        assert_eq!(source.kind(), LibvirtErrorKind::NoSuchObject);
+        let raw = missing_network_error().to_string();
+        assert_eq!(
+            err.to_string(),
+            format!("libvirt refused to look up network mkh-no-such-network: {raw}")
+        );
+        let cause = std::error::Error::source(&err).expect("a source");
+        assert_eq!(cause.to_string(), raw);
+    }
+
+    #[test]
+    fn a_name_taken_already_and_a_network_running_already_are_told_apart() {
+        let lv = Libvirt::connect_to(TEST_URI).unwrap();
+        let name = "mkh-kind-test";
+        let xml = |uuid: &str| {
+            format!("<network><name>{name}</name><uuid>{uuid}</uuid><bridge name='mkhkind0'/></network>")
+        };
+        let conn = Connect::open(Some(TEST_URI)).unwrap();
+        let net = conn
+            .define_network_xml(&xml("5f0bd5ad-3f4c-4c1a-9a0e-2d1a9c1e0001"))
+            .unwrap();
+
+        // libvirt has no code of its own for this clash: its words tell it.
+        let clash = conn
+            .define_network_xml(&xml("5f0bd5ad-3f4c-4c1a-9a0e-2d1a9c1e0002"))
+            .map(drop)
+            .unwrap_err();
+        net.create().unwrap();
+        let running = net.create().unwrap_err();
+        lv.remove_network(name).unwrap();
+
+        assert_eq!(
+            LibvirtError::from_virt(clash).kind(),
+            LibvirtErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            LibvirtError::from_virt(running).kind(),
+            LibvirtErrorKind::OperationInvalid
+        );
+    }
+}
