@@ -24,7 +24,7 @@ pub enum Error {
     Connect {
         uri: String,
         #[source]
-        source: virt::error::Error,
+        source: crate::libvirt::LibvirtError,
     },
 
     #[error("libvirt refused to {action} {object}: {source}")]
@@ -32,7 +32,7 @@ pub enum Error {
         action: &'static str,
         object: String,
         #[source]
-        source: virt::error::Error,
+        source: crate::libvirt::LibvirtError,
     },
 
     #[error("subnet pool {pool} is exhausted: all {total} /{prefix} subnets are taken ({in_use} by networks, addresses or routes on this host); remove unused networks (`mkh reap`) or set MKH_SUBNET_POOL to a larger range")]

@@ -68,6 +68,7 @@ pub use description::{EnvDescription, MachineDescription, SshDescription, DESCRI
 pub use env::{Env, EnvBuilder, Timings};
 pub use error::{Error, NoLease, Result, SshCause};
 pub use ipnet;
+pub use libvirt::{LibvirtError, LibvirtErrorKind};
 pub use machine::{Accel, Ips, Machine, MachineOptions, NetworkRole};
 pub use minikube::MinikubeOptions;
 pub use net::spec::{MAX_LEASE as MAX_DHCP_LEASE, MIN_LEASE as MIN_DHCP_LEASE};

@@ -19,6 +19,82 @@ pub fn uri_is_local(uri: &str) -> bool {
     }
 }
 
+/// A failure libvirt reported, in mkh's terms: libvirt's own words, and the kind of failure
+/// where mkh tells kinds apart. It displays as libvirt's error came: level, message, code and
+/// libvirt's reporting module, e.g. `error: Network not found: no network with matching name 'x'
+/// [code=nonetwork (43), domain=test (12)]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct LibvirtError {
+    kind: LibvirtErrorKind,
+    message: String,
+    text: String,
+}
+
+impl LibvirtError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> LibvirtErrorKind {
+        self.kind
+    }
+
+    /// libvirt's message alone, without the level, code and domain that `Display` adds.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn from_virt(e: virt::error::Error) -> Self {
+        LibvirtError {
+            kind: kind_of(&e),
+            message: e.message().to_owned(),
+            text: e.to_string(),
+        }
+    }
+}
+
+/// The kinds of libvirt failure mkh tells apart; every other failure is [`Other`]. New kinds
+/// may be added: match with a wildcard arm.
+///
+/// [`Other`]: LibvirtErrorKind::Other
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LibvirtErrorKind {
+    /// The object to create exists already (a domain, network or volume of that name).
+    AlreadyExists,
+    /// No domain, network, storage pool or volume of that name (any more).
+    NoSuchObject,
+    /// The object is not in a state that allows the operation, such as starting a network that
+    /// runs already or stopping a domain that does not run.
+    OperationInvalid,
+    /// Any other failure.
+    Other,
+}
+
+/// A libvirt error's kind, from its code (and, where libvirt has no code for the failure, from
+/// its words).
+fn kind_of(e: &virt::error::Error) -> LibvirtErrorKind {
+    use ErrorNumber as N;
+    let code = e.code();
+    if code.is_any(vec![
+        N::NoDomain,
+        N::NoNetwork,
+        N::NoStoragePool,
+        N::NoStorageVolume,
+    ]) {
+        LibvirtErrorKind::NoSuchObject
+    } else if code.is(N::OperationInvalid) {
+        LibvirtErrorKind::OperationInvalid
+    } else if code.is_any(vec![N::DomExist, N::NetworkExist, N::StorageVolExist])
+        // libvirt reports some clashes as a failed operation ("network 'x' already exists with
+        // uuid ..."; a storage volume, depending on the version and backend).
+        || e.message().contains("already exists")
+        || e.message().contains("exists already")
+    {
+        LibvirtErrorKind::AlreadyExists
+    } else {
+        LibvirtErrorKind::Other
+    }
+}
+
 /// What happened to an object mkh asked to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -56,7 +132,7 @@ impl Libvirt {
         QUIET.call_once(virt::error::clear_error_callback);
         let conn = Connect::open(Some(uri)).map_err(|source| Error::Connect {
             uri: uri.to_owned(),
-            source,
+            source: LibvirtError::from_virt(source),
         })?;
         Ok(Libvirt {
             conn,
@@ -578,7 +654,7 @@ impl Libvirt {
             .ok_or_else(|| Error::Libvirt {
                 action: "read the target path of storage pool",
                 object: name.to_owned(),
-                source: virt::error::Error::last_error(),
+                source: LibvirtError::from_virt(virt::error::Error::last_error()),
             })
     }
 
@@ -719,12 +795,12 @@ impl Libvirt {
         };
         let vol = match p.lookup_storage_vol_by_name(name) {
             Ok(v) => v,
-            Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => return Ok(Removal::AlreadyGone),
+            Err(e) if is_gone(&e) => return Ok(Removal::AlreadyGone),
             Err(source) => return Err(failed("look up volume", name, source)),
         };
         match vol.delete(0) {
             Ok(()) => Ok(Removal::Removed),
-            Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => Ok(Removal::AlreadyGone),
+            Err(e) if is_gone(&e) => Ok(Removal::AlreadyGone),
             Err(_) if p.lookup_storage_vol_by_name(name).is_err() => Ok(Removal::AlreadyGone),
             Err(source) => Err(failed("delete volume", name, source)),
         }
@@ -742,7 +818,7 @@ fn failed(action: &'static str, object: &str, source: virt::error::Error) -> Err
     Error::Libvirt {
         action,
         object: object.to_owned(),
-        source,
+        source: LibvirtError::from_virt(source),
     }
 }
 
@@ -763,12 +839,11 @@ fn removed_by_another(lookup: impl Fn() -> std::result::Result<(), virt::error::
 }
 
 fn is_gone(e: &virt::error::Error) -> bool {
-    e.code()
-        .is_any(vec![ErrorNumber::NoNetwork, ErrorNumber::NoDomain])
+    kind_of(e) == LibvirtErrorKind::NoSuchObject
 }
 
 fn is_not_running(e: &virt::error::Error) -> bool {
-    e.code().is(ErrorNumber::OperationInvalid)
+    kind_of(e) == LibvirtErrorKind::OperationInvalid
 }
 
 /// Whether an error says the subnet or bridge is already used on the host, so the allocator
@@ -780,5 +855,78 @@ pub fn is_address_conflict(err: &Error) -> bool {
             m.contains("already in use") || m.contains("File exists")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_URI: &str = "test:///default";
+
+    /// The error the `virt` crate gives for a lookup of a network that does not exist.
+    fn missing_network_error() -> virt::error::Error {
+        let conn = Connect::open(Some(TEST_URI)).unwrap();
+        conn.lookup_network_by_name("mkh-no-such-network")
+            .map(drop)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn a_missing_network_is_no_such_object_with_libvirts_words() {
+        let raw = missing_network_error();
+        let e = LibvirtError::from_virt(raw.clone());
+        assert_eq!(e.kind(), LibvirtErrorKind::NoSuchObject);
+        assert_eq!(e.to_string(), raw.to_string());
+        assert_eq!(e.message(), raw.message());
+        assert!(e.message().contains("mkh-no-such-network"), "{e}");
+    }
+
+    #[test]
+    fn mkh_errors_carry_the_libvirt_error_as_their_source() {
+        let lv = Libvirt::connect_to(TEST_URI).unwrap();
+        let err = lv.network_leases("mkh-no-such-network").unwrap_err();
+        let Error::Libvirt { source, .. } = &err else {
+            panic!("not a libvirt error: {err:?}");
+        };
+        assert_eq!(source.kind(), LibvirtErrorKind::NoSuchObject);
+        let raw = missing_network_error().to_string();
+        assert_eq!(
+            err.to_string(),
+            format!("libvirt refused to look up network mkh-no-such-network: {raw}")
+        );
+        let cause = std::error::Error::source(&err).expect("a source");
+        assert_eq!(cause.to_string(), raw);
+    }
+
+    #[test]
+    fn a_name_taken_already_and_a_network_running_already_are_told_apart() {
+        let lv = Libvirt::connect_to(TEST_URI).unwrap();
+        let name = "mkh-kind-test";
+        let xml = |uuid: &str| {
+            format!("<network><name>{name}</name><uuid>{uuid}</uuid><bridge name='mkhkind0'/></network>")
+        };
+        let conn = Connect::open(Some(TEST_URI)).unwrap();
+        let net = conn
+            .define_network_xml(&xml("5f0bd5ad-3f4c-4c1a-9a0e-2d1a9c1e0001"))
+            .unwrap();
+
+        // libvirt has no code of its own for this clash: its words tell it.
+        let clash = conn
+            .define_network_xml(&xml("5f0bd5ad-3f4c-4c1a-9a0e-2d1a9c1e0002"))
+            .map(drop)
+            .unwrap_err();
+        net.create().unwrap();
+        let running = net.create().unwrap_err();
+        lv.remove_network(name).unwrap();
+
+        assert_eq!(
+            LibvirtError::from_virt(clash).kind(),
+            LibvirtErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            LibvirtError::from_virt(running).kind(),
+            LibvirtErrorKind::OperationInvalid
+        );
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::libvirt::{Libvirt, Removal, VolumeInfo};
+use crate::libvirt::{Libvirt, LibvirtErrorKind, Removal, VolumeInfo};
 
 use super::image::GuestImage;
 
@@ -99,7 +99,8 @@ pub(crate) fn image_on_host(lv: &Libvirt, image: &GuestImage) -> Result<(PathBuf
             match upload(lv, image) {
                 Ok(()) => continue,
                 // Another client created a volume first: its upload is under way.
-                Err(Error::Libvirt { source, .. }) if already_exists(&source) => {}
+                Err(Error::Libvirt { source, .. })
+                    if source.kind() == LibvirtErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         } else {
@@ -132,10 +133,6 @@ pub(crate) fn image_on_host(lv: &Libvirt, image: &GuestImage) -> Result<(PathBuf
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn already_exists(e: &virt::error::Error) -> bool {
-    e.message().contains("already exists") || e.message().contains("exists already")
 }
 
 fn upload(lv: &Libvirt, image: &GuestImage) -> Result<()> {
