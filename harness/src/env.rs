@@ -1194,4 +1194,30 @@ mod tests {
         env.teardown_now().unwrap();
         assert!(lv.networks().unwrap().iter().all(|n| n.name != nat));
     }
+
+    #[test]
+    fn an_attached_environment_is_the_same_one_and_outlives_its_handle() {
+        let uri = "test:///default";
+        let lv = Libvirt::connect_to(uri).unwrap();
+        let mut mine = Env::builder().libvirt_uri(uri).up_now().unwrap();
+        let settings = mine.core.settings.clone();
+        let attached = Env::attach_now(mine.name(), settings.clone()).unwrap();
+        assert_eq!(attached.networks(), mine.networks());
+        assert_eq!(attached.name(), mine.name());
+        // This process owns it and lives: only its own handle removes it.
+        let err = attached.core.clone();
+        let refused = finish(&err).unwrap_err().to_string();
+        assert!(refused.contains("belongs to process"), "{refused}");
+        drop(attached);
+        let nat = mine.networks().nat.name.clone();
+        assert!(lv.networks().unwrap().iter().any(|n| n.name == nat));
+
+        // (Removal through a handle attached to a CLI-owned environment is tested on a real
+        // libvirt, `the_cli_and_a_test_s_env_drive_one_environment`: on the test driver a
+        // hand-over's rewritten owner record does not read back.)
+        mine.teardown_now().unwrap();
+        assert!(lv.networks().unwrap().iter().all(|n| n.name != nat));
+        let err = Env::attach_now(mine.name(), settings).unwrap_err();
+        assert!(matches!(err, Error::UnknownEnvironment { .. }), "{err}");
+    }
 }

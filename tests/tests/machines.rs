@@ -451,3 +451,80 @@ fn sigterm_or_sigint_at_any_instant_of_mkh_up_leaves_nothing() {
         );
     }
 }
+
+#[test]
+fn a_stopped_network_loses_its_leases_and_gives_them_again_once_started() {
+    // What a scenario's `destroy-network` and `start-network` steps do, through the public API.
+    let env = env_with_guest();
+    let m = env.machine().unwrap();
+    let private = m.ip(NetworkRole::Private).unwrap();
+    let mac = m.mac(NetworkRole::Private).to_ascii_lowercase();
+    let leased = |env: &Env| {
+        env.leases(NetworkRole::Private)
+            .unwrap()
+            .into_iter()
+            .find(|l| l.mac == mac)
+    };
+    assert_eq!(leased(&env).map(|l| l.ip), Some(private));
+
+    env.stop_network(NetworkRole::Private).unwrap();
+    assert!(!ping(private), "{private} answers with its network stopped");
+    assert!(env.leases(NetworkRole::Private).is_err() || leased(&env).is_none());
+    // Stopped already is fine.
+    env.stop_network(NetworkRole::Private).unwrap();
+
+    env.start_network(NetworkRole::Private).unwrap();
+    // The guest asks again on its own time (its DHCP client renews), and gets its address back.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let lease = loop {
+        if let Some(l) = leased(&env) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no lease again for {mac}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(env.networks().private.subnet.contains(&lease.ip));
+    // The NAT network was never touched.
+    assert_eq!(ssh_run(&env, NetworkRole::Nat, "id -un"), "docker");
+}
+
+#[test]
+fn the_cli_and_a_test_s_env_drive_one_environment() {
+    let name = format!("attach-{}", std::process::id());
+    let (code, out, err) = mkh(&["up", "--name", &name, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let home = serde_json::from_str::<serde_json::Value>(&out).unwrap()["home"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let whole = objects_of_env(&name).len();
+    let settings = mkh::Settings::current().unwrap();
+
+    // A test reaches the CLI's environment by name and stops it; the CLI sees it stopped.
+    let env = Env::attach(&name, settings.clone()).unwrap();
+    assert_eq!(env.name(), name);
+    let m = env.machine().unwrap();
+    let (code, out, _) = mkh(&["ip", &name, "--network", "private"]);
+    assert_eq!((code, out.trim()), (0, m.ip(NetworkRole::Private).unwrap().to_string().as_str()));
+    env.stop().unwrap();
+    let (code, _, err) = mkh(&["ip", &name]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is stopped"), "{err}");
+    // The CLI starts it; the test's handle reaches it again.
+    let (code, out, err) = mkh(&["start", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(ssh_run(&env, NetworkRole::Nat, "id -un"), "docker");
+
+    // Dropping the handle leaves the environment whole, and still the CLI's.
+    drop(env);
+    assert_eq!(objects_of_env(&name).len(), whole);
+    assert_eq!(cli_owned(&name), whole);
+
+    // A test's teardown of it does what `mkh down` does.
+    Env::attach(&name, settings).unwrap().teardown().unwrap();
+    assert!(objects_of_env(&name).is_empty());
+    assert!(!std::path::Path::new(&home).exists(), "{home} left behind");
+    let (code, _, err) = mkh(&["down", &name]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no mkh environment named"), "{err}");
+}
