@@ -529,20 +529,22 @@ mod tests {
         default: &str,
     ) {
         let file = format!("{key} = \"from-file\"");
-        let both = [(ambient, "from-ambient"), (mkh_var, "from-mkh-var")];
-        let cases: [(&str, &str, &[(&str, &str)], &str); 4] = [
-            ("the built-in default", "", &[], default),
-            ("the ambient variable", "", &both[..1], "from-ambient"),
+        let file = file.as_str();
+        let vars = [(ambient, "from-ambient"), (mkh_var, "from-mkh-var")];
+        let (none, ambient_only, both) = (&vars[..0], &vars[..1], &vars[..]);
+        let cases = [
+            ("the built-in default", "", none, default),
+            ("the ambient variable", "", ambient_only, "from-ambient"),
             (
                 "the file over the ambient variable",
-                &file,
-                &both[..1],
+                file,
+                ambient_only,
                 "from-file",
             ),
             (
                 "the MKH_ variable over the file",
-                &file,
-                &both,
+                file,
+                both,
                 "from-mkh-var",
             ),
         ];
