@@ -80,8 +80,8 @@ impl EnvBuilder {
         self
     }
 
-    /// libvirt URI; default from the settings (`MKH_LIBVIRT_URI`, `LIBVIRT_DEFAULT_URI`,
-    /// `qemu:///system`).
+    /// libvirt URI; default from the settings ([`crate::Settings::libvirt_uri`]:
+    /// `MKH_LIBVIRT_URI`, `mkh.toml`, `LIBVIRT_DEFAULT_URI`, `qemu:///system`).
     pub fn libvirt_uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = Some(uri.into());
         self

@@ -61,7 +61,8 @@ pub struct Owner {
     /// The process that owns it.
     #[serde(flatten)]
     pub process: ProcessIdentity,
-    /// `MKH_RUN_ID`, else `NEXTEST_RUN_ID`, else an id of this process.
+    /// `MKH_RUN_ID`, else `run_id` in `mkh.toml`, else `NEXTEST_RUN_ID`, else an id of this
+    /// process ([`crate::Settings::run_id`]).
     pub run_id: String,
     /// `NEXTEST_TEST_NAME` when present.
     pub test: Option<String>,

@@ -1,6 +1,9 @@
-//! mkh's settings, parsed once into one typed value: `mkh.toml` (found from the current
-//! directory upwards, or at `MKH_CONFIG`), then `MKH_*` variables over it. The CLI, the fixtures
-//! and the library all read [`Settings`]; nothing else in mkh reads an `MKH_*` variable.
+//! mkh's settings, parsed once into one typed value from four layers, each over the next:
+//! `MKH_*` variables, then `mkh.toml` (found from the current directory upwards, or at
+//! `MKH_CONFIG`), then ambient variables that other tools set (`LIBVIRT_DEFAULT_URI`,
+//! `NEXTEST_RUN_ID`), then mkh's built-in defaults (`Settings::from_layers` stacks them). The
+//! CLI, the fixtures and the library all read [`Settings`]; nothing else in mkh reads an `MKH_*`
+//! variable.
 //!
 //! Every key of `mkh.toml` is the variable's name without `MKH_`, in lower case
 //! (`MKH_MEMORY_MIB` = `memory_mib`). The README lists them in one table.
@@ -32,13 +35,14 @@ pub enum BackendKind {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Settings {
-    /// `MKH_LIBVIRT_URI`, else `LIBVIRT_DEFAULT_URI`, else `qemu:///system`.
+    /// `MKH_LIBVIRT_URI`, else `libvirt_uri` in `mkh.toml`, else `LIBVIRT_DEFAULT_URI`, else
+    /// `qemu:///system`.
     pub libvirt_uri: String,
     /// `MKH_SUBNET_POOL` and `MKH_SUBNET_PREFIX`.
     pub subnet_pool: SubnetPool,
     /// `MKH_LOCK_DIR`: where the subnet allocator's lock file lives (default `/tmp`).
     pub lock_dir: PathBuf,
-    /// `MKH_RUN_ID`, else `NEXTEST_RUN_ID`, else this process.
+    /// `MKH_RUN_ID`, else `run_id` in `mkh.toml`, else `NEXTEST_RUN_ID`, else this process.
     pub run_id: String,
     /// `NEXTEST_TEST_NAME`: recorded in the owner metadata.
     pub test_name: Option<String>,
@@ -111,6 +115,17 @@ fn invalid(what: &'static str, value: &str, problem: String, fix: &'static str) 
 }
 
 impl Layer {
+    /// The variables other tools set that mkh takes as defaults: a shell's libvirt URI, a
+    /// nextest run's id. Below `mkh.toml`: a project's file is more deliberate than whatever
+    /// the caller's shell happens to export.
+    fn from_ambient(var: &dyn Fn(&str) -> Option<String>) -> Layer {
+        Layer {
+            libvirt_uri: var("LIBVIRT_DEFAULT_URI"),
+            run_id: var("NEXTEST_RUN_ID"),
+            ..Layer::default()
+        }
+    }
+
     /// The `MKH_*` variables, each parsed as its type; an error names the variable.
     fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Result<Layer> {
         fn parsed<T: std::str::FromStr>(
@@ -185,11 +200,11 @@ impl Layer {
             "a watchdog process cleans up after a killed owner",
         )?;
         Ok(Layer {
-            libvirt_uri: var("MKH_LIBVIRT_URI").or_else(|| var("LIBVIRT_DEFAULT_URI")),
+            libvirt_uri: var("MKH_LIBVIRT_URI"),
             subnet_pool: var("MKH_SUBNET_POOL"),
             subnet_prefix: parsed(var, "MKH_SUBNET_PREFIX", "a prefix length")?,
             lock_dir: path("MKH_LOCK_DIR"),
-            run_id: var("MKH_RUN_ID").or_else(|| var("NEXTEST_RUN_ID")),
+            run_id: var("MKH_RUN_ID"),
             cache_dir: path("MKH_CACHE_DIR"),
             state_dir: path("MKH_STATE_DIR"),
             accel,
@@ -274,10 +289,10 @@ impl Settings {
             Some(path) => Layer::from_file(&path)?,
             None => Layer::default(),
         };
-        Settings::resolve(file.under(Layer::from_vars(&var)?))
+        Settings::from_layers(file, &var)
     }
 
-    /// The defaults alone, with `vars` as the environment (for tests of settings).
+    /// `toml_text` as `mkh.toml` and `vars` as the environment (for tests of settings).
     #[cfg(test)]
     fn from_text(toml_text: &str, vars: &[(&str, &str)]) -> Result<Settings> {
         let var = |k: &str| {
@@ -290,9 +305,20 @@ impl Settings {
             what: "mkh settings".into(),
             problem: e.to_string(),
         })?;
-        Settings::resolve(file.under(Layer::from_vars(&var)?))
+        Settings::from_layers(file, &var)
     }
 
+    /// The one place that orders the layers, each over the ones after it: `MKH_*` variables,
+    /// the file, the ambient variables ([`Layer::from_ambient`]), then the built-in defaults
+    /// ([`Settings::resolve`]).
+    fn from_layers(file: Layer, var: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+        let stacked = Layer::from_ambient(var)
+            .under(file)
+            .under(Layer::from_vars(var)?);
+        Settings::resolve(stacked)
+    }
+
+    /// `l` with the built-in default for every value no layer set.
     fn resolve(l: Layer) -> Result<Settings> {
         let subnet_pool = SubnetPool::parse(
             l.subnet_pool
@@ -503,6 +529,68 @@ mod tests {
         assert_eq!(s.libvirt_uri, "qemu:///system");
         assert_eq!(s.subnet_pool, SubnetPool::default());
         assert_eq!(s.timeout_scale, 1.0);
+    }
+
+    /// The layers for one setting, lowest first: the built-in default alone, an ambient
+    /// variable, `mkh.toml` over that variable, an `MKH_*` variable over the file.
+    fn layers_of(
+        key: &str,
+        ambient: &str,
+        mkh_var: &str,
+        field: fn(&Settings) -> &str,
+        default: &str,
+    ) {
+        let file = format!("{key} = \"from-file\"");
+        let file = file.as_str();
+        let vars = [(ambient, "from-ambient"), (mkh_var, "from-mkh-var")];
+        let (none, ambient_only, both) = (&vars[..0], &vars[..1], &vars[..]);
+        let cases = [
+            ("the built-in default", "", none, default),
+            ("the ambient variable", "", ambient_only, "from-ambient"),
+            (
+                "the file over the ambient variable",
+                file,
+                ambient_only,
+                "from-file",
+            ),
+            (
+                "the MKH_ variable over the file",
+                file,
+                both,
+                "from-mkh-var",
+            ),
+        ];
+        for (layer, text, vars, expected) in cases {
+            let s = Settings::from_text(text, vars).unwrap();
+            assert_eq!(
+                field(&s),
+                expected,
+                "{key}: {layer} (file {text:?}, variables {vars:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn libvirt_uri_layers() {
+        layers_of(
+            "libvirt_uri",
+            "LIBVIRT_DEFAULT_URI",
+            "MKH_LIBVIRT_URI",
+            |s| &s.libvirt_uri,
+            "qemu:///system",
+        );
+    }
+
+    #[test]
+    fn run_id_layers() {
+        let default = format!("pid-{}", std::process::id());
+        layers_of(
+            "run_id",
+            "NEXTEST_RUN_ID",
+            "MKH_RUN_ID",
+            |s| &s.run_id,
+            &default,
+        );
     }
 
     #[test]

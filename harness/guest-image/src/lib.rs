@@ -60,7 +60,7 @@
 //!
 //! # The guest
 //!
-//! See `harness/assets/guest/init` for the boot sequence. The user `docker`
+//! See this crate's `assets/init` for the boot sequence. The user `docker`
 //! (uid/gid 1000, home `/home/docker`, shell `/bin/sh`) logs in with the key
 //! from the command line; password logins and root logins are off. `/bin/sh`
 //! is dash, busybox provides the other tools, iputils' `ping` works for

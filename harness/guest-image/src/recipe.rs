@@ -93,23 +93,23 @@ pub(crate) struct Asset {
     pub(crate) content: &'static str,
 }
 
-/// Guest files. The scripts live in `harness/assets/guest/`; the small
+/// Guest files. The scripts live in this crate's `assets/`; the small
 /// configuration files are inline.
 pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "init",
         mode: 0o755,
-        content: include_str!("../../assets/guest/init"),
+        content: include_str!("../assets/init"),
     },
     Asset {
         path: "etc/mkh/dhcp-event",
         mode: 0o755,
-        content: include_str!("../../assets/guest/dhcp-event"),
+        content: include_str!("../assets/dhcp-event"),
     },
     Asset {
         path: "etc/acpi/PWRF/00000080",
         mode: 0o755,
-        content: include_str!("../../assets/guest/power-button"),
+        content: include_str!("../assets/power-button"),
     },
     Asset {
         path: "etc/passwd",
