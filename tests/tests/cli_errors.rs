@@ -109,6 +109,42 @@ fn an_unreachable_libvirt_is_named_with_the_setting_that_chooses_it() {
 }
 
 #[test]
+fn mkh_toml_beats_a_shell_s_libvirt_default_uri_and_mkh_variables_beat_both() {
+    // A shell's LIBVIRT_DEFAULT_URI (here one nothing answers) is an ambient default: the file's
+    // `libvirt_uri` (libvirt's test driver, where `mkh ls` lists nothing) wins over it.
+    let dead = "qemu+tcp://127.0.0.1:1/system";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mkh.toml");
+    std::fs::write(&file, "libvirt_uri = \"test:///default\"\n").unwrap();
+    let config = file.to_str().unwrap();
+    let (code, out, err) = mkh_with_env(
+        &["ls", "--json"],
+        &[
+            ("MKH_CONFIG", config),
+            ("LIBVIRT_DEFAULT_URI", dead),
+            ("MKH_LIBVIRT_URI", ""),
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "[]"), "{err}");
+    // Alone, the ambient variable applies.
+    let (code, _, err) = mkh_with_env(
+        &["ls", "--json"],
+        &[
+            ("MKH_CONFIG", ""),
+            ("LIBVIRT_DEFAULT_URI", dead),
+            ("MKH_LIBVIRT_URI", ""),
+        ],
+    );
+    assert!(code != 0 && err.contains(dead), "{err}");
+    // MKH_LIBVIRT_URI beats the file.
+    let (code, _, err) = mkh_with_env(
+        &["ls", "--json"],
+        &[("MKH_CONFIG", config), ("MKH_LIBVIRT_URI", dead)],
+    );
+    assert!(code != 0 && err.contains(dead), "{err}");
+}
+
+#[test]
 fn a_bad_setting_is_named_before_anything_is_made() {
     for (var, value) in [
         ("MKH_TIMEOUT_SCALE", "0"),

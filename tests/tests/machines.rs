@@ -505,7 +505,10 @@ fn the_cli_and_a_test_s_env_drive_one_environment() {
     assert_eq!(env.name(), name);
     let m = env.machine().unwrap();
     let (code, out, _) = mkh(&["ip", &name, "--network", "private"]);
-    assert_eq!((code, out.trim()), (0, m.ip(NetworkRole::Private).unwrap().to_string().as_str()));
+    assert_eq!(
+        (code, out.trim()),
+        (0, m.ip(NetworkRole::Private).unwrap().to_string().as_str())
+    );
     env.stop().unwrap();
     let (code, _, err) = mkh(&["ip", &name]);
     assert_eq!(code, 1);

@@ -292,6 +292,30 @@ fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
     assert_eq!(code, 0);
     let _: std::net::Ipv4Addr = out.trim().parse().unwrap();
 
+    // A test's Env reaches the same cluster by name and drives it through the same backend:
+    // `minikube stop` (the CLI sees it stopped), `minikube start`, its kubeconfig and API server.
+    let settings = standin_settings();
+    let env = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let env = mkh::Env::attach(&name, settings).await.unwrap();
+        assert_eq!(
+            env.kubeconfig().map(|(_, c)| c.to_owned()),
+            Some(name.clone())
+        );
+        env.stop().await.unwrap();
+        let (code, _, err) = mkh(&["ip", &name]);
+        assert!(code == 1 && err.contains("is stopped"), "{err}");
+        let ips = env.start().await.unwrap();
+        let (code, out, _) = mkh(&["ip", &name]);
+        assert_eq!((code, out.trim()), (0, ips.private.to_string().as_str()));
+        let client = env.kube_client().await.unwrap();
+        let _ = create_service(&client, "attached").await;
+        env
+    });
+    // Dropping the handle leaves the cluster to the CLI.
+    drop(env);
+    let (code, out, err) = mkh(&["ssh", &name, "--", "id", "-un"]);
+    assert_eq!((code, out.trim()), (0, "docker"), "{err}");
+
     // `down` needs nothing from the caller's environment: the binary is recorded.
     let home = PathBuf::from(d["home"].as_str().unwrap());
     let (code, out, err) = mkh_with_env(
