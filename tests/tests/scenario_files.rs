@@ -1,6 +1,6 @@
 //! `mkh scenario check` and `run` on files that are not valid scenarios: each refused with its
 //! position and reason, and nothing made in libvirt. (The parser's own cases are unit tests in
-//! `harness/src/scenario/format.rs`.)
+//! `harness/scenario/src/format.rs`.)
 
 use mkh_tests::*;
 
