@@ -169,21 +169,11 @@ impl EnvBuilder {
             crate::net::spec::check_lease_time(lease)?;
         }
         config::check_writable_dir("MKH_LOCK_DIR", &settings.lock_dir)?;
-        if matches!(self.backend, Backend::Builtin(_))
-            && crate::libvirt::uri_is_local(&settings.libvirt_uri)
-        {
-            config::check_cache_dir(&settings.cache_dir)?;
-        }
         let uri = settings.libvirt_uri.clone();
         let id = EnvId::random();
         let name = self.name.unwrap_or_else(|| id.env_name());
         let _span = tracing::info_span!("up", env = %name).entered();
         let home = settings.state_dir.join("envs").join(&name);
-        if let Backend::Builtin(options) = &self.backend {
-            if options.warm_start {
-                crate::machine::warm::check_possible(&uri, &home)?;
-            }
-        }
         let backend = for_options(&self.backend, &settings, &home, &name)?;
 
         let lv = Arc::new(Libvirt::connect_to(&uri)?);
@@ -206,10 +196,7 @@ impl EnvBuilder {
         backend.check_libvirt(&lv)?;
         let mut owner = Owner::for_new_object(OwnerKind::Process, &name, &settings);
         owner.home = Some(home.to_string_lossy().into_owned());
-        if let Some(cluster) = backend.minikube() {
-            owner.profile = Some(cluster.profile.clone());
-            owner.minikube = Some(cluster.binary.to_string_lossy().into_owned());
-        }
+        backend.record(&mut owner);
         let registration = Registration::new(&uri, &name, self.signals);
         let core = EnvCore {
             id,
@@ -329,18 +316,23 @@ impl EnvCore {
         lock(&self.generations).get(name).copied().unwrap_or(0)
     }
 
-    /// Makes SIGTERM and SIGINT end process group `pgid` (a minikube run) while it runs. An
-    /// environment of this process lists it for its teardown; an attached one, which a signal
-    /// does not tear down, gets a registration of its own, held by the caller while the group
-    /// runs.
-    pub fn kill_on_signal(&self, pgid: i32) -> Option<Registration> {
-        if self.attached {
-            let guard = Registration::new(self.lv.uri(), &self.name, true);
-            guard.add_kill_group(pgid);
-            return Some(guard);
+    /// Makes SIGTERM and SIGINT end process group `pgid` (a minikube run) until the guard
+    /// drops. An environment of this process lists the group for its teardown; an attached one,
+    /// which a signal does not tear down, gets a registration of its own for it.
+    pub fn kill_on_signal(&self, pgid: i32) -> KillOnSignal<'_> {
+        let own = if self.attached {
+            let own = Registration::new(self.lv.uri(), &self.name, true);
+            own.add_kill_group(pgid);
+            Some(own)
+        } else {
+            let _ = self.registered(|r| r.add_kill_group(pgid));
+            None
+        };
+        KillOnSignal {
+            core: self,
+            pgid,
+            _own: own,
         }
-        let _ = self.registered(|r| r.add_kill_group(pgid));
-        None
     }
 
     /// The plan for collecting this environment's artifacts, over every domain it registered.
@@ -374,6 +366,20 @@ impl EnvCore {
     fn write_owner_record(&self) -> Result<()> {
         let record = self.home.join(crate::reaper::OWNER_RECORD);
         crate::owner::write_record(&record, &self.owner())
+    }
+}
+
+/// See [`EnvCore::kill_on_signal`]: once the group has ended, a signal must not kill a group
+/// that reuses its id.
+pub(crate) struct KillOnSignal<'a> {
+    core: &'a EnvCore,
+    pgid: i32,
+    _own: Option<Registration>,
+}
+
+impl Drop for KillOnSignal<'_> {
+    fn drop(&mut self) {
+        let _ = self.core.registered(|r| r.forget_kill_group(self.pgid));
     }
 }
 
@@ -482,9 +488,10 @@ impl Env {
         let nodes = u32::try_from(domains.len()).unwrap_or(u32::MAX).max(1);
         let backend = crate::backend::for_record(&owner, &settings, &home, nodes);
         let registration = Registration::new(lv.uri(), name, false);
-        if let Some(cluster) = backend.minikube() {
-            registration.add_command(cluster.delete_command());
-        }
+        backend
+            .removal_commands()
+            .into_iter()
+            .for_each(|c| registration.add_command(c));
         domains.iter().for_each(|d| registration.add_domain(d));
         network_names
             .iter()

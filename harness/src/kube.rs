@@ -7,18 +7,27 @@ use crate::error::{Error, Result};
 
 /// A client for `context` in the kubeconfig file `path`.
 pub(crate) async fn client(path: &Path, context: &str) -> Result<kube::Client> {
-    let fail = |source: Box<dyn std::error::Error + Send + Sync>| Error::Kube {
+    let fail = move |path: &Path, source: Box<dyn std::error::Error + Send + Sync>| Error::Kube {
         kubeconfig: path.to_owned(),
         context: context.to_owned(),
         source,
     };
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| fail(Box::new(e)))?;
+    // A file read: off the runtime thread, as every blocking call.
+    let (file, owned_context) = (path.to_owned(), context.to_owned());
+    let kubeconfig = crate::wait::off_thread(move || {
+        kube::config::Kubeconfig::read_from(&file).map_err(|e| Error::Kube {
+            kubeconfig: file.clone(),
+            context: owned_context,
+            source: Box::new(e),
+        })
+    })
+    .await?;
     let options = kube::config::KubeConfigOptions {
         context: Some(context.to_owned()),
         ..Default::default()
     };
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
-        .map_err(|e| fail(Box::new(e)))?;
-    kube::Client::try_from(config).map_err(|e| fail(Box::new(e)))
+        .map_err(|e| fail(path, Box::new(e)))?;
+    kube::Client::try_from(config).map_err(|e| fail(path, Box::new(e)))
 }

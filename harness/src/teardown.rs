@@ -7,7 +7,6 @@
 //! registered environment down, and exits with 128 + the signal number.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
@@ -272,12 +271,11 @@ fn install_signal_handler() {
             .name("mkh-signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    // A closed stderr must not end this thread before the teardown.
-                    let _ = writeln!(std::io::stderr(), "mkh: signal {sig} received, tearing down this process's environments");
+                    tracing::warn!("signal {sig} received, tearing down this process's environments");
                     // Creations under way finish first; none starts after (the process ends).
                     let _no_more = CREATING.write().unwrap_or_else(|p| p.into_inner());
                     for problem in run_all_after_signal() {
-                        let _ = writeln!(std::io::stderr(), "mkh: teardown: {problem}");
+                        tracing::error!("teardown: {problem}");
                     }
                     std::process::exit(128 + sig);
                 }

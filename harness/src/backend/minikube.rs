@@ -15,7 +15,9 @@ use crate::minikube::cache;
 use crate::minikube::contract::{self, Host, Request, Version};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
 use crate::net::spec::NetworkFacts;
+use crate::owner::Owner;
 use crate::settings::Settings;
+use crate::teardown::TeardownCommand;
 
 #[derive(Debug)]
 pub(super) struct MinikubeBackend {
@@ -153,7 +155,6 @@ impl MinikubeBackend {
         };
         let all_tagged = || untagged.lock().map_or(true, |l| l.is_empty());
         let done = std::sync::atomic::AtomicBool::new(false);
-        let mut group = None;
         let mut signal_guard = None;
         let result = std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -165,15 +166,11 @@ impl MinikubeBackend {
                 }
             });
             let result = cluster.run(&args, deadline, &mut |g| {
-                group = Some(g);
-                signal_guard = env.kill_on_signal(g);
+                signal_guard = Some(env.kill_on_signal(g));
             });
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             result
         });
-        if let Some(g) = group {
-            let _ = env.registered(|r| r.forget_kill_group(g));
-        }
         drop(signal_guard);
         if let Err(e) = result {
             // A failed new host is deleted and made again by minikube (`startHostInternal`,
@@ -335,8 +332,13 @@ impl super::ClusterBackend for MinikubeBackend {
             "-p".to_owned(),
             self.cluster.profile.clone(),
         ];
+        // SIGTERM or SIGINT ends minikube's process group too.
+        let mut signal_guard = None;
         self.cluster
-            .run(&args, env.timeouts().minikube_start(), &mut |_| {})?;
+            .run(&args, env.timeouts().minikube_start(), &mut |g| {
+                signal_guard = Some(env.kill_on_signal(g));
+            })?;
+        drop(signal_guard);
         forget_boot_host_keys(machines)
     }
 
@@ -369,6 +371,15 @@ impl super::ClusterBackend for MinikubeBackend {
 
     fn minikube(&self) -> Option<&MinikubeCluster> {
         Some(&self.cluster)
+    }
+
+    fn record(&self, owner: &mut Owner) {
+        owner.profile = Some(self.cluster.profile.clone());
+        owner.minikube = Some(self.cluster.binary.to_string_lossy().into_owned());
+    }
+
+    fn removal_commands(&self) -> Vec<TeardownCommand> {
+        vec![self.cluster.delete_command()]
     }
 
     fn describe(&self, d: &mut EnvDescription) {

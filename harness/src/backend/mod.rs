@@ -102,6 +102,16 @@ pub(crate) trait ClusterBackend: Send + Sync + std::fmt::Debug {
             .map(|c| (c.kubeconfig.as_path(), c.context()))
     }
 
+    /// Writes what only this backend knows into the environment's owner record (minikube's
+    /// profile and binary, which `mkh down` and a later attach need).
+    fn record(&self, _owner: &mut Owner) {}
+
+    /// What removes this backend's part of an environment before its domains go (`minikube
+    /// delete`).
+    fn removal_commands(&self) -> Vec<crate::teardown::TeardownCommand> {
+        Vec::new()
+    }
+
     /// Adds what only this backend knows to the environment's description.
     fn describe(&self, _description: &mut EnvDescription) {}
 }
@@ -117,6 +127,14 @@ pub(crate) fn for_options(
     Ok(match options {
         Backend::NetworksOnly => Box::new(builtin::BuiltinGuest { options: None }),
         Backend::Builtin(o) => {
+            // QEMU opens the guest image from the cache directory (checked without creating
+            // anything); a remote libvirt host has it in its pool.
+            if crate::libvirt::uri_is_local(&settings.libvirt_uri) {
+                crate::config::check_cache_dir(&settings.cache_dir)?;
+            }
+            if o.warm_start {
+                crate::machine::warm::check_possible(&settings.libvirt_uri, home)?;
+            }
             // Its guests are reached through an SSH host: a login that fails there would fail
             // only once the machine runs.
             if let Some(host) = crate::remote::SshHost::from_uri(&settings.libvirt_uri) {
