@@ -22,7 +22,7 @@
 //! mkh reports what it does through `tracing`: the phases of long work as INFO events of target
 //! [`PROGRESS_TARGET`], problems as warnings. It prints nothing itself.
 //!
-//! Features: `kube` ([`Env::kube_client`]; k8s-openapi's Kubernetes version is the final crate's
+//! Features: `kube` (`Env::kube_client`; k8s-openapi's Kubernetes version is the final crate's
 //! choice) and `admin` (the `mkh` command's verbs over every environment of a host; test code
 //! does not need it).
 //! `ARCHITECTURE.md` at the repository root maps the modules.

@@ -478,7 +478,10 @@ fn a_stopped_network_cuts_its_machine_off_until_the_machine_restarts() {
     // libvirt does not plug a running guest's NIC back into the new bridge.
     env.start_network(NetworkRole::Private).unwrap();
     env.start_network(NetworkRole::Private).unwrap();
-    assert!(!ping(private), "{private} answers before the machine restarted");
+    assert!(
+        !ping(private),
+        "{private} answers before the machine restarted"
+    );
     // A restart does, and the guest's lease on the new network is listed.
     m.restart().unwrap();
     let again = m.ip(NetworkRole::Private).unwrap();
