@@ -20,10 +20,10 @@ fi
 # Build (or find) the guest image once, before tests that boot it run in parallel.
 cargo run --quiet -p mkh-cli -- image
 
-# The minikube stand-in serves a real kube-apiserver, built from Debian's kubernetes source
-# package once (about 6 minutes on 2 cores) and cached, where the stand-in finds it; etcd comes
+# The minikube stand-in runs a real Kubernetes, built from Debian's kubernetes source package
+# once (about 10-15 minutes on 2 cores) and cached, where the stand-in finds it; etcd comes
 # from Debian's etcd-server. Built here, before the tests, so that no test waits for it.
-harness/scripts/build-apiserver.sh >/dev/null
+harness/scripts/build-kubernetes.sh >/dev/null
 
 # Every object the run creates records this id (child processes inherit it).
 export MKH_RUN_ID="${MKH_RUN_ID:-test-$(date -u +%Y%m%dT%H%M%SZ)-$$}"

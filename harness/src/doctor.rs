@@ -563,7 +563,10 @@ fn minikube(settings: &Settings) -> Check {
 
 /// The kube-apiserver that mkh's own tests give their minikube stand-in.
 fn stand_in_api_server(cache_dir: &Path) -> Check {
-    let path = cache_dir.join("kube-apiserver").join("current");
+    let path = cache_dir
+        .join("kubernetes")
+        .join("current")
+        .join("kube-apiserver");
     if path.is_file() {
         check(
             "stand-in API server",
@@ -575,7 +578,7 @@ fn stand_in_api_server(cache_dir: &Path) -> Check {
         check(
             "stand-in API server",
             Status::Pass,
-            format!("not built ({}): only mkh's own test suite needs it, and builds it on first use (5-10 minutes; `harness/scripts/build-apiserver.sh` builds it now)", path.display()),
+            format!("not built ({}): only mkh's own test suite needs it, and builds it on first use (10-15 minutes; `harness/scripts/build-kubernetes.sh` builds it now)", path.display()),
             None,
         )
     }

@@ -42,9 +42,7 @@ pub struct ProcessRecord {
 
 pub type Records = BTreeMap<String, ProcessRecord>;
 
-/// The kube-apiserver binary: `$MKH_KUBE_APISERVER`, else the one cached by
-/// `harness/scripts/build-apiserver.sh` under mkh's cache directory, built there now (once, under
-/// the script's lock) if it is missing.
+/// The kube-apiserver binary: `$MKH_KUBE_APISERVER`, else the one of [`kubernetes_dir`].
 pub fn apiserver_binary() -> Result<PathBuf, Failure> {
     let config =
         |problem: String| Failure::exit(crate::EX_PROGRAM_CONFIG, "MK_STANDIN_APISERVER", problem);
@@ -58,19 +56,27 @@ pub fn apiserver_binary() -> Result<PathBuf, Failure> {
         }
         return Ok(path);
     }
+    Ok(kubernetes_dir()?.join("kube-apiserver"))
+}
+
+/// The Kubernetes binaries built by `harness/scripts/build-kubernetes.sh` (kube-apiserver,
+/// kubelet, ..., pause) in mkh's cache, built now if the cache has none.
+pub fn kubernetes_dir() -> Result<PathBuf, Failure> {
+    let config =
+        |problem: String| Failure::exit(crate::EX_PROGRAM_CONFIG, "MK_STANDIN_KUBERNETES", problem);
     let cache = mkh::Settings::current()
         .map_err(|e| config(e.to_string()))?
         .cache_dir;
-    let cached = cache.join("kube-apiserver").join("current");
-    if cached.is_file() {
+    let cached = cache.join("kubernetes").join("current");
+    if cached.join("kubelet").is_file() && cached.join("kube-apiserver").is_file() {
         return Ok(cached);
     }
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../harness/scripts/build-apiserver.sh"
+        "/../harness/scripts/build-kubernetes.sh"
     );
     eprintln!(
-        "minikube stand-in: no kube-apiserver in {}; building it once with {script} (5-10 minutes on 2 cores)",
+        "minikube stand-in: no Kubernetes binaries in {}; building them once with {script} (10-15 minutes on 2 cores)",
         cache.display()
     );
     let out = std::process::Command::new(script)
@@ -83,7 +89,7 @@ pub fn apiserver_binary() -> Result<PathBuf, Failure> {
         .last()
         .unwrap_or_default()
         .to_owned();
-    if !out.status.success() || !std::path::Path::new(&built).is_file() {
+    if !out.status.success() || !std::path::Path::new(&built).join("kubelet").is_file() {
         return Err(config(format!(
             "{script} failed; run it by hand to see why"
         )));

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Builds a real kube-apiserver from Debian's `kubernetes` source package (1.20.x, vendored, so it
-# builds offline from the Debian mirror alone) and caches it. No registry reachable from here ships
-# a kube-apiserver binary; building it is the only way to get one.
+# Builds a Kubernetes node's binaries from Debian's `kubernetes` source package (1.20.x, vendored,
+# so it builds offline from the Debian mirror alone) and caches them: kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet (static, dockershim included), kube-proxy, and
+# the pause container's program. No registry reachable from here ships them; building them is the
+# only way to get them.
 #
-#   build-apiserver.sh [CACHE_DIR]      CACHE_DIR defaults to ${MKH_CACHE_DIR:-/var/tmp/mkh-cache-<uid>}, as mkh's
+#   build-kubernetes.sh [CACHE_DIR]     CACHE_DIR defaults to ${MKH_CACHE_DIR:-/var/tmp/mkh-cache-<uid>}, as mkh's
 #
-# The last line on stdout is the absolute path of the cached binary; everything else goes to
+# The last line on stdout is the absolute path of the cached directory; everything else goes to
 # stderr. Layout:
-#   CACHE_DIR/kube-apiserver/<debian source version>/kube-apiserver
-#   CACHE_DIR/kube-apiserver/current -> <debian source version>/kube-apiserver
+#   CACHE_DIR/kubernetes/<debian source version>/{kube-apiserver,kubelet,...,pause}
+#   CACHE_DIR/kubernetes/current -> <debian source version>
 #
-# Once built, a run only resolves `current` and prints it: no apt, no network. The build (6-10
+# Once built, a run only resolves `current` and prints it: no apt, no network. The build (10-15
 # minutes on 2 cores) holds a lock, so concurrent callers wait for one build instead of racing,
-# and the binary appears in the cache only by an atomic rename, never half-written.
+# and the directory appears in the cache only by an atomic rename, never half-written.
 # It also makes sure Debian's etcd-server (/usr/bin/etcd, 3.4) is installed: the API server is
 # useless without it.
 set -euo pipefail
@@ -21,28 +23,31 @@ set -euo pipefail
 exec 3>&1 1>&2
 
 cache_dir="${1:-${MKH_CACHE_DIR:-/var/tmp/mkh-cache-$(id -u)}}"
-root="$cache_dir/kube-apiserver"
+root="$cache_dir/kubernetes"
 current="$root/current"
 deb_src_list=/etc/apt/sources.list.d/mkh-deb-src.sources
 go_bin=/usr/lib/go-1.19/bin
 reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
-packages=(golang-1.19-go rsync etcd-server dpkg-dev make gcc golang-github-modern-go-reflect2-dev)
+packages=(golang-1.19-go rsync etcd-server dpkg-dev make gcc libc6-dev golang-github-modern-go-reflect2-dev)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
-log() { echo "build-apiserver: $*"; }
-die() { echo "build-apiserver: error: $*"; exit 1; }
+log() { echo "build-kubernetes: $*"; }
+die() { echo "build-kubernetes: error: $*"; exit 1; }
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Prints the cached binary and exits, if there is one.
+# Prints the cached directory and exits, if there is one.
 print_cached_and_exit() {
-  local bin
-  bin="$(readlink -f "$current" 2>/dev/null)" || return 0
-  if [ -f "$bin" ] && [ -x "$bin" ]; then
-    echo "$bin" >&3
-    exit 0
-  fi
+  local dir b
+  dir="$(readlink -f "$current" 2>/dev/null)" || return 0
+  [ -d "$dir" ] || return 0
+  for b in "${binaries[@]}" pause; do
+    [ -f "$dir/$b" ] && [ -x "$dir/$b" ] || return 0
+  done
+  echo "$dir" >&3
+  exit 0
 }
 
 missing_packages() {
@@ -157,7 +162,9 @@ upstream="${upstream%-*}"
 upstream="${upstream##*+really}"
 upstream="${upstream%%+*}"
 upstream="${upstream%%~*}"
-log "building kube-apiserver v$upstream from Debian source $deb_version (6-10 minutes, niced)"
+whats=()
+for b in "${binaries[@]}"; do whats+=("cmd/$b"); done
+log "building ${binaries[*]} v$upstream from Debian source $deb_version (10-15 minutes, niced)"
 
 # Keep Go's caches and temporary files in the work dir: /tmp may be small, and they go away
 # with the source tree.
@@ -165,23 +172,34 @@ build_log="$root/build.log"
 if ! (cd "$src" && \
       env PATH="$go_bin:$PATH" GOFLAGS=-mod=vendor GOCACHE="$work/gocache" \
           GOTMPDIR="$work" TMPDIR="$work" GOTOOLCHAIN=local \
-        nice -n 10 make WHAT=cmd/kube-apiserver \
+        nice -n 10 make WHAT="${whats[*]}" KUBE_STATIC_OVERRIDES=kubelet \
           KUBE_GIT_VERSION="v$upstream" KUBE_GIT_TREE_STATE=clean) >"$build_log" 2>&1; then
   tail -n 30 "$build_log"
-  die "make WHAT=cmd/kube-apiserver failed; full log in $build_log (the source tree is removed; run again after fixing the cause)"
+  die "make WHAT=\"${whats[*]}\" failed; full log in $build_log (the source tree is removed; run again after fixing the cause)"
 fi
-built="$src/_output/bin/kube-apiserver"
-[ -x "$built" ] || die "the build succeeded but left no $built; see $build_log"
+staged="$work/staged"
+mkdir -p "$staged"
+for b in "${binaries[@]}"; do
+  [ -x "$src/_output/bin/$b" ] || die "the build succeeded but left no $src/_output/bin/$b; see $build_log"
+  cp "$src/_output/bin/$b" "$staged/$b"
+done
+# The pause container's program, as the upstream image builds it (build/pause/Makefile).
+pause_c="$src/build/pause/linux/pause.c"
+[ -f "$pause_c" ] || die "$pause_c is missing; the source layout changed, check the recipe"
+gcc -Os -Wall -Werror -static -DVERSION="v$upstream-mkh" -o "$staged/pause" "$pause_c" \
+  || die "gcc could not build $pause_c statically (is libc6-dev installed?)"
+chmod 0755 "$staged"/*
 log "built in $((SECONDS - start)) s; source tree and build output took $(du -sh "$work" | cut -f1)"
 
+# A finished directory replaces any older one of this version whole, then `current` points at it.
 version_dir="$root/$deb_version"
-mkdir -p "$version_dir"
-cp "$built" "$version_dir/.kube-apiserver.tmp.$$"
-chmod 0755 "$version_dir/.kube-apiserver.tmp.$$"
-mv -f "$version_dir/.kube-apiserver.tmp.$$" "$version_dir/kube-apiserver"
-ln -sfn "$deb_version/kube-apiserver" "$root/.current.tmp.$$"
+rm -rf "$version_dir.old"
+[ -e "$version_dir" ] && mv -f "$version_dir" "$version_dir.old"
+mv -f "$staged" "$version_dir"
+rm -rf "$version_dir.old"
+ln -sfn "$deb_version" "$root/.current.tmp.$$"
 mv -fT "$root/.current.tmp.$$" "$current"
 
 cleanup
 trap - EXIT INT TERM HUP
-echo "$version_dir/kube-apiserver" >&3
+echo "$version_dir" >&3
