@@ -67,7 +67,7 @@ fn build_image(
     }
 
     // Download exactly the versions the digest names.
-    download_and_unpack(packages, &debs, &unpacked)?;
+    download_and_unpack(&packages.versions, &debs, &unpacked)?;
     let host_libs = stage_root(&unpacked, &root, packages)?;
 
     let kernel_src = unpacked

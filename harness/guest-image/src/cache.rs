@@ -26,9 +26,14 @@ const WORK_DIR_PREFIX: &str = ".build-";
 /// Checks that QEMU's user can reach `cache_dir`, creates it and its `guest`
 /// subdirectory (0755) and returns the absolute `guest` path.
 pub(crate) fn prepare_cache_dir(cache_dir: &Path) -> Result<PathBuf> {
+    prepare_cache_subdir(cache_dir, "guest")
+}
+
+/// [`prepare_cache_dir`] for the subdirectory `name` (`guest`, `node`).
+pub(crate) fn prepare_cache_subdir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
     let (abs, mut missing) = reachable_part(cache_dir)?;
     missing.reverse();
-    let guest_dir = abs.join("guest");
+    let guest_dir = abs.join(name);
     missing.push(guest_dir.clone());
     for dir in &missing {
         make_dir_0755(dir)?;
@@ -112,7 +117,7 @@ fn qemu_can_traverse(mode: u32) -> bool {
     mode & 0o001 != 0
 }
 
-fn recipe_marker(guest_dir: &Path, recipe: &str) -> PathBuf {
+pub(crate) fn recipe_marker(guest_dir: &Path, recipe: &str) -> PathBuf {
     guest_dir.join(format!("recipe-{recipe}"))
 }
 

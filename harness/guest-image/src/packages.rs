@@ -45,14 +45,20 @@ pub(crate) fn resolve_packages() -> Result<Packages> {
     })?;
     let mut names: Vec<&str> = PACKAGES.to_vec();
     names.push(&kernel);
+    let versions = resolve_versions(&names)?;
+    Ok(Packages { kernel, versions })
+}
+
+/// The candidate version of each of `names` (local apt metadata only, no download).
+pub(crate) fn resolve_versions(names: &[&str]) -> Result<BTreeMap<String, String>> {
     let policy = run_stdout(
-        Command::new("apt-cache").arg("policy").args(&names),
+        Command::new("apt-cache").arg("policy").args(names),
         "apt",
         "run `apt-get update`",
     )?;
     let candidates = parse_policy_candidates(&policy);
     let mut versions = BTreeMap::new();
-    for name in names {
+    for &name in names {
         match candidates.get(name) {
             Some(Some(version)) => {
                 versions.insert(name.to_string(), version.clone());
@@ -71,7 +77,7 @@ pub(crate) fn resolve_packages() -> Result<Packages> {
             }
         }
     }
-    Ok(Packages { kernel, versions })
+    Ok(versions)
 }
 
 /// From `apt-cache depends <meta>`, the first dependency that is a versioned
@@ -111,14 +117,14 @@ fn parse_policy_candidates(output: &str) -> HashMap<String, Option<String>> {
     result
 }
 
-/// Downloads exactly the versions `packages` names into `debs` and unpacks
+/// Downloads exactly the `versions` (package -> version) into `debs` and unpacks
 /// them all into `unpacked` (in file name order).
-pub(crate) fn download_and_unpack(packages: &Packages, debs: &Path, unpacked: &Path) -> Result<()> {
-    let pinned: Vec<String> = packages
-        .versions
-        .iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
+pub(crate) fn download_and_unpack(
+    versions: &BTreeMap<String, String>,
+    debs: &Path,
+    unpacked: &Path,
+) -> Result<()> {
+    let pinned: Vec<String> = versions.iter().map(|(n, v)| format!("{n}={v}")).collect();
     run_stdout(
         Command::new("apt-get").arg("download").args(&pinned).current_dir(debs),
         "apt",

@@ -84,6 +84,35 @@ pub(crate) const MODULES: &[(&str, ModuleUse)] = &[
     ("act_mirred", ModuleUse::ShipOptional),
     // `action drop` of tc filters (scenario blocks).
     ("act_gact", ModuleUse::ShipOptional),
+    // A Kubernetes node (mkh.node=1): its disks, the overlay root and docker's storage, pod
+    // networking (bridges, veths), and the netfilter that docker and kube-proxy program.
+    ("virtio_blk", ModuleUse::ShipOptional),
+    ("overlay", ModuleUse::ShipOptional),
+    ("br_netfilter", ModuleUse::ShipOptional),
+    ("veth", ModuleUse::ShipOptional),
+    ("nf_conntrack_netlink", ModuleUse::ShipOptional),
+    ("iptable_filter", ModuleUse::ShipOptional),
+    ("iptable_nat", ModuleUse::ShipOptional),
+    ("iptable_mangle", ModuleUse::ShipOptional),
+    ("iptable_raw", ModuleUse::ShipOptional),
+    ("ipt_REJECT", ModuleUse::ShipOptional),
+    ("ip6table_filter", ModuleUse::ShipOptional),
+    ("ip6table_nat", ModuleUse::ShipOptional),
+    ("ip6table_mangle", ModuleUse::ShipOptional),
+    ("ip6table_raw", ModuleUse::ShipOptional),
+    ("ip6t_REJECT", ModuleUse::ShipOptional),
+    ("xt_conntrack", ModuleUse::ShipOptional),
+    ("xt_MASQUERADE", ModuleUse::ShipOptional),
+    ("xt_addrtype", ModuleUse::ShipOptional),
+    ("xt_comment", ModuleUse::ShipOptional),
+    ("xt_mark", ModuleUse::ShipOptional),
+    ("xt_multiport", ModuleUse::ShipOptional),
+    ("xt_nat", ModuleUse::ShipOptional),
+    ("xt_statistic", ModuleUse::ShipOptional),
+    ("xt_recent", ModuleUse::ShipOptional),
+    ("xt_tcpudp", ModuleUse::ShipOptional),
+    ("xt_limit", ModuleUse::ShipOptional),
+    ("xt_physdev", ModuleUse::ShipOptional),
 ];
 
 /// A file written verbatim into the initramfs.
@@ -105,6 +134,16 @@ pub(crate) const ASSETS: &[Asset] = &[
         path: "etc/mkh/dhcp-event",
         mode: 0o755,
         content: include_str!("../assets/dhcp-event"),
+    },
+    Asset {
+        path: "etc/mkh/node-root",
+        mode: 0o644,
+        content: include_str!("../assets/node-root"),
+    },
+    Asset {
+        path: "etc/mkh/node-start",
+        mode: 0o755,
+        content: include_str!("../assets/node-start"),
     },
     Asset {
         path: "etc/acpi/PWRF/00000080",
