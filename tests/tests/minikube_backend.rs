@@ -496,6 +496,8 @@ async fn a_two_node_cluster_has_both_nodes_on_both_networks_and_leaves_nothing()
         for role in [NetworkRole::Nat, NetworkRole::Private] {
             let ssh = m.ssh(role).await.unwrap();
             assert_eq!(ssh.exec("id -un").await.unwrap().stdout.trim(), "docker");
+            // Each node is named after its machine: `<p>`, `<p>-m02`.
+            assert_eq!(ssh.exec("hostname").await.unwrap().stdout.trim(), m.name());
         }
         assert!(
             objects_of_env(&name).contains(&m.name().to_owned()),
@@ -535,9 +537,11 @@ async fn the_cluster_fixture_on_minikube(
     let kubeconfig = cluster.kubeconfig().unwrap();
     assert!(kubeconfig.path.exists());
     let ssh = cluster.ssh(NetworkRole::Nat).await.unwrap();
+    // A node's hostname is its machine name, the profile's for the first node
+    // (`pkg/provision/buildroot.go`), never `minikube`.
     assert_eq!(
         ssh.exec("hostname").await.unwrap().stdout.trim(),
-        "minikube"
+        d.profile.as_deref().unwrap()
     );
 }
 

@@ -22,8 +22,6 @@ use crate::{
     EX_GUEST_NOT_RUNNING, EX_GUEST_TIMEOUT, EX_PROGRAM_USAGE, VERSION, VERSION_BASE,
 };
 
-/// Every minikube VM's hostname.
-const GUEST_HOSTNAME: &str = "minikube";
 const SSH_USER: &str = "docker";
 /// kvm2's deadlines (x4 under TCG).
 const RUNNING_WAIT: Duration = Duration::from_secs(30);
@@ -861,9 +859,12 @@ fn boot_machine(
                     .cache_dir,
             )
             .map_err(|e| Failure::error(format!("guest image: {e}")))?;
-            // No host key: the guest makes a new one on every boot, as the ISO does.
+            // No host key: the guest makes a new one on every boot, as the ISO does. The
+            // hostname is the machine's name (`<p>`, `<p>-m02`), as the provisioner sets it
+            // (`pkg/provision/buildroot.go`, `Provision`: `SetHostname(GetMachineName())`);
+            // given at boot here, where minikube sets it over SSH once the VM is up.
             let cmdline = mkh_guest_image::kernel_cmdline(&mkh_guest_image::BootParams {
-                hostname: GUEST_HOSTNAME,
+                hostname: &m.name,
                 authorized_key: &pubkey,
                 host_key: None,
             })
