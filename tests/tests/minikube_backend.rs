@@ -71,6 +71,23 @@ fn standin_start(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `<section>/<name>` of every cluster, context and user in a kubeconfig file.
+fn kubeconfig_names(path: &std::path::Path) -> Vec<String> {
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    ["clusters", "contexts", "users"]
+        .iter()
+        .flat_map(|section| {
+            doc[*section]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["name"].as_str())
+                .map(move |n| format!("{section}/{n}"))
+        })
+        .collect()
+}
+
 /// Every host key mkh recorded for `machine`, one per boot, in order.
 fn recorded_host_keys(home: &std::path::Path, machine: &str) -> Vec<(String, String)> {
     std::fs::read_to_string(home.join("known_hosts"))
@@ -171,9 +188,24 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
         .unwrap_err();
     assert!(matches!(err, Error::MachineNotRunning { .. }), "{err}");
     assert!(err.to_string().contains("this needs it running"), "{err}");
+    // `minikube stop` removed the profile's kubeconfig entries; `start` writes them again.
+    let kubeconfig = d.kubeconfig.clone().unwrap();
+    assert!(kubeconfig_names(&kubeconfig).is_empty(), "left after stop");
+    let Err(err) = env.kube_client().await else {
+        panic!("a kube client for a stopped cluster");
+    };
+    assert!(
+        err.to_string()
+            .contains("a stopped minikube cluster has none"),
+        "{err}"
+    );
 
     let again = env.start().await.unwrap();
     assert_eq!(again.private, ips.private);
+    assert_eq!(
+        kubeconfig_names(&kubeconfig),
+        ["clusters", "contexts", "users"].map(|k| format!("{k}/{name}"))
+    );
     assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
     // The guest made a new host key on that boot, as minikube's ISO does; mkh held the first
     // boot's key for that boot and took the new one.

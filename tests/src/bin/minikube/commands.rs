@@ -1103,7 +1103,8 @@ fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
     let (cluster, _) = load_existing(&p)?;
     let lv = Libvirt::open()?;
     let machines = machines_of(&p, cluster.as_ref());
-    for m in &machines {
+    // In reverse order, the primary control plane last (`stopProfile`, cmd/minikube/cmd/stop.go).
+    for m in machines.iter().rev() {
         step("✋", format!("Stopping node \"{}\"  ...", m.name));
         let was_running = lv.domain_state(&m.name)? == DomState::Running;
         if was_running {
@@ -1128,6 +1129,13 @@ fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
             }
         }
     }
+    // `stopProfile` then removes the profile's cluster, user and context from the kubeconfig,
+    // and empties current-context if it named the profile (`kubeconfig.DeleteContext`,
+    // pkg/minikube/kubeconfig/context.go); `start` writes them again. (`--keep-context-active`,
+    // which keeps them, is not imitated.)
+    kubeconfig::update(&env.kubeconfig, &env.lock_dir, |doc| {
+        kubeconfig::remove(doc, name)
+    })?;
     step("🛑", format!("{} node(s) stopped.", machines.len()));
     Ok(0)
 }
