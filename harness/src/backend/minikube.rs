@@ -133,7 +133,7 @@ impl MinikubeBackend {
             cluster.log.display()
         ));
         let args = cluster.start_args(&env.networks(), &self.options);
-        let deadline = env.timeouts().minikube_start();
+        let deadline = env.timeouts().minikube_start(self.nodes);
         let owner_xml = env.owner().to_bare_element_xml();
         let untagged = Mutex::new(self.node_machines());
         let tag = |lv: &Libvirt| -> Result<()> {
@@ -362,11 +362,11 @@ impl super::ClusterBackend for MinikubeBackend {
         };
         cluster.prepare(&shared_cache, version)?;
         // From here on, whatever happens, teardown starts with `minikube delete`.
-        env.registered(|r| r.add_command(cluster.delete_command()))?;
+        env.registered(|r| r.add_command(cluster.delete_command(self.nodes)))?;
         let started = Instant::now();
         let result = {
             let key = cache::download_key(version, &self.options.extra_args);
-            let deadline = env.timeouts().minikube_start();
+            let deadline = env.timeouts().minikube_start(self.nodes);
             let _first_download = cache::first_start_lock(&shared_cache, &key, deadline)?;
             let result = self.run_start(env);
             if result.is_ok() {
@@ -394,7 +394,7 @@ impl super::ClusterBackend for MinikubeBackend {
         // SIGTERM or SIGINT ends minikube's process group too.
         let mut signal_guard = None;
         self.cluster
-            .run(&args, env.timeouts().minikube_start(), &mut |g| {
+            .run(&args, env.timeouts().minikube_start(self.nodes), &mut |g| {
                 signal_guard = Some(env.kill_on_signal(g));
             })?;
         drop(signal_guard);
@@ -442,7 +442,7 @@ impl super::ClusterBackend for MinikubeBackend {
     }
 
     fn removal_commands(&self) -> Vec<TeardownCommand> {
-        vec![self.cluster.delete_command()]
+        vec![self.cluster.delete_command(self.nodes)]
     }
 
     fn describe(&self, d: &mut EnvDescription) {
