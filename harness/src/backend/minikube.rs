@@ -50,6 +50,7 @@ impl MinikubeBackend {
             });
         }
         check_extra_args(&options.extra_args)?;
+        check_subnet_prefix(&settings.subnet_pool)?;
         let nodes = options.nodes.unwrap_or(1);
         if !(1..=MAX_NODES).contains(&nodes) {
             return Err(Error::InvalidInput {
@@ -227,6 +228,24 @@ fn forget_boot_host_keys(machines: &[Machine]) -> Result<()> {
 
 /// The most nodes mkh brings up in one environment (each is a VM).
 const MAX_NODES: u32 = 9;
+
+/// minikube's VM reaches its host as `host.minikube.internal`, which minikube takes to be
+/// `a.b.c.1` of the VM's private IP (`HostIP`, case KVM2, `pkg/minikube/cluster/ip.go`): right
+/// only on a /24 whose first address is the host's, as mkh's gateway is. Refused before
+/// anything is made rather than changed silently: the prefix is the user's setting, it decides
+/// how many environments the pool holds (`mkh doctor` counts them), and a pool narrower than a
+/// /24 could not serve one anyway.
+fn check_subnet_prefix(pool: &crate::net::SubnetPool) -> Result<()> {
+    if pool.prefix == 24 {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        what: "MKH_SUBNET_PREFIX (subnet_prefix) for the minikube backend",
+        value: pool.prefix.to_string(),
+        problem: "minikube makes host.minikube.internal a.b.c.1 of the VM's private IP, which is the host only on a /24 network".into(),
+        fix: "set MKH_SUBNET_PREFIX=24 (or subnet_prefix = 24 in mkh.toml, or unset it) for minikube environments, with a MKH_SUBNET_POOL of at least a /24",
+    })
+}
 
 /// What became of the private network mkh gave minikube (`--network`), judged after a start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,5 +514,21 @@ mod tests {
         );
         let moved = facts(Some(owner.clone()), "10.208.4.0/24");
         assert!(matches!(judge(Some(&moved)), PrivateNetwork::Lost(_)));
+    }
+
+    #[test]
+    fn minikube_environments_need_24_bit_subnets() {
+        let pool = |prefix| crate::net::SubnetPool {
+            range: "10.208.0.0/12".parse().unwrap(),
+            prefix,
+        };
+        assert!(check_subnet_prefix(&pool(24)).is_ok());
+        for prefix in [16, 23, 25, 28] {
+            let err = check_subnet_prefix(&pool(prefix)).unwrap_err().to_string();
+            assert!(
+                err.contains("MKH_SUBNET_PREFIX") && err.contains("=24"),
+                "{err}"
+            );
+        }
     }
 }
