@@ -64,7 +64,7 @@ pub enum Power {
 /// minikube cluster: `minikube stop` / `minikube start` of its profile, with the binary recorded
 /// at creation and the settings' `minikube_args`); after a start, the first machine's IPs.
 pub fn power(settings: &Settings, name: &str, what: Power) -> Result<Option<crate::Ips>> {
-    let env = crate::blocking::Env::attach(name, settings.clone())?;
+    let mut env = crate::blocking::Env::attach(name, settings.clone())?;
     crate::progress::phase(match what {
         Power::Stop => format!("stopping {name}"),
         Power::Start => format!("starting {name} and waiting for SSH"),

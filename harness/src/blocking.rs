@@ -122,7 +122,7 @@ impl Env {
     }
 
     /// See [`crate::Env::start`].
-    pub fn start(&self) -> Result<Ips> {
+    pub fn start(&mut self) -> Result<Ips> {
         self.inner.start_now()
     }
 

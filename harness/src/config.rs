@@ -93,16 +93,34 @@ impl Timeouts {
         self.scaled(30)
     }
 
-    /// For `minikube start` (also `stop`): real kvm2 cold starts take 45-50 s under KVM, more
-    /// when the ISO is first downloaded.
-    pub fn minikube_start(&self) -> Duration {
-        self.scaled(300)
+    /// For `minikube start` (also `stop`) of a cluster of `nodes` nodes: see
+    /// [`minikube_start_secs`].
+    pub fn minikube_start(&self, nodes: u32) -> Duration {
+        self.scaled(minikube_start_secs(nodes))
     }
 
     /// For an ACPI shutdown before the machine is powered off hard.
     pub fn shutdown(&self) -> Duration {
         self.scaled(5)
     }
+}
+
+/// `minikube start`'s deadline under KVM, in seconds, for `nodes` nodes: a kvm2 cold start
+/// takes 45-50 s, more when the ISO is first downloaded, and a new host that fails is deleted
+/// and made once more (`startHostInternal`); minikube adds the nodes one after the other
+/// (`startWithDriver`'s loop over `node.Add`, `cmd/minikube/cmd/start.go`), each a VM to boot
+/// and join. So 300 s for the first node, 150 s more for each further one.
+pub(crate) fn minikube_start_secs(nodes: u32) -> u64 {
+    300 + 150 * u64::from(nodes.max(1) - 1)
+}
+
+/// `minikube delete`'s deadline for `nodes` nodes: it deletes them one after the other
+/// (`deleteHosts`, `cmd/minikube/cmd/delete.go`), each a destroy and an undefine (no VM boots:
+/// not scaled by the accelerator). 20 s a node: one node's fits nextest's grace period (30 s)
+/// with room for mkh's own removals after it; beyond that, a teardown that nextest cuts short
+/// with SIGKILL leaves the rest to the watchdog.
+pub(crate) fn minikube_delete_deadline(nodes: u32) -> Duration {
+    Duration::from_secs(20 * u64::from(nodes.max(1)))
 }
 
 /// Removes the oldest entries of `dir` that `counted` picks (by modification time; files or
@@ -129,6 +147,20 @@ pub(crate) fn prune_oldest(dir: &Path, keep: usize, counted: impl Fn(&std::fs::D
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn minikube_deadlines_grow_with_the_nodes() {
+        use super::{minikube_delete_deadline, minikube_start_secs, Timeouts};
+        use std::time::Duration;
+        assert_eq!(minikube_start_secs(1), 300);
+        assert_eq!(minikube_start_secs(0), 300);
+        assert_eq!(minikube_start_secs(3), 600);
+        assert!(minikube_start_secs(9) > minikube_start_secs(8));
+        let t = Timeouts { scale: 2.0 };
+        assert_eq!(t.minikube_start(2), Duration::from_secs(900));
+        assert_eq!(minikube_delete_deadline(1), Duration::from_secs(20));
+        assert_eq!(minikube_delete_deadline(4), Duration::from_secs(80));
+    }
+
     use super::*;
 
     #[test]

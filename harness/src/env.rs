@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -206,7 +206,7 @@ impl EnvBuilder {
             owner: Mutex::new(owner),
             home,
             lease: self.lease,
-            networks: OnceLock::new(),
+            networks: RwLock::new(None),
             accel: OnceLock::new(),
             generations: Mutex::new(BTreeMap::new()),
             backend,
@@ -215,6 +215,7 @@ impl EnvBuilder {
         };
         let mut env = Env {
             core: Arc::new(core),
+            networks: NetworkPair::named("", ""),
             machines: Vec::new(),
             timings: Timings::default(),
             artifacts: self.artifacts,
@@ -265,7 +266,9 @@ pub(crate) struct EnvCore {
     pub home: PathBuf,
     /// DHCP lease time of both networks (`None`: dnsmasq's default).
     pub lease: Option<Duration>,
-    networks: OnceLock<NetworkPair>,
+    /// Set once created; the private network's subnet, bridge and gateway change when mkh
+    /// adopts the network minikube made again under its name (`backend/minikube.rs`).
+    networks: RwLock<Option<NetworkPair>>,
     accel: OnceLock<Accel>,
     /// Machines made again (`recreate_machine_now`): name → times.
     generations: Mutex<BTreeMap<String, u32>>,
@@ -278,10 +281,17 @@ pub(crate) struct EnvCore {
 }
 
 impl EnvCore {
-    pub fn networks(&self) -> &NetworkPair {
+    pub fn networks(&self) -> NetworkPair {
         self.networks
-            .get()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
             .expect("an environment has its networks once created")
+    }
+
+    /// The environment's networks as they are now (see `networks`).
+    pub fn set_networks(&self, networks: NetworkPair) {
+        *self.networks.write().unwrap_or_else(|e| e.into_inner()) = Some(networks);
     }
 
     pub fn owner(&self) -> Owner {
@@ -355,7 +365,9 @@ impl EnvCore {
                 .collect(),
             networks: self
                 .networks
-                .get()
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
                 .map(|n| vec![n.nat.name.clone(), n.private.name.clone()])
                 .unwrap_or_default(),
             minikube: self.backend.minikube().cloned(),
@@ -421,6 +433,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Env {
     core: Arc<EnvCore>,
+    /// The core's networks when this handle last changed (creation, attach, start).
+    networks: NetworkPair,
     machines: Vec<Machine>,
     timings: Timings,
     artifacts: Option<PathBuf>,
@@ -507,7 +521,7 @@ impl Env {
             owner: Mutex::new(owner),
             home,
             lease: None,
-            networks: OnceLock::new(),
+            networks: RwLock::new(None),
             accel: OnceLock::new(),
             generations: Mutex::new(BTreeMap::new()),
             backend,
@@ -516,13 +530,14 @@ impl Env {
         };
         let mut env = Env {
             core: Arc::new(core),
+            networks: NetworkPair::named("", ""),
             machines: Vec::new(),
             timings: Timings::default(),
             artifacts: None,
         };
         match NetworkPair::read(&env.core.lv, &nat, &private) {
             Ok(networks) => {
-                let _ = env.core.networks.set(networks);
+                env.core.set_networks(networks);
                 let core = &env.core;
                 env.machines = domains
                     .iter()
@@ -531,7 +546,7 @@ impl Env {
                         Machine::attach(
                             &core.lv,
                             d,
-                            core.networks(),
+                            &core.networks(),
                             files,
                             core.settings.timeout_scale,
                         )
@@ -544,9 +559,10 @@ impl Env {
                     env = name,
                     "{name} is incomplete ({e}): only its removal can help"
                 );
-                let _ = env.core.networks.set(NetworkPair::named(&nat, &private));
+                env.core.set_networks(NetworkPair::named(&nat, &private));
             }
         }
+        env.networks = env.core.networks();
         Ok(env)
     }
 
@@ -567,8 +583,11 @@ impl Env {
             },
         )?;
         self.timings.networks = Some(started.elapsed());
-        let _ = core.networks.set(networks);
+        core.set_networks(networks);
+        self.networks = core.networks();
         self.machines = core.backend.bring_up(core, &mut self.timings)?;
+        // minikube may have made the private network again, and mkh adopted it.
+        self.networks = core.networks();
         Ok(())
     }
 
@@ -707,7 +726,7 @@ impl Env {
 
     /// Its two networks.
     pub fn networks(&self) -> &NetworkPair {
-        self.core.networks()
+        &self.networks
     }
 
     /// The libvirt it lives on.
@@ -870,14 +889,26 @@ impl Env {
         self.core.backend.stop(&self.core, &self.machines)
     }
 
-    /// Starts a stopped cluster again and waits until SSH answers on both networks.
-    pub async fn start(&self) -> Result<Ips> {
+    /// Starts a stopped cluster again and waits until SSH answers on both networks. The
+    /// machines and networks are read again: minikube makes a machine whose domain vanished
+    /// anew (new MACs), and may make the private network again on another subnet (mkh adopts
+    /// it and says so).
+    pub async fn start(&mut self) -> Result<Ips> {
         let (core, machines) = (self.core.clone(), self.machines.clone());
-        off_thread(move || core.backend.start(&core, &machines)).await
+        let started = off_thread(move || core.backend.start(&core, &machines)).await;
+        self.after_start(started)
     }
 
-    pub(crate) fn start_now(&self) -> Result<Ips> {
-        self.core.backend.start(&self.core, &self.machines)
+    pub(crate) fn start_now(&mut self) -> Result<Ips> {
+        let started = self.core.backend.start(&self.core, &self.machines);
+        self.after_start(started)
+    }
+
+    fn after_start(&mut self, started: Result<crate::backend::Started>) -> Result<Ips> {
+        self.networks = self.core.networks();
+        let started = started?;
+        self.machines = started.machines;
+        Ok(started.ips)
     }
 
     /// Describes the environment; with a machine, reads its current IPs from the leases. A

@@ -85,7 +85,7 @@ pub enum Error {
         fix: String,
     },
 
-    #[error("minikube replaced the environment's private network {network}: {problem}; mkh no longer owns the network its tests assume (minikube recreates a private network it cannot start, on a subnet of its own choice): bring up a new environment")]
+    #[error("the environment's private network {network} is no longer one mkh can use: {problem}; mkh adopts a network minikube made again under that name without anyone's metadata, but not a missing one or another owner's: bring up a new environment")]
     NetworkReplaced { network: String, problem: String },
 
     #[error("{source}\n  what explains it is kept in {}", .bundle.display())]

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::libvirt::Libvirt;
+use crate::names::EnvId;
 use crate::net::NetworkFacts;
 use crate::owner::{Owner, OwnerKind};
 
@@ -68,25 +69,43 @@ pub struct EnvNetwork {
     pub active: bool,
 }
 
-/// Every libvirt object mkh claims: those whose metadata says so, and a domain that minikube
-/// made for an mkh environment before mkh could tag it — named after a profile recorded in an mkh
-/// network, with every NIC on mkh's networks. Other objects are not listed at all.
+/// Every libvirt object mkh claims: those whose metadata says so; the private network minikube
+/// made again under the name mkh gave it before mkh could adopt it (`mkh-<id>-priv` without a
+/// record, beside its claimed `mkh-<id>-nat` whose record names a minikube profile); and a
+/// domain that minikube made for an mkh environment before mkh could tag it — named after a
+/// profile recorded in an mkh network, with every NIC on mkh's networks. Other objects are not
+/// listed at all.
 pub fn claimed_objects(lv: &Libvirt) -> Result<Vec<ClaimedObject>> {
     let mut networks = Vec::new();
+    let mut untagged = Vec::new();
     for net in lv.networks()? {
         let Ok(facts) = NetworkFacts::from_xml(&net.xml) else {
             continue;
         };
-        if let Some(owner) = facts.owner {
-            networks.push(ClaimedObject {
+        match facts.owner {
+            Some(owner) => networks.push(ClaimedObject {
                 kind: ObjectKind::Network,
                 name: net.name,
                 active: net.active,
                 owner,
                 subnets: facts.subnets,
-            });
+            }),
+            None => untagged.push((net, facts.subnets)),
         }
     }
+    let remade: Vec<ClaimedObject> = untagged
+        .into_iter()
+        .filter_map(|(net, subnets)| {
+            Some(ClaimedObject {
+                kind: ObjectKind::Network,
+                owner: owner_by_network_name(&net.name, &networks)?,
+                name: net.name,
+                active: net.active,
+                subnets,
+            })
+        })
+        .collect();
+    networks.extend(remade);
     let mut out = Vec::new();
     for dom in lv.domains()? {
         let owner = Owner::from_object_xml(&dom.xml)
@@ -103,6 +122,22 @@ pub fn claimed_objects(lv: &Libvirt) -> Result<Vec<ClaimedObject>> {
     }
     out.extend(networks);
     Ok(out)
+}
+
+/// The owner of the private network minikube made again under the name mkh gave it: an
+/// untagged `mkh-<id>-priv` is claimed only when the claimed `mkh-<id>-nat` of the same id
+/// records a minikube profile (minikube deletes and makes only the network named by
+/// `--network`, never the NAT one). Any other name is never claimed.
+fn owner_by_network_name(name: &str, claimed: &[ClaimedObject]) -> Option<Owner> {
+    let id = EnvId::of_network(name)?;
+    if name != id.private_network() {
+        return None;
+    }
+    let nat = id.nat_network();
+    claimed
+        .iter()
+        .find(|c| c.kind == ObjectKind::Network && c.name == nat && c.owner.profile.is_some())
+        .map(|c| c.owner.clone())
 }
 
 /// The profile whose node a domain of this name would be: `<profile>` or `<profile>-mNN`.
@@ -253,6 +288,22 @@ mod tests {
             .map(|n| format!("<interface type='network'><source network='{n}'/></interface>"))
             .collect();
         format!("<domain><name>p1</name><devices>{nics}</devices></domain>")
+    }
+
+    #[test]
+    fn a_private_network_minikube_made_again_is_claimed_only_under_its_profile_s_name() {
+        let nets = vec![
+            net("mkh-abc123-nat", "a", Some("p1")),
+            net("mkh-zzz999-nat", "b", None),
+        ];
+        let claimed = owner_by_network_name("mkh-abc123-priv", &nets).unwrap();
+        assert_eq!(claimed.env, "a");
+        // Not the private name of an environment with a profile: never claimed.
+        assert!(owner_by_network_name("mkh-zzz999-priv", &nets).is_none());
+        assert!(owner_by_network_name("mk-p1", &nets).is_none());
+        assert!(owner_by_network_name("mkh-abc123-nat", &nets).is_none());
+        assert!(owner_by_network_name("mkh-abc124-priv", &nets).is_none());
+        assert!(owner_by_network_name("default", &nets).is_none());
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub(crate) async fn client(path: &Path, context: &str) -> Result<kube::Client> {
         })
     })
     .await?;
+    if !kubeconfig.contexts.iter().any(|c| c.name == context) {
+        // minikube removes a profile's entries on `stop` and writes them on `start`
+        // (`kubeconfig.DeleteContext`, cmd/minikube/cmd/stop.go).
+        return Err(fail(
+            path,
+            format!("the file has no context {context:?}: a stopped minikube cluster has none (`minikube stop` removes it, `start` writes it again)").into(),
+        ));
+    }
     let options = kube::config::KubeConfigOptions {
         context: Some(context.to_owned()),
         ..Default::default()

@@ -164,6 +164,22 @@ impl Owner {
         ))
     }
 
+    /// `object_xml` with this owner's record: replacing the one in its `<metadata>`, or in a
+    /// `<metadata>` put after its `</name>` (an object made without one, such as the private
+    /// network minikube makes again). `None` when it has neither.
+    pub fn put_into_object_xml(&self, object_xml: &str) -> Option<String> {
+        if let Some(replaced) = self.replace_in_object_xml(object_xml) {
+            return Some(replaced);
+        }
+        let end = object_xml.find("</name>")? + "</name>".len();
+        Some(format!(
+            "{}\n  <metadata>\n    {}\n  </metadata>{}",
+            &object_xml[..end],
+            self.to_metadata_xml(),
+            &object_xml[end..]
+        ))
+    }
+
     /// Whether the owner is still around, judged from this host.
     pub fn liveness(
         &self,

@@ -320,6 +320,25 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope, which: Which, state_dir: &Path) -> 
     if lv.is_local() && !lv.is_test_driver() {
         objects.extend(home_objects(state_dir));
     }
+    // A minikube still running for a dead owner (its home's processes) would make again the
+    // domains and the private network removed below: end those processes first, then look
+    // again at what libvirt holds.
+    let mut killed = false;
+    for (obj, verdict) in judge(&objects, scope, which, &here, &Proc) {
+        if obj.kind == ObjectKind::Home && matches!(verdict, Verdict::Reap(_)) {
+            let home = Path::new(&obj.name);
+            if home_owner(home).as_ref() == Some(&obj.owner) {
+                for pid in processes_naming(home) {
+                    kill_process(pid);
+                    killed = true;
+                }
+            }
+        }
+    }
+    if killed {
+        objects = claimed_objects(lv)?;
+        objects.extend(home_objects(state_dir));
+    }
     let mut report = ReapReport::default();
     for (obj, verdict) in judge(&objects, scope, which, &here, &Proc) {
         let entry = |reason: String| Reaped {
@@ -339,8 +358,9 @@ pub fn sweep(lv: &Libvirt, scope: ReapScope, which: Which, state_dir: &Path) -> 
         // judged by (a name may have been reused, or an environment changed hands, since).
         let unchanged = |xml: &str| match Owner::from_object_xml(xml) {
             Some(owner) => owner == obj.owner,
-            // A minikube domain claimed by the profile rule carries no record.
-            None => obj.kind == ObjectKind::Domain,
+            // A minikube domain claimed by the profile rule, and the private network minikube
+            // made again under mkh's name, carry no record (see `claimed_objects`).
+            None => matches!(obj.kind, ObjectKind::Domain | ObjectKind::Network),
         };
         let removal = match obj.kind {
             ObjectKind::Domain => crate::machine::pool::remove_domain(lv, &obj.name, unchanged),

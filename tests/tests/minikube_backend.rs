@@ -4,6 +4,7 @@
 //! here runs the real binary where one exists.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -71,6 +72,23 @@ fn standin_start(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `<section>/<name>` of every cluster, context and user in a kubeconfig file.
+fn kubeconfig_names(path: &std::path::Path) -> Vec<String> {
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    ["clusters", "contexts", "users"]
+        .iter()
+        .flat_map(|section| {
+            doc[*section]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["name"].as_str())
+                .map(move |n| format!("{section}/{n}"))
+        })
+        .collect()
+}
+
 /// Every host key mkh recorded for `machine`, one per boot, in order.
 fn recorded_host_keys(home: &std::path::Path, machine: &str) -> Vec<(String, String)> {
     std::fs::read_to_string(home.join("known_hosts"))
@@ -106,7 +124,7 @@ async fn ssh_id(env: &Env, role: NetworkRole) -> String {
 
 #[tokio::test]
 async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_nothing() {
-    let env = Env::builder().minikube(standin()).up().await.unwrap();
+    let mut env = Env::builder().minikube(standin()).up().await.unwrap();
     let name = env.name().to_owned();
     let d = env.describe().await.unwrap();
     assert_eq!(d.backend, "minikube");
@@ -171,9 +189,24 @@ async fn a_stand_in_cluster_starts_serves_kubernetes_stops_starts_and_leaves_not
         .unwrap_err();
     assert!(matches!(err, Error::MachineNotRunning { .. }), "{err}");
     assert!(err.to_string().contains("this needs it running"), "{err}");
+    // `minikube stop` removed the profile's kubeconfig entries; `start` writes them again.
+    let kubeconfig = d.kubeconfig.clone().unwrap();
+    assert!(kubeconfig_names(&kubeconfig).is_empty(), "left after stop");
+    let Err(err) = env.kube_client().await else {
+        panic!("a kube client for a stopped cluster");
+    };
+    assert!(
+        err.to_string()
+            .contains("a stopped minikube cluster has none"),
+        "{err}"
+    );
 
     let again = env.start().await.unwrap();
     assert_eq!(again.private, ips.private);
+    assert_eq!(
+        kubeconfig_names(&kubeconfig),
+        ["clusters", "contexts", "users"].map(|k| format!("{k}/{name}"))
+    );
     assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
     // The guest made a new host key on that boot, as minikube's ISO does; mkh held the first
     // boot's key for that boot and took the new one.
@@ -296,7 +329,7 @@ fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
     // `minikube stop` (the CLI sees it stopped), `minikube start`, its kubeconfig and API server.
     let settings = standin_settings();
     let env = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let env = mkh::Env::attach(&name, settings).await.unwrap();
+        let mut env = mkh::Env::attach(&name, settings).await.unwrap();
         assert_eq!(
             env.kubeconfig().map(|(_, c)| c.to_owned()),
             Some(name.clone())
@@ -438,8 +471,8 @@ async fn names_minikube_would_refuse_as_profiles_are_refused_first() {
 }
 
 #[tokio::test]
-async fn a_private_network_minikube_recreated_is_reported_and_nothing_is_left() {
-    let env = Env::builder().minikube(standin()).up().await.unwrap();
+async fn a_private_network_minikube_recreated_is_adopted_and_nothing_is_left() {
+    let mut env = Env::builder().minikube(standin()).up().await.unwrap();
     let name = env.name().to_owned();
     let private = env.networks().private.clone();
     env.stop().await.unwrap();
@@ -458,13 +491,12 @@ async fn a_private_network_minikube_recreated_is_reported_and_nothing_is_left() 
             .unwrap()
     };
     assert!(ip(&["link", "add", &private.bridge, "type", "bridge"]).success());
-    let err = env.start().await.unwrap_err();
+    // minikube deletes it and makes it again under the same name (`ensureNetwork`): mkh adopts it.
+    let started = env.start().await;
     ip(&["link", "del", &private.bridge]);
-    assert!(matches!(err, Error::NetworkReplaced { .. }), "{err}");
-    assert!(
-        err.to_string().contains(&private.name) && err.to_string().contains("owner metadata"),
-        "{err}"
-    );
+    let ips = started.unwrap();
+    assert_adopted(&env, &private);
+    assert!(env.networks().private.subnet.contains(&ips.private));
     let home = env.home().to_owned();
     env.teardown().await.unwrap();
     assert_cluster_gone(&name, &home);
@@ -472,6 +504,163 @@ async fn a_private_network_minikube_recreated_is_reported_and_nothing_is_left() 
         !network_exists(&private.name),
         "the network minikube recreated is left"
     );
+}
+
+/// The environment's private network is the one minikube made again under mkh's name: on
+/// minikube's own subnet choice (192.168.39.0/24, +11 ...), with mkh's owner record now, and
+/// recorded as the environment's.
+fn assert_adopted(env: &Env, before: &mkh::NetworkInfo) {
+    let now = &env.networks().private;
+    assert_eq!(now.name, before.name);
+    assert_ne!(now.subnet, before.subnet, "the subnet was not read again");
+    assert!(
+        "192.168.0.0/16"
+            .parse::<mkh::ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&now.subnet),
+        "{} is not minikube's choice",
+        now.subnet
+    );
+    assert!(
+        objects_of_env(env.name()).contains(&now.name),
+        "the adopted network carries no owner record of the environment"
+    );
+}
+
+/// `MK_STANDIN_FAIL_FIRST_BOOT` for this test process (each nextest test is a process).
+fn fail_first_boot_of(machine: &str) {
+    std::env::set_var("MK_STANDIN_FAIL_FIRST_BOOT", machine);
+}
+
+#[tokio::test]
+async fn a_failed_first_boot_minikube_retries_is_survived_its_new_private_network_adopted() {
+    let name = format!("mkfb{}", std::process::id());
+    fail_first_boot_of(&name);
+    let env = Env::builder()
+        .name(&name)
+        .minikube(standin())
+        .up()
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(env.home().join("minikube.log")).unwrap();
+    assert!(
+        log.contains("StartHost failed, but will try again"),
+        "the stand-in did not fail the first boot:\n{log}"
+    );
+    let created = mkh::NetworkInfo {
+        subnet: "10.208.0.0/12".parse().unwrap(),
+        ..env.networks().private.clone()
+    };
+    assert_adopted(&env, &created);
+    assert!(!created.subnet.contains(&env.networks().private.subnet));
+    let d = env.describe().await.unwrap();
+    assert_eq!(d.networks.private, env.networks().private);
+    let ips = d.ips.unwrap();
+    assert!(env.networks().private.subnet.contains(&ips.private));
+    assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
+    let private = env.networks().private.name.clone();
+    let home = env.home().to_owned();
+    env.teardown().await.unwrap();
+    assert_cluster_gone(&name, &home);
+    assert!(!network_exists(&private), "{private} left");
+}
+
+#[tokio::test]
+async fn a_vanished_domain_minikube_makes_anew_is_survived_with_its_new_network_and_macs() {
+    let mut env = Env::builder().minikube(standin()).up().await.unwrap();
+    let name = env.name().to_owned();
+    let before = env.networks().private.clone();
+    let mac = env.machine().unwrap().mac(NetworkRole::Private).to_owned();
+    env.stop().await.unwrap();
+    // The domain vanishes (someone undefines it): minikube's next start demolishes the machine,
+    // its private network with it, and makes both anew (`recreateIfNeeded`).
+    let out = std::process::Command::new("virsh")
+        .args(["undefine", &name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ips = env.start().await.unwrap();
+    assert_adopted(&env, &before);
+    let machine = env.machine().unwrap();
+    assert_ne!(
+        machine.mac(NetworkRole::Private),
+        mac,
+        "the MACs were not read again"
+    );
+    assert!(env.networks().private.subnet.contains(&ips.private));
+    assert_eq!(machine.ips().await.unwrap(), ips);
+    assert_eq!(ssh_id(&env, NetworkRole::Private).await, "docker");
+    assert!(
+        objects_of_env(&name).contains(&name),
+        "the new domain is not claimed"
+    );
+    let home = env.home().to_owned();
+    env.teardown().await.unwrap();
+    assert_cluster_gone(&name, &home);
+    assert!(!network_exists(&before.name));
+}
+
+#[test]
+fn a_sigkill_during_a_start_whose_first_boot_failed_leaves_nothing() {
+    let name = format!("mkfk{}", std::process::id());
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mkh-test-child"))
+        .arg("hold-minikube")
+        .env("MKH_CHILD_ENV_NAME", &name)
+        .env("MKH_MINIKUBE", STANDIN)
+        .env("MKH_MINIKUBE_ARGS", "--force")
+        .env("MK_STANDIN_FAIL_FIRST_BOOT", &name)
+        .stdout(out.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Wait for the private network minikube made again: mkh's name, no owner record.
+    let mut private = None;
+    let remade = wait_until(std::time::Duration::from_secs(300), || {
+        let Some(nat) = objects_of_env(&name)
+            .into_iter()
+            .find(|o| o.ends_with("-nat"))
+        else {
+            return false;
+        };
+        let priv_name = nat.replace("-nat", "-priv");
+        private = Some(priv_name.clone());
+        libvirt()
+            .lookup_network_by_name(&priv_name)
+            .and_then(|n| n.xml_desc(virt::sys::VIR_NETWORK_XML_INACTIVE))
+            .is_ok_and(|xml| !xml.contains("urn:x-mkh"))
+    });
+    assert!(remade, "minikube never made the private network again");
+    assert_eq!(
+        std::fs::metadata(out.path()).unwrap().len(),
+        0,
+        "the start was over"
+    );
+    let private = private.unwrap();
+    // Killed as nextest kills a timed-out test, in the middle of minikube's second boot.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    // The watchdog removes it all, minikube first (it would make it all again).
+    let home = mkh::Settings::current()
+        .unwrap()
+        .state_dir
+        .join("envs")
+        .join(&name);
+    let gone = wait_until(std::time::Duration::from_secs(60), || {
+        leftovers(&name).is_empty() && !network_exists(&private)
+    });
+    assert!(
+        gone,
+        "left: {:?}, {private} exists: {}",
+        leftovers(&name),
+        network_exists(&private)
+    );
+    // minikube, had it lived on, would have made them again.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(leftovers(&name).is_empty() && !network_exists(&private));
+    assert_cluster_gone(&name, &home);
 }
 
 #[tokio::test]
@@ -496,6 +685,8 @@ async fn a_two_node_cluster_has_both_nodes_on_both_networks_and_leaves_nothing()
         for role in [NetworkRole::Nat, NetworkRole::Private] {
             let ssh = m.ssh(role).await.unwrap();
             assert_eq!(ssh.exec("id -un").await.unwrap().stdout.trim(), "docker");
+            // Each node is named after its machine: `<p>`, `<p>-m02`.
+            assert_eq!(ssh.exec("hostname").await.unwrap().stdout.trim(), m.name());
         }
         assert!(
             objects_of_env(&name).contains(&m.name().to_owned()),
@@ -535,9 +726,11 @@ async fn the_cluster_fixture_on_minikube(
     let kubeconfig = cluster.kubeconfig().unwrap();
     assert!(kubeconfig.path.exists());
     let ssh = cluster.ssh(NetworkRole::Nat).await.unwrap();
+    // A node's hostname is its machine name, the profile's for the first node
+    // (`pkg/provision/buildroot.go`), never `minikube`.
     assert_eq!(
         ssh.exec("hostname").await.unwrap().stdout.trim(),
-        "minikube"
+        d.profile.as_deref().unwrap()
     );
 }
 
@@ -620,7 +813,7 @@ async fn a_real_minikube_cluster() {
         kvm,
         "KVM is not usable here (no vmx/svm CPU flag): kvm2 would not boot"
     );
-    let env = Env::builder()
+    let mut env = Env::builder()
         .minikube(MinikubeOptions {
             binary: Some(real),
             nodes: Some(2),

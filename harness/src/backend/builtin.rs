@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::env::{wait_ready_timed, EnvCore, Timings};
 use crate::error::{Error, Result};
-use crate::machine::{console_log_path, BootContext, Ips, Machine, MachineFiles, MachineOptions};
+use crate::machine::{console_log_path, BootContext, Machine, MachineFiles, MachineOptions};
 
 /// The built-in guest, or no machine at all (`options` is `None`: the networks alone, or an
 /// attached environment whose machines exist already).
@@ -57,7 +57,7 @@ impl super::ClusterBackend for BuiltinGuest {
         machines.iter().try_for_each(Machine::stop_now)
     }
 
-    fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips> {
+    fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<super::Started> {
         let Some((first, rest)) = machines.split_first() else {
             return Err(Error::InvalidInput {
                 what: "environment",
@@ -70,7 +70,10 @@ impl super::ClusterBackend for BuiltinGuest {
         for m in rest {
             m.start_now()?;
         }
-        Ok(ips)
+        Ok(super::Started {
+            ips,
+            machines: machines.to_vec(),
+        })
     }
 
     fn machine_files(&self, env: &EnvCore, domain: &str) -> MachineFiles {
@@ -106,7 +109,7 @@ fn start_machine(
     let ctx = BootContext {
         lv: &env.lv,
         accel: env.accel(),
-        networks: env.networks(),
+        networks: &env.networks(),
         home: &env.home,
         owner: &owner,
         cache_dir: &env.settings.cache_dir,

@@ -10,11 +10,12 @@ use crate::description::EnvDescription;
 use crate::env::{wait_ready_timed, EnvCore, Timings};
 use crate::error::{Error, Result};
 use crate::libvirt::{DomainState, Libvirt};
-use crate::machine::{Accel, Ips, Machine, MachineFiles};
+use crate::machine::{Accel, Machine, MachineFiles};
 use crate::minikube::cache;
 use crate::minikube::contract::{self, Host, Request, Version};
 use crate::minikube::{check_extra_args, find_binary, MinikubeCluster, MinikubeOptions};
 use crate::net::spec::NetworkFacts;
+use crate::net::{NetworkInfo, NetworkPair};
 use crate::owner::Owner;
 use crate::settings::Settings;
 use crate::teardown::TeardownCommand;
@@ -49,6 +50,7 @@ impl MinikubeBackend {
             });
         }
         check_extra_args(&options.extra_args)?;
+        check_subnet_prefix(&settings.subnet_pool)?;
         let nodes = options.nodes.unwrap_or(1);
         if !(1..=MAX_NODES).contains(&nodes) {
             return Err(Error::InvalidInput {
@@ -131,8 +133,8 @@ impl MinikubeBackend {
             cluster.profile,
             cluster.log.display()
         ));
-        let args = cluster.start_args(env.networks(), &self.options);
-        let deadline = env.timeouts().minikube_start();
+        let args = cluster.start_args(&env.networks(), &self.options);
+        let deadline = env.timeouts().minikube_start(self.nodes);
         let owner_xml = env.owner().to_bare_element_xml();
         let untagged = Mutex::new(self.node_machines());
         let tag = |lv: &Libvirt| -> Result<()> {
@@ -173,9 +175,9 @@ impl MinikubeBackend {
         });
         drop(signal_guard);
         if let Err(e) = result {
-            // A failed new host is deleted and made again by minikube (`startHostInternal`,
-            // `pkg/minikube/node/start.go`), its private network with it: say so first.
-            return Err(match check_private_network(env) {
+            // Even a failed start may have made the private network again: adopt it, so that
+            // teardown removes it; a network mkh cannot adopt is reported first.
+            return Err(match adopt_private_network(env) {
                 Err(Error::NetworkReplaced { network, problem }) => Error::NetworkReplaced {
                     network,
                     problem: format!("{problem} (after minikube start failed: {e})"),
@@ -198,7 +200,7 @@ impl MinikubeBackend {
                     "check that minikube uses the kvm2 driver on the same libvirt (MKH_LIBVIRT_URI)",
             });
         }
-        check_private_network(env)
+        adopt_private_network(env)
     }
 
     fn attach_nodes(&self, env: &EnvCore) -> Result<Vec<Machine>> {
@@ -208,7 +210,7 @@ impl MinikubeBackend {
                 Machine::attach(
                     &env.lv,
                     name,
-                    env.networks(),
+                    &env.networks(),
                     self.cluster.machine_files(&env.home, name),
                     env.settings.timeout_scale,
                 )
@@ -227,12 +229,72 @@ fn forget_boot_host_keys(machines: &[Machine]) -> Result<()> {
 /// The most nodes mkh brings up in one environment (each is a VM).
 const MAX_NODES: u32 = 9;
 
-/// minikube recreates a private network it cannot start (`ensureNetwork`,
-/// `pkg/drivers/kvm/network.go`), on its own subnet and without mkh's metadata: after every
-/// start, the network must still be the one mkh made.
-fn check_private_network(env: &EnvCore) -> Result<()> {
-    let expected = &env.networks().private;
-    let replaced = |problem: String| Error::NetworkReplaced {
+/// minikube's VM reaches its host as `host.minikube.internal`, which minikube takes to be
+/// `a.b.c.1` of the VM's private IP (`HostIP`, case KVM2, `pkg/minikube/cluster/ip.go`): right
+/// only on a /24 whose first address is the host's, as mkh's gateway is. Refused before
+/// anything is made rather than changed silently: the prefix is the user's setting, it decides
+/// how many environments the pool holds (`mkh doctor` counts them), and a pool narrower than a
+/// /24 could not serve one anyway.
+fn check_subnet_prefix(pool: &crate::net::SubnetPool) -> Result<()> {
+    if pool.prefix == 24 {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        what: "MKH_SUBNET_PREFIX (subnet_prefix) for the minikube backend",
+        value: pool.prefix.to_string(),
+        problem: "minikube makes host.minikube.internal a.b.c.1 of the VM's private IP, which is the host only on a /24 network".into(),
+        fix: "set MKH_SUBNET_PREFIX=24 (or subnet_prefix = 24 in mkh.toml, or unset it) for minikube environments, with a MKH_SUBNET_POOL of at least a /24",
+    })
+}
+
+/// What became of the private network mkh gave minikube (`--network`), judged after a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PrivateNetwork {
+    /// Still the one mkh made (or adopted earlier).
+    Unchanged,
+    /// minikube deleted it and made one of the same name, with nobody's record: adopt it.
+    Remade,
+    /// Gone, or someone else's: mkh cannot go on with it.
+    Lost(String),
+}
+
+/// minikube deletes the private network with a machine and makes it again with the next one:
+/// a new host whose first start failed (`startHostInternal`, `pkg/minikube/node/start.go`),
+/// a machine whose domain vanished (`recreateIfNeeded`, `pkg/minikube/machine/fix.go`), a
+/// network that cannot start (`ensureNetwork`, `pkg/drivers/kvm/network.go`). The new one has
+/// the name mkh gave, minikube's subnet and no metadata. `found`: the network of that name now.
+fn judge_private_network(
+    found: Option<&NetworkFacts>,
+    expected: &NetworkInfo,
+    owner: &Owner,
+) -> PrivateNetwork {
+    let Some(found) = found else {
+        return PrivateNetwork::Lost("libvirt no longer has it".into());
+    };
+    match &found.owner {
+        None => PrivateNetwork::Remade,
+        Some(o) if o.env != owner.env || o.process != owner.process => {
+            PrivateNetwork::Lost(format!(
+                "it carries the owner record of environment {} (pid {}), not this one's",
+                o.env, o.process.pid
+            ))
+        }
+        Some(_) if found.subnets != [expected.subnet] => PrivateNetwork::Lost(format!(
+            "its subnet is {:?}, mkh recorded {}",
+            found.subnets, expected.subnet
+        )),
+        Some(_) => PrivateNetwork::Unchanged,
+    }
+}
+
+/// After every start (and a failed one): a private network minikube made again under mkh's
+/// name is adopted: mkh's owner record written into it (so teardown, the watchdog and the
+/// reaper remove it), its new subnet, bridge and gateway recorded, and a warning says so. One
+/// gone or someone else's is `NetworkReplaced`.
+fn adopt_private_network(env: &EnvCore) -> Result<()> {
+    let networks = env.networks();
+    let expected = &networks.private;
+    let lost = |problem: String| Error::NetworkReplaced {
         network: expected.name.clone(),
         problem,
     };
@@ -240,26 +302,42 @@ fn check_private_network(env: &EnvCore) -> Result<()> {
         .lv
         .networks()?
         .into_iter()
-        .find(|n| n.name == expected.name)
-        .ok_or_else(|| replaced("libvirt no longer has it".into()))?;
-    let facts = NetworkFacts::from_xml(&found.xml).map_err(|problem| Error::BadXml {
-        object: format!("network {}", expected.name),
-        problem,
-    })?;
-    let ours = facts
-        .owner
-        .as_ref()
-        .is_some_and(|o| o.env == env.name && o.process == env.owner().process);
-    if !ours {
-        return Err(replaced("it no longer carries mkh's owner metadata".into()));
+        .find(|n| n.name == expected.name);
+    let facts = match &found {
+        Some(n) => Some(
+            NetworkFacts::from_xml(&n.xml).map_err(|problem| Error::BadXml {
+                object: format!("network {}", expected.name),
+                problem,
+            })?,
+        ),
+        None => None,
+    };
+    let owner = env.owner();
+    match judge_private_network(facts.as_ref(), expected, &owner) {
+        PrivateNetwork::Unchanged => Ok(()),
+        PrivateNetwork::Lost(problem) => Err(lost(problem)),
+        PrivateNetwork::Remade => {
+            let found = found.expect("judged present");
+            let xml = owner
+                .put_into_object_xml(&found.xml)
+                .ok_or_else(|| Error::BadXml {
+                    object: format!("network {}", expected.name),
+                    problem: "no </name> to put mkh's owner record after".into(),
+                })?;
+            env.lv.redefine_network(&expected.name, &xml)?;
+            let now = NetworkPair::read(&env.lv, &networks.nat.name, &expected.name)?;
+            tracing::warn!(
+                env = %env.name,
+                "minikube deleted the private network {} and made it again (a machine it made anew: a failed first boot, or a vanished domain) on {} instead of {}; mkh adopted it: it carries mkh's owner record, the environment's private subnet is now {}",
+                expected.name,
+                now.private.subnet,
+                expected.subnet,
+                now.private.subnet
+            );
+            env.set_networks(now);
+            Ok(())
+        }
     }
-    if facts.subnets != [expected.subnet] {
-        return Err(replaced(format!(
-            "its subnet is {:?}, mkh made it on {}",
-            facts.subnets, expected.subnet
-        )));
-    }
-    Ok(())
 }
 
 impl super::ClusterBackend for MinikubeBackend {
@@ -303,11 +381,11 @@ impl super::ClusterBackend for MinikubeBackend {
         };
         cluster.prepare(&shared_cache, version)?;
         // From here on, whatever happens, teardown starts with `minikube delete`.
-        env.registered(|r| r.add_command(cluster.delete_command()))?;
+        env.registered(|r| r.add_command(cluster.delete_command(self.nodes)))?;
         let started = Instant::now();
         let result = {
             let key = cache::download_key(version, &self.options.extra_args);
-            let deadline = env.timeouts().minikube_start();
+            let deadline = env.timeouts().minikube_start(self.nodes);
             let _first_download = cache::first_start_lock(&shared_cache, &key, deadline)?;
             let result = self.run_start(env);
             if result.is_ok() {
@@ -335,17 +413,20 @@ impl super::ClusterBackend for MinikubeBackend {
         // SIGTERM or SIGINT ends minikube's process group too.
         let mut signal_guard = None;
         self.cluster
-            .run(&args, env.timeouts().minikube_start(), &mut |g| {
+            .run(&args, env.timeouts().minikube_start(self.nodes), &mut |g| {
                 signal_guard = Some(env.kill_on_signal(g));
             })?;
         drop(signal_guard);
         forget_boot_host_keys(machines)
     }
 
-    fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips> {
+    fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<super::Started> {
         self.check_start()?;
         forget_boot_host_keys(machines)?;
         self.run_start(env)?;
+        // Read every node again: minikube made a node whose domain vanished anew (new MACs),
+        // perhaps on a private network made again.
+        let machines = self.attach_nodes(env)?;
         let Some((primary, others)) = machines.split_first() else {
             return Err(Error::InvalidInput {
                 what: "environment",
@@ -357,7 +438,8 @@ impl super::ClusterBackend for MinikubeBackend {
         for node in others {
             node.wait_ready_now()?;
         }
-        primary.wait_ready_now()
+        let ips = primary.wait_ready_now()?;
+        Ok(super::Started { ips, machines })
     }
 
     fn machine_files(&self, env: &EnvCore, domain: &str) -> MachineFiles {
@@ -379,7 +461,7 @@ impl super::ClusterBackend for MinikubeBackend {
     }
 
     fn removal_commands(&self) -> Vec<TeardownCommand> {
-        vec![self.cluster.delete_command()]
+        vec![self.cluster.delete_command(self.nodes)]
     }
 
     fn describe(&self, d: &mut EnvDescription) {
@@ -389,5 +471,64 @@ impl super::ClusterBackend for MinikubeBackend {
         d.kubeconfig = Some(c.kubeconfig.clone());
         d.context = Some(c.context().to_owned());
         d.minikube_version = self.version.map(|v| v.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::NetworkKind;
+
+    fn facts(owner: Option<Owner>, subnet: &str) -> NetworkFacts {
+        NetworkFacts {
+            name: "mkh-abc123-priv".into(),
+            bridge: Some("virbr3".into()),
+            subnets: vec![subnet.parse().unwrap()],
+            gateway: None,
+            owner,
+        }
+    }
+
+    #[test]
+    fn a_private_network_minikube_made_again_is_adopted_one_of_another_owner_is_not() {
+        let owner = crate::owner::tests::sample_owner();
+        let expected = NetworkInfo {
+            name: "mkh-abc123-priv".into(),
+            kind: NetworkKind::Isolated,
+            subnet: "10.208.3.0/24".parse().unwrap(),
+            bridge: "mkh-abc123-priv".into(),
+            gateway: "10.208.3.1".parse().unwrap(),
+        };
+        let judge = |found: Option<&NetworkFacts>| judge_private_network(found, &expected, &owner);
+        let mine = facts(Some(owner.clone()), "10.208.3.0/24");
+        assert_eq!(judge(Some(&mine)), PrivateNetwork::Unchanged);
+        // minikube's own: its subnet, nobody's record.
+        let remade = facts(None, "192.168.39.0/24");
+        assert_eq!(judge(Some(&remade)), PrivateNetwork::Remade);
+        assert!(matches!(judge(None), PrivateNetwork::Lost(_)));
+        let mut other = owner.clone();
+        other.env = "someone-else".into();
+        let theirs = facts(Some(other), "10.208.3.0/24");
+        assert!(
+            matches!(judge(Some(&theirs)), PrivateNetwork::Lost(p) if p.contains("someone-else"))
+        );
+        let moved = facts(Some(owner.clone()), "10.208.4.0/24");
+        assert!(matches!(judge(Some(&moved)), PrivateNetwork::Lost(_)));
+    }
+
+    #[test]
+    fn minikube_environments_need_24_bit_subnets() {
+        let pool = |prefix| crate::net::SubnetPool {
+            range: "10.208.0.0/12".parse().unwrap(),
+            prefix,
+        };
+        assert!(check_subnet_prefix(&pool(24)).is_ok());
+        for prefix in [16, 23, 25, 28] {
+            let err = check_subnet_prefix(&pool(prefix)).unwrap_err().to_string();
+            assert!(
+                err.contains("MKH_SUBNET_PREFIX") && err.contains("=24"),
+                "{err}"
+            );
+        }
     }
 }

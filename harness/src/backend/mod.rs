@@ -83,7 +83,7 @@ pub(crate) trait ClusterBackend: Send + Sync + std::fmt::Debug {
     fn stop(&self, env: &EnvCore, machines: &[Machine]) -> Result<()>;
 
     /// Starts a stopped cluster and waits until SSH answers on both networks.
-    fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Ips>;
+    fn start(&self, env: &EnvCore, machines: &[Machine]) -> Result<Started>;
 
     /// The keys, known hosts and console log of one of its machines.
     fn machine_files(&self, env: &EnvCore, domain: &str) -> MachineFiles;
@@ -168,4 +168,11 @@ pub(crate) fn for_record(
         )),
         _ => Box::new(builtin::BuiltinGuest { options: None }),
     }
+}
+
+/// What a start brought up: the first machine's IPs, and every machine as it is now (minikube
+/// makes a machine whose domain vanished anew, with new MACs).
+pub(crate) struct Started {
+    pub ips: Ips,
+    pub machines: Vec<Machine>,
 }

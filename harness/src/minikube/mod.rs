@@ -22,10 +22,6 @@ pub use contract::check_extra_args;
 use contract::Version;
 pub use home::MinikubeFiles;
 
-/// How long `minikube delete` may take in a teardown: it must fit nextest's grace period (30 s)
-/// with room for mkh's own removals after it.
-pub(crate) const DELETE_DEADLINE: Duration = Duration::from_secs(20);
-
 /// What a test may choose about its minikube cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MinikubeOptions {
@@ -278,9 +274,9 @@ impl MinikubeCluster {
         crate::process::run_logged(&what, self.command(args), &self.log, deadline, on_spawn)
     }
 
-    /// `minikube delete -p PROFILE`, as a step of teardown.
-    pub fn delete_command(&self) -> TeardownCommand {
-        let deadline = DELETE_DEADLINE;
+    /// `minikube delete -p PROFILE` of a cluster of `nodes` nodes, as a step of teardown.
+    pub fn delete_command(&self, nodes: u32) -> TeardownCommand {
+        let deadline = crate::config::minikube_delete_deadline(nodes);
         TeardownCommand {
             what: format!("minikube delete -p {}", self.profile),
             program: self.binary.clone(),

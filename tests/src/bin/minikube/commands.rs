@@ -22,8 +22,6 @@ use crate::{
     EX_GUEST_NOT_RUNNING, EX_GUEST_TIMEOUT, EX_PROGRAM_USAGE, VERSION, VERSION_BASE,
 };
 
-/// Every minikube VM's hostname.
-const GUEST_HOSTNAME: &str = "minikube";
 const SSH_USER: &str = "docker";
 /// kvm2's deadlines (x4 under TCG).
 const RUNNING_WAIT: Duration = Duration::from_secs(30);
@@ -428,7 +426,6 @@ fn save<T: serde::Serialize>(path: &std::path::Path, v: &T) -> Result<(), Failur
 }
 
 fn ensure_home_dirs(env: &Env, p: &Profile, nodes: usize) -> Result<(), Failure> {
-    use std::os::unix::fs::DirBuilderExt;
     let dirs = [
         "config", "logs", "cache", "certs", "files", "addons", "profiles", "machines",
     ]
@@ -436,14 +433,17 @@ fn ensure_home_dirs(env: &Env, p: &Profile, nodes: usize) -> Result<(), Failure>
     .map(|d| env.home.join(d))
     .chain([p.dir()])
     .chain((0..nodes).map(|i| p.machine(i).dir));
-    for d in dirs {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&d)
-            .map_err(|e| Failure::error(format!("create {}: {e}", d.display())))?;
-    }
-    Ok(())
+    dirs.into_iter().try_for_each(|d| make_dir(&d))
+}
+
+/// A directory of MINIKUBE_HOME, mode 0755 (QEMU must reach a machine's files).
+fn make_dir(d: &std::path::Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(d)
+        .map_err(|e| Failure::error(format!("create {}: {e}", d.display())))
 }
 
 /// Klog-style info line on stderr, like minikube's `--alsologtostderr` output.
@@ -840,17 +840,6 @@ fn boot_machine(
     state: DomState,
     accel: Accel,
 ) -> Result<(), Failure> {
-    if state == DomState::Missing && m.config_json().exists() {
-        // recreateIfNeeded (pkg/minikube/machine/fix.go): the host is gone, so it is made anew,
-        // with a new key (and new MACs, see `macs_of`).
-        info(
-            "fix.go:113",
-            format!("machine {} is missing, will recreate", m.name),
-        );
-        for key in [m.id_rsa(), m.id_rsa().with_extension("pub")] {
-            let _ = fs::remove_file(key);
-        }
-    }
     let pubkey = keys::ensure_machine_key(&m.id_rsa())?;
     save(&m.config_json(), &machine_config(env, m, s, macs, None))?;
     match state {
@@ -861,9 +850,12 @@ fn boot_machine(
                     .cache_dir,
             )
             .map_err(|e| Failure::error(format!("guest image: {e}")))?;
-            // No host key: the guest makes a new one on every boot, as the ISO does.
+            // No host key: the guest makes a new one on every boot, as the ISO does. The
+            // hostname is the machine's name (`<p>`, `<p>-m02`), as the provisioner sets it
+            // (`pkg/provision/buildroot.go`, `Provision`: `SetHostname(GetMachineName())`);
+            // given at boot here, where minikube sets it over SSH once the VM is up.
             let cmdline = mkh_guest_image::kernel_cmdline(&mkh_guest_image::BootParams {
-                hostname: GUEST_HOSTNAME,
+                hostname: &m.name,
                 authorized_key: &pubkey,
                 host_key: None,
             })
@@ -937,6 +929,217 @@ fn check_before_provision(
     Ok(states)
 }
 
+/// What `start_host_internal` brought up: the private network's host-side address, the
+/// machine's MACs and its private IP.
+struct StartedHost {
+    host_addr: Ipv4Addr,
+    macs: Macs,
+    vm_ip: Ipv4Addr,
+}
+
+/// What every host of one start shares.
+struct Boot<'a> {
+    env: &'a Env,
+    lv: &'a Libvirt,
+    p: &'a Profile,
+    s: &'a Settings,
+    accel: Accel,
+    scale: u32,
+}
+
+/// `MK_STANDIN_FAIL_FIRST_BOOT=<machine>[,<machine>...]` (`*`: every machine): the first
+/// creation of each named machine in this `minikube start` fails once its domain runs, as a VM
+/// that never gets an IP does; the retry (`start_host_internal`) boots normally. For tests of
+/// what a flaky first boot does around minikube.
+pub const FAIL_FIRST_BOOT: &str = "MK_STANDIN_FAIL_FIRST_BOOT";
+
+/// Whether this creation of `machine` is to fail (once per machine and process).
+fn first_boot_fails(machine: &str) -> bool {
+    static FAILED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let named = std::env::var(FAIL_FIRST_BOOT).is_ok_and(|v| {
+        v.split(',')
+            .map(str::trim)
+            .any(|n| n == "*" || n == machine)
+    });
+    let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
+    if !named || failed.iter().any(|m| m == machine) {
+        return false;
+    }
+    failed.push(machine.to_owned());
+    true
+}
+
+impl Boot<'_> {
+    /// `startHostInternal` (`pkg/minikube/node/start.go`): `StartHost`, and when it fails, a
+    /// host that did not exist before is deleted (`DeleteHost`: kvm2's `Remove`, its private
+    /// network with it unless another domain uses it), then, 5 s later, `StartHost` once more,
+    /// with or without `--delete-on-failure`. A new host's private network is therefore made
+    /// again under the same name, on minikube's own subnet, without anyone's metadata, and
+    /// `minikube start` still succeeds. (An existing host is tried again without the delete.)
+    fn start_host_internal(
+        &self,
+        m: &Machine,
+        state: DomState,
+        reservations: &mut Vec<subnet::Reservation>,
+    ) -> Result<StartedHost, Failure> {
+        // `exists` is libmachine's: the machine's config.json (`api.Exists`).
+        let existed = m.config_json().exists();
+        let err = match self.start_host(m, state, reservations) {
+            Ok(host) => return Ok(host),
+            Err(err) => err,
+        };
+        let reason = err
+            .lines
+            .iter()
+            .find(|l| !l.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        info("start.go:730", format!("error starting host: {reason}"));
+        if !existed {
+            self.delete_host(m)?;
+        }
+        eprintln!("🤦  StartHost failed, but will try again: {reason}");
+        info("start.go:744", "Will try again in 5 seconds ...");
+        std::thread::sleep(Duration::from_secs(5));
+        let state = self.lv.domain_state(&m.name)?;
+        self.start_host(m, state, reservations).inspect_err(|err| {
+            let reason = err
+                .lines
+                .iter()
+                .find(|l| !l.is_empty())
+                .cloned()
+                .unwrap_or_default();
+            eprintln!(
+                "😿  Failed to start kvm2 VM. Running \"{}\" may fix it: {reason}",
+                start_command(&self.p.name).replacen("start", "delete", 1)
+            );
+        })
+    }
+
+    /// `StartHost` (`pkg/minikube/machine/start.go`): a new host is created (`createHost`); an
+    /// existing one whose domain is gone is demolished and created anew (`fixHost`,
+    /// `recreateIfNeeded`, `pkg/minikube/machine/fix.go`), else restarted or left running.
+    /// Creation makes the private network if it does not exist (`createNetwork`), every
+    /// start makes sure both networks run (`ensureNetwork`).
+    fn start_host(
+        &self,
+        m: &Machine,
+        state: DomState,
+        reservations: &mut Vec<subnet::Reservation>,
+    ) -> Result<StartedHost, Failure> {
+        let Boot { env, lv, s, .. } = *self;
+        if state == DomState::Missing && m.config_json().exists() {
+            // recreateIfNeeded: state None, so the machine is missing: `demolish` (its
+            // DeleteHost finds no domain and does nothing; its deleteHost runs kvm2's Remove,
+            // which deletes the private network unless another domain uses it, and removes the
+            // machine's directory, key and all), then createHost: a new network where the old
+            // one went, new MACs, a new key.
+            step(
+                "🤷",
+                format!("kvm2 \"{}\" VM is missing, will recreate.", m.name),
+            );
+            info("fix.go:159", format!("DEMOLISHING {} ...", m.name));
+            remove_machine(lv, m, &s.private)?;
+            remove_machine_dir(m)?;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // Made again after a delete.
+        make_dir(&m.dir)?;
+        let host_addr = ensure_networks(env, lv, s, &m.name, reservations)?;
+        let macs = macs_of(lv, m, s, state)?;
+        boot_machine(env, lv, m, s, &macs, state, self.accel)?;
+        if state == DomState::Missing && first_boot_fails(&m.name) {
+            return Err(Failure::exit(
+                EX_GUEST_TIMEOUT,
+                "GUEST_PROVISION",
+                format!(
+                    "creating host: create: Error creating machine: Error in driver during machine creation: IP not available after waiting: machine {} didn't return IP after 1 minute (stand-in: {FAIL_FIRST_BOOT})",
+                    m.name
+                ),
+            ));
+        }
+        let vm_ip = wait_for_guest(lv, m, s, &macs, self.scale)?;
+        Ok(StartedHost {
+            host_addr,
+            macs,
+            vm_ip,
+        })
+    }
+
+    /// `DeleteHost` (`pkg/minikube/machine/delete.go`): a machine without a domain is assumed
+    /// deleted (nothing is removed); else kvm2's `Remove`, then its directory (`api.Remove`).
+    fn delete_host(&self, m: &Machine) -> Result<(), Failure> {
+        if self.lv.domain_state(&m.name)? == DomState::Missing {
+            info(
+                "delete.go:73",
+                format!(
+                    "Unable to get host status for {}, assuming it has already been deleted",
+                    m.name
+                ),
+            );
+            return Ok(());
+        }
+        step("🔥", format!("Deleting \"{}\" in kvm2 ...", m.name));
+        remove_machine(self.lv, m, &self.s.private)?;
+        remove_machine_dir(m)
+    }
+}
+
+/// kvm2's `Remove()` (`pkg/drivers/kvm/kvm.go`): the private network first (unless it is
+/// `default` or another domain uses it, `deleteNetwork` in `network.go`), then the domain if it
+/// exists, then its DHCP host entry (`delStaticIP`).
+fn remove_machine(lv: &Libvirt, m: &Machine, private: &str) -> Result<(), Failure> {
+    if private == "default" {
+        info(
+            "kvm.go:450",
+            "private network is \"default\": not deleting it",
+        );
+    } else {
+        let users = lv.other_domains_on(private, &m.name)?;
+        if users.is_empty() {
+            lv.delete_network(private)?;
+        } else {
+            info(
+                "kvm.go:500",
+                format!(
+                    "deleting networks failed, will continue anyway: network still in use at least by domain '{}',",
+                    users[0]
+                ),
+            );
+        }
+    }
+    if lv.domain_state(&m.name)? == DomState::Missing {
+        info(
+            "kvm.go:510",
+            format!("domain {} does not exist, nothing to clean up...", m.name),
+        );
+        return Ok(());
+    }
+    lv.destroy(&m.name)?;
+    lv.undefine(&m.name)?;
+    let saved: Option<MachineConfig> = config::load(&m.config_json())?;
+    if let Some(c) = saved.filter(|c| !c.driver.ip_address.is_empty()) {
+        if let Ok(ip) = c.driver.ip_address.parse() {
+            if let Err(e) = lv.unpin_dhcp_host(private, &m.name, &c.driver.private_mac, ip) {
+                info(
+                    "kvm.go:530",
+                    format!("failed removing static IP address {ip}: {e}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// libmachine's `api.Remove`: the machine's directory (config, key, disk).
+fn remove_machine_dir(m: &Machine) -> Result<(), Failure> {
+    match fs::remove_dir_all(&m.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Failure::error(format!("remove {}: {e}", m.dir.display()))),
+    }
+}
+
 /// Everything after the checks: networks, each node's machine in turn (the primary control
 /// plane first, with the host-side API server), the kubeconfig.
 fn provision(
@@ -965,12 +1168,17 @@ fn provision(
     );
     let mut reservations = Vec::new();
     let primary = &machines[0];
-    let host_addr = ensure_networks(env, lv, s, &primary.name, &mut reservations)?;
-    let macs = macs_of(lv, primary, s, states[0])?;
-    boot_machine(env, lv, primary, s, &macs, states[0], accel)?;
+    let boot = Boot {
+        env,
+        lv,
+        p,
+        s,
+        accel,
+        scale,
+    };
 
     let etcd_deadline = Instant::now() + APISERVER_WAIT;
-    std::thread::scope(|scope| -> Result<(), Failure> {
+    let host_addr = std::thread::scope(|scope| -> Result<Ipv4Addr, Failure> {
         // While the guest boots: the certificates that do not name its address, and etcd.
         let prep = scope.spawn(|| -> Result<control_plane::Etcd, Failure> {
             certs::ensure_ca(env)?;
@@ -979,9 +1187,13 @@ fn provision(
             certs::ensure_apiserver_key(p)?;
             control_plane::start_etcd(p, etcd_deadline)
         });
-        let vm_ip = wait_for_guest(lv, primary, s, &macs, scale);
+        let host = boot.start_host_internal(primary, states[0], &mut reservations);
         let etcd = prep.join().expect("control-plane preparation thread");
-        let vm_ip = vm_ip?;
+        let StartedHost {
+            host_addr,
+            macs,
+            vm_ip,
+        } = host?;
         let etcd = etcd?;
         ips[0] = Some(vm_ip);
         save(
@@ -1016,7 +1228,8 @@ fn provision(
         starting.wait_ready(env, p, host_addr, Instant::now() + APISERVER_WAIT)?;
         ssh.join()
             .expect("ssh wait thread")
-            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))
+            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+        Ok(host_addr)
     })?;
 
     // The other nodes, one after the other (startWithDriver's loop over node.Add).
@@ -1033,10 +1246,8 @@ fn provision(
                 i + 1
             ),
         );
-        ensure_networks(env, lv, s, &m.name, &mut reservations)?;
-        let macs = macs_of(lv, m, s, states[i])?;
-        boot_machine(env, lv, m, s, &macs, states[i], accel)?;
-        let vm_ip = wait_for_guest(lv, m, s, &macs, scale)?;
+        let StartedHost { macs, vm_ip, .. } =
+            boot.start_host_internal(m, states[i], &mut reservations)?;
         ips[i] = Some(vm_ip);
         save(
             &m.config_json(),
@@ -1102,7 +1313,8 @@ fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
     let (cluster, _) = load_existing(&p)?;
     let lv = Libvirt::open()?;
     let machines = machines_of(&p, cluster.as_ref());
-    for m in &machines {
+    // In reverse order, the primary control plane last (`stopProfile`, cmd/minikube/cmd/stop.go).
+    for m in machines.iter().rev() {
         step("✋", format!("Stopping node \"{}\"  ...", m.name));
         let was_running = lv.domain_state(&m.name)? == DomState::Running;
         if was_running {
@@ -1127,6 +1339,13 @@ fn stop(env: &Env, name: &str) -> Result<u8, Failure> {
             }
         }
     }
+    // `stopProfile` then removes the profile's cluster, user and context from the kubeconfig,
+    // and empties current-context if it named the profile (`kubeconfig.DeleteContext`,
+    // pkg/minikube/kubeconfig/context.go); `start` writes them again. (`--keep-context-active`,
+    // which keeps them, is not imitated.)
+    kubeconfig::update(&env.kubeconfig, &env.lock_dir, |doc| {
+        kubeconfig::remove(doc, name)
+    })?;
     step("🛑", format!("{} node(s) stopped.", machines.len()));
     Ok(0)
 }
@@ -1181,41 +1400,7 @@ fn delete(env: &Env, name: &str) -> Result<u8, Failure> {
             continue;
         }
         step("🔥", format!("Deleting \"{}\" in kvm2 ...", m.name));
-        // kvm2's Remove(): the private network first (unless `default` or used by another
-        // domain), then the domain.
-        if private == "default" {
-            info(
-                "kvm.go:450",
-                "private network is \"default\": not deleting it",
-            );
-        } else {
-            let users = lv.other_domains_on(&private, &m.name)?;
-            if users.is_empty() {
-                lv.delete_network(&private)?;
-            } else {
-                info(
-                    "kvm.go:500",
-                    format!(
-                        "deleting networks failed, will continue anyway: network still in use at least by domain '{}',",
-                        users[0]
-                    ),
-                );
-            }
-        }
-        lv.destroy(&m.name)?;
-        lv.undefine(&m.name)?;
-        // delStaticIP: the node's DHCP host entry, where the network still exists.
-        let saved: Option<MachineConfig> = config::load(&m.config_json())?;
-        if let Some(c) = saved.filter(|c| !c.driver.ip_address.is_empty()) {
-            if let Ok(ip) = c.driver.ip_address.parse() {
-                if let Err(e) = lv.unpin_dhcp_host(&private, &m.name, &c.driver.private_mac, ip) {
-                    info(
-                        "kvm.go:530",
-                        format!("failed removing static IP address {ip}: {e}"),
-                    );
-                }
-            }
-        }
+        remove_machine(&lv, &m, &private)?;
     }
 
     let dirs = [p.dir()]
