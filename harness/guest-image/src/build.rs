@@ -5,9 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::cache::{complete_image, write_recipe_marker, BuildLock, LOCK_WAIT};
-use crate::files::{
-    copy_with_mode, io_err, make_dir_0755, set_mode, write_with_mode, RemoveOnDrop,
-};
+use crate::files::{copy_with_mode, io_err, make_dir_0755, set_mode, write_with_mode};
 use crate::pack::pack_initramfs;
 use crate::packages::{download_and_unpack, resolve_packages, Packages};
 use crate::recipe::{image_manifest, sha256_hex, BUSYBOX};
@@ -51,13 +49,7 @@ fn build_image(
     packages: &Packages,
     manifest: &str,
 ) -> Result<()> {
-    lock.remove_work_dirs();
-    let work = lock.work_dir(digest);
-    if work.exists() {
-        fs::remove_dir_all(&work).map_err(|e| io_err("remove old work dir", &work, e))?;
-    }
-    make_dir_0755(&work)?;
-    let _cleanup = RemoveOnDrop(work.clone());
+    let (work, _cleanup) = lock.fresh_work_dir(digest)?;
     let debs = work.join("debs");
     let unpacked = work.join("unpacked");
     let root = work.join("root");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::files::{io_err, make_dir_0755, set_mode};
+use crate::files::{io_err, make_dir_0755, set_mode, RemoveOnDrop};
 use crate::{GuestImage, ImageError, Result, INITRD_FILE, KERNEL_FILE};
 
 /// How long a process waits for another one's build before giving up.
@@ -225,6 +225,18 @@ impl BuildLock {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
+    }
+
+    /// This process's work directory for a build of `digest`, made empty, after removing every
+    /// leftover of killed builds; it goes when the guard drops.
+    pub(crate) fn fresh_work_dir(&self, digest: &str) -> Result<(PathBuf, RemoveOnDrop)> {
+        self.remove_work_dirs();
+        let work = self.work_dir(digest);
+        if work.exists() {
+            fs::remove_dir_all(&work).map_err(|e| io_err("remove old work dir", &work, e))?;
+        }
+        make_dir_0755(&work)?;
+        Ok((work.clone(), RemoveOnDrop(work)))
     }
 
     /// The work directory of this process's build of `digest` (not created).

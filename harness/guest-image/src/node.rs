@@ -27,7 +27,7 @@ use crate::cache::{
     prepare_cache_subdir, recipe_marker, write_recipe_marker, BuildLock, LOCK_WAIT,
 };
 use crate::command::run_stdout;
-use crate::files::{io_err, make_dir_0755, make_symlink, set_mode, write_with_mode, RemoveOnDrop};
+use crate::files::{io_err, make_dir_0755, make_symlink, set_mode, write_with_mode};
 use crate::packages::{download_and_unpack, resolve_versions};
 use crate::recipe::sha256_hex;
 use crate::{ImageError, Result};
@@ -230,13 +230,7 @@ fn build(
     binaries: &[(PathBuf, String)],
     manifest: &str,
 ) -> Result<()> {
-    lock.remove_work_dirs();
-    let work = lock.work_dir(digest);
-    if work.exists() {
-        fs::remove_dir_all(&work).map_err(|e| io_err("remove old work dir", &work, e))?;
-    }
-    make_dir_0755(&work)?;
-    let _cleanup = RemoveOnDrop(work.clone());
+    let (work, _cleanup) = lock.fresh_work_dir(digest)?;
     let (debs, unpacked, root, out) = (
         work.join("debs"),
         work.join("unpacked"),

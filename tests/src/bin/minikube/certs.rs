@@ -197,6 +197,25 @@ pub fn ensure_client(env: &Env, profile: &Profile) -> Result<(), Failure> {
     )
 }
 
+/// A client certificate `<dir>/<name>.crt` (key `<name>.key`, kept if it exists) for the user
+/// `cn` in group `o` (none when empty), signed by the CA: the node's components authenticate so
+/// (kubeadm's `kubelet.conf`, `controller-manager.conf`, ...).
+pub fn write_client(env: &Env, dir: &Path, name: &str, cn: &str, o: &str) -> Result<(), Failure> {
+    let mut subject = Vec::new();
+    if !o.is_empty() {
+        subject.push(("O", o));
+    }
+    subject.push(("CN", cn));
+    sign(
+        env,
+        dir,
+        &dir.join(format!("{name}.key")),
+        &dir.join(format!("{name}.crt")),
+        &subject,
+        "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = clientAuth\n",
+    )
+}
+
 /// The API server's serving certificate for these addresses; rewritten on every start (the VM's
 /// address may have changed), keeping its key.
 pub fn write_apiserver(env: &Env, profile: &Profile, ips: &[Ipv4Addr]) -> Result<(), Failure> {

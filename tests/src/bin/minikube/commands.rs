@@ -13,13 +13,15 @@ use crate::config::{self, AuthOptions, ClusterConfig, HostOptions, Kvm2Driver, M
 use crate::control_plane::{self, APISERVER, APISERVER_PORT, ETCD, SERVICE_CIDR};
 use crate::kubeconfig::{self, Material, ProfileEntry};
 use crate::libvirt::{DomState, Libvirt, URI};
+use crate::node::{self, ControlPlane, PodNetwork};
 use crate::paths::{Env, Machine, Profile};
 use crate::preflight::{self, Host};
 use crate::subnet;
 use crate::xml::{self, Accel, DomainSpec};
 use crate::{
     certs, keys, step, warn, Failure, EX_DRIVER_UNSUPPORTED, EX_GUEST_ERROR, EX_GUEST_NOT_FOUND,
-    EX_GUEST_NOT_RUNNING, EX_GUEST_TIMEOUT, EX_PROGRAM_USAGE, VERSION, VERSION_BASE,
+    EX_GUEST_NOT_RUNNING, EX_GUEST_TIMEOUT, EX_PROGRAM_CONFIG, EX_PROGRAM_USAGE, VERSION,
+    VERSION_BASE,
 };
 
 const SSH_USER: &str = "docker";
@@ -31,6 +33,8 @@ const SSH_WAIT: Duration = Duration::from_secs(60);
 const STOP_WAIT: Duration = Duration::from_secs(90);
 /// The host-side API server does not run under TCG: not scaled.
 const APISERVER_WAIT: Duration = Duration::from_secs(120);
+/// How long a node in the VM may take to be Ready once its files are sent (x the TCG scale).
+const NODE_WAIT: Duration = Duration::from_secs(240);
 
 pub fn run(inv: &Invocation) -> Result<u8, Failure> {
     if let Command::Help = inv.command {
@@ -756,8 +760,22 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
         ..opts.clone()
     };
     // Fail before creating anything if the control plane cannot run.
-    control_plane::apiserver_binary()?;
-    control_plane::etcd_binary()?;
+    match ControlPlane::current()? {
+        ControlPlane::Host => {
+            control_plane::apiserver_binary()?;
+            control_plane::etcd_binary()?;
+        }
+        ControlPlane::Node => {
+            if nodes > 1 {
+                return Err(Failure::exit(
+                    EX_PROGRAM_CONFIG,
+                    "MK_STANDIN_CONTROL_PLANE",
+                    format!("{}=node runs one node so far; {nodes} nodes asked (leave the setting out for several nodes with the API server on the host)", node::CONTROL_PLANE),
+                ));
+            }
+            control_plane::kubernetes_dir()?;
+        }
+    }
 
     step(
         "😄",
@@ -854,12 +872,20 @@ fn boot_machine(
             // hostname is the machine's name (`<p>`, `<p>-m02`), as the provisioner sets it
             // (`pkg/provision/buildroot.go`, `Provision`: `SetHostname(GetMachineName())`);
             // given at boot here, where minikube sets it over SSH once the VM is up.
-            let cmdline = mkh_guest_image::kernel_cmdline(&mkh_guest_image::BootParams {
+            let mut cmdline = mkh_guest_image::kernel_cmdline(&mkh_guest_image::BootParams {
                 hostname: &m.name,
                 authorized_key: &pubkey,
                 host_key: None,
             })
             .map_err(|e| Failure::error(format!("kernel command line: {e}")))?;
+            let disks = match ControlPlane::current()? {
+                ControlPlane::Node => {
+                    cmdline.push(' ');
+                    cmdline.push_str(mkh_guest_image::NODE_CMDLINE);
+                    Some(node::disks(m, s.disk)?)
+                }
+                ControlPlane::Host => None,
+            };
             step(
                 "🔥",
                 format!(
@@ -879,6 +905,9 @@ fn boot_machine(
                 private_mac: &macs.private,
                 nat_network: &s.nat,
                 nat_mac: &macs.nat,
+                disks: disks
+                    .as_ref()
+                    .map(|d| (d.data.as_path(), d.bundle.as_path())),
             });
             lv.define_domain(&m.name, &dom)?;
             lv.start_domain(&m.name)
@@ -1177,60 +1206,85 @@ fn provision(
         scale,
     };
 
-    let etcd_deadline = Instant::now() + APISERVER_WAIT;
-    let host_addr = std::thread::scope(|scope| -> Result<Ipv4Addr, Failure> {
-        // While the guest boots: the certificates that do not name its address, and etcd.
-        let prep = scope.spawn(|| -> Result<control_plane::Etcd, Failure> {
-            certs::ensure_ca(env)?;
-            certs::ensure_client(env, p)?;
-            certs::ensure_service_account(p)?;
-            certs::ensure_apiserver_key(p)?;
-            control_plane::start_etcd(p, etcd_deadline)
-        });
-        let host = boot.start_host_internal(primary, states[0], &mut reservations);
-        let etcd = prep.join().expect("control-plane preparation thread");
-        let StartedHost {
-            host_addr,
-            macs,
-            vm_ip,
-        } = host?;
-        let etcd = etcd?;
+    let plane = ControlPlane::current()?;
+    let server_addr = if plane == ControlPlane::Node {
+        certs::ensure_ca(env)?;
+        certs::ensure_client(env, p)?;
+        certs::ensure_service_account(p)?;
+        certs::ensure_apiserver_key(p)?;
+        let StartedHost { macs, vm_ip, .. } =
+            boot.start_host_internal(primary, states[0], &mut reservations)?;
         ips[0] = Some(vm_ip);
-        save(
-            &primary.config_json(),
-            &machine_config(env, primary, s, &macs, Some(vm_ip)),
-        )?;
-        save(
-            &p.config_json(),
-            &cluster_config(name, s, opts, old_cluster, &ips),
-        )?;
-
-        // SSH (in the VM) and the API server (on the host) come up in parallel.
+        record_ips(env, p, s, opts, old_cluster, primary, &macs, vm_ip, &ips)?;
         step(
             "🐳",
             format!(
-                "Preparing Kubernetes {} (stand-in: kube-apiserver {} + etcd on the host) ...",
+                "Preparing Kubernetes {} (stand-in: a node of Kubernetes {} in the VM) ...",
                 s.k8s_version,
                 cli::DEFAULT_K8S_VERSION
             ),
         );
-        let ssh_deadline = Instant::now() + SSH_WAIT * scale;
-        let id_rsa = primary.id_rsa();
-        let ssh = scope.spawn(move || keys::wait_for_ssh(vm_ip, &id_rsa, ssh_deadline));
-        step("    ▪", "Generating certificates and keys ...");
-        certs::write_apiserver(
+        keys::wait_for_ssh(vm_ip, &primary.id_rsa(), Instant::now() + SSH_WAIT * scale)
+            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+        step("    ▪", "Booting up control plane ...");
+        node::bootstrap(
             env,
             p,
-            &[host_addr, vm_ip, Ipv4Addr::LOCALHOST, certs::SERVICE_IP],
+            primary,
+            vm_ip,
+            PodNetwork::for_version(&s.k8s_version),
+            Instant::now() + NODE_WAIT * scale,
         )?;
-        step("    ▪", "Booting up control plane ...");
-        let mut starting = control_plane::start_apiserver(env, p, etcd, host_addr)?;
-        starting.wait_ready(env, p, host_addr, Instant::now() + APISERVER_WAIT)?;
-        ssh.join()
-            .expect("ssh wait thread")
-            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
-        Ok(host_addr)
-    })?;
+        vm_ip
+    } else {
+        let etcd_deadline = Instant::now() + APISERVER_WAIT;
+        std::thread::scope(|scope| -> Result<Ipv4Addr, Failure> {
+            // While the guest boots: the certificates that do not name its address, and etcd.
+            let prep = scope.spawn(|| -> Result<control_plane::Etcd, Failure> {
+                certs::ensure_ca(env)?;
+                certs::ensure_client(env, p)?;
+                certs::ensure_service_account(p)?;
+                certs::ensure_apiserver_key(p)?;
+                control_plane::start_etcd(p, etcd_deadline)
+            });
+            let host = boot.start_host_internal(primary, states[0], &mut reservations);
+            let etcd = prep.join().expect("control-plane preparation thread");
+            let StartedHost {
+                host_addr,
+                macs,
+                vm_ip,
+            } = host?;
+            let etcd = etcd?;
+            ips[0] = Some(vm_ip);
+            record_ips(env, p, s, opts, old_cluster, primary, &macs, vm_ip, &ips)?;
+
+            // SSH (in the VM) and the API server (on the host) come up in parallel.
+            step(
+                "🐳",
+                format!(
+                    "Preparing Kubernetes {} (stand-in: kube-apiserver {} + etcd on the host) ...",
+                    s.k8s_version,
+                    cli::DEFAULT_K8S_VERSION
+                ),
+            );
+            let ssh_deadline = Instant::now() + SSH_WAIT * scale;
+            let id_rsa = primary.id_rsa();
+            let ssh = scope.spawn(move || keys::wait_for_ssh(vm_ip, &id_rsa, ssh_deadline));
+            step("    ▪", "Generating certificates and keys ...");
+            certs::write_apiserver(
+                env,
+                p,
+                &[host_addr, vm_ip, Ipv4Addr::LOCALHOST, certs::SERVICE_IP],
+            )?;
+            step("    ▪", "Booting up control plane ...");
+            let mut starting = control_plane::start_apiserver(env, p, etcd, host_addr)?;
+            starting.wait_ready(env, p, host_addr, Instant::now() + APISERVER_WAIT)?;
+            ssh.join()
+                .expect("ssh wait thread")
+                .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+            Ok(host_addr)
+        })?
+    };
 
     // The other nodes, one after the other (startWithDriver's loop over node.Add).
     for (i, m) in machines.iter().enumerate().skip(1) {
@@ -1249,14 +1303,7 @@ fn provision(
         let StartedHost { macs, vm_ip, .. } =
             boot.start_host_internal(m, states[i], &mut reservations)?;
         ips[i] = Some(vm_ip);
-        save(
-            &m.config_json(),
-            &machine_config(env, m, s, &macs, Some(vm_ip)),
-        )?;
-        save(
-            &p.config_json(),
-            &cluster_config(name, s, opts, old_cluster, &ips),
-        )?;
+        record_ips(env, p, s, opts, old_cluster, m, &macs, vm_ip, &ips)?;
         keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
             .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
     }
@@ -1265,7 +1312,7 @@ fn provision(
     step("    ▪", "Configuring RBAC rules ...");
     let entry = ProfileEntry {
         name: name.into(),
-        server: format!("https://{host_addr}:{APISERVER_PORT}"),
+        server: format!("https://{server_addr}:{APISERVER_PORT}"),
         certificate_authority: Material::read(&env.ca_cert(), opts.embed_certs)?,
         client_certificate: Material::read(&p.client_cert(), opts.embed_certs)?,
         client_key: Material::read(&p.client_key(), opts.embed_certs)?,
@@ -1290,6 +1337,29 @@ fn provision(
         );
     }
     Ok(0)
+}
+
+/// Records a started machine's IP in its config.json and every node's in the profile's.
+#[allow(clippy::too_many_arguments)]
+fn record_ips(
+    env: &Env,
+    p: &Profile,
+    s: &Settings,
+    opts: &StartOptions,
+    old_cluster: Option<&ClusterConfig>,
+    m: &Machine,
+    macs: &Macs,
+    vm_ip: Ipv4Addr,
+    ips: &[Option<Ipv4Addr>],
+) -> Result<(), Failure> {
+    save(
+        &m.config_json(),
+        &machine_config(env, m, s, macs, Some(vm_ip)),
+    )?;
+    save(
+        &p.config_json(),
+        &cluster_config(&p.name, s, opts, old_cluster, ips),
+    )
 }
 
 fn load_existing(p: &Profile) -> Result<(Option<ClusterConfig>, Option<MachineConfig>), Failure> {

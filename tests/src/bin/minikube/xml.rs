@@ -99,6 +99,8 @@ pub struct DomainSpec<'a> {
     pub private_mac: &'a str,
     pub nat_network: &'a str,
     pub nat_mac: &'a str,
+    /// A node VM's disks: its raw disk (kvm2's `DiskPath`) and the shared node bundle.
+    pub disks: Option<(&'a Path, &'a Path)>,
 }
 
 /// kvm2's domain (`domain_definition_x86.go`) with two differences: direct kernel boot of mkh's
@@ -130,7 +132,7 @@ pub fn domain(spec: &DomainSpec<'_>) -> String {
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <interface type='network'>
+{disks}    <interface type='network'>
       <source network='{private_network}'/>
       <mac address='{private_mac}'/>
       <model type='virtio'/>
@@ -162,6 +164,23 @@ pub fn domain(spec: &DomainSpec<'_>) -> String {
         private_mac = esc(spec.private_mac),
         nat_network = esc(spec.nat_network),
         nat_mac = esc(spec.nat_mac),
+        disks = spec.disks.map_or(String::new(), |(data, bundle)| format!(
+            "    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='default' io='threads'/>
+      <source file='{}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{}'/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+      <shareable/>
+    </disk>
+",
+            path(data),
+            path(bundle)
+        )),
     )
 }
 
@@ -297,7 +316,37 @@ mod tests {
             private_mac: "52:00:00:00:00:01",
             nat_network: "default",
             nat_mac: "52:00:00:00:00:02",
+            disks: None,
         })
+    }
+
+    #[test]
+    fn a_node_gets_its_raw_disk_writable_and_the_bundle_read_only() {
+        let xml = domain(&DomainSpec {
+            name: "p",
+            memory_mib: 2048,
+            cpus: 2,
+            accel: Accel::Tcg,
+            kernel: Path::new("/c/vmlinuz"),
+            initrd: Path::new("/c/initrd.img"),
+            cmdline: "console=ttyS0",
+            private_network: "mk-p",
+            private_mac: "52:00:00:00:00:01",
+            nat_network: "default",
+            nat_mac: "52:00:00:00:00:02",
+            disks: Some((
+                Path::new("/h/machines/p/p.rawdisk"),
+                Path::new("/c/node.img"),
+            )),
+        });
+        let data = xml
+            .find("<source file='/h/machines/p/p.rawdisk'/>")
+            .unwrap();
+        let bundle = xml.find("<source file='/c/node.img'/>").unwrap();
+        assert!(data < bundle, "the raw disk comes first: {xml}");
+        assert_eq!(xml.matches("<readonly/>").count(), 1);
+        assert!(xml[bundle..].contains("<readonly/>"));
+        assert!(!spec(Accel::Tcg).contains("<disk"));
     }
 
     #[test]
