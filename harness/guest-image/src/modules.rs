@@ -105,7 +105,8 @@ fn modules_dep_line(path: &str, load_order_of_deps: &[&str]) -> String {
 
 /// Copies the wanted modules and their dependencies into the guest, writes
 /// `modules.dep` (for busybox modprobe and kernel autoload), copies
-/// `modules.builtin` and writes `/etc/mkh/modules.boot` (insmod order).
+/// `modules.builtin` and writes `/etc/mkh/modules.boot` (insmod order) and
+/// `/etc/mkh/modules.node` (names, for `modprobe` on a node).
 pub(crate) fn stage_modules(unpacked: &Path, root: &Path, packages: &Packages) -> Result<()> {
     let release = packages.kernel_release();
     let src_dir = unpacked.join("lib/modules").join(release);
@@ -144,6 +145,7 @@ pub(crate) fn stage_modules(unpacked: &Path, root: &Path, packages: &Packages) -
 
     let mut boot = Vec::new();
     let mut ship = Vec::new();
+    let mut node = Vec::new();
     for (name, usage) in MODULES {
         let key = module_key(name);
         if builtin.contains(&key) {
@@ -161,6 +163,10 @@ pub(crate) fn stage_modules(unpacked: &Path, root: &Path, packages: &Packages) -
         match usage {
             ModuleUse::BootRequired | ModuleUse::BootOptional => boot.push(key),
             ModuleUse::ShipOptional => ship.push(key),
+            ModuleUse::Node => {
+                ship.push(key);
+                node.push(name.to_string());
+            }
         }
     }
 
@@ -226,6 +232,9 @@ pub(crate) fn stage_modules(unpacked: &Path, root: &Path, packages: &Packages) -
         .collect();
     let boot_file = root.join("etc/mkh/modules.boot");
     fs::write(&boot_file, boot_list).map_err(|e| io_err("write", &boot_file, e))?;
+    let node_file = root.join("etc/mkh/modules.node");
+    let node_list: String = node.iter().map(|n| format!("{n}\n")).collect();
+    fs::write(&node_file, node_list).map_err(|e| io_err("write", &node_file, e))?;
     Ok(())
 }
 
