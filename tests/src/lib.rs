@@ -12,28 +12,42 @@ use virt::connect::Connect;
 /// The `mkh` binary of this workspace, built if it is missing or stale.
 pub fn mkh_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "mkh-cli", "--bin", "mkh"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build -p mkh-cli failed");
-        // <target>/debug/deps/<test-exe> -> <target>/debug/mkh
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target layout");
-        let bin = profile_dir.join("mkh");
-        assert!(
-            bin.exists(),
-            "{} not found after cargo build",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| built_bin("mkh-cli", "mkh")).clone()
+}
+
+/// The minikube stand-in (`src/bin/minikube`), built if it is missing or stale.
+pub fn standin_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built_bin("mkh-tests", "minikube"))
+        .clone()
+}
+
+/// `cargo build -p PACKAGE --bin NAME` beside the running executable's target directory.
+fn built_bin(package: &str, name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
+    // <target>/debug/deps/<test-exe> or <target>/debug/<bin> -> <target>/debug/<name>
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("target layout");
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target layout")
+    } else {
+        dir
+    };
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not found after cargo build",
+        bin.display()
+    );
+    bin
 }
 
 /// The workspace's root directory.

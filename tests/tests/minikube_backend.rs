@@ -16,7 +16,17 @@ use mkh_fixtures::{
 use mkh_tests::*;
 use rstest::rstest;
 
-const STANDIN: &str = env!("CARGO_BIN_EXE_minikube");
+const STANDIN_BIN: &str = env!("CARGO_BIN_EXE_minikube");
+
+/// The stand-in, in its host mode (`MK_STANDIN_CONTROL_PLANE=host`, set for this test process
+/// and the processes it starts). These tests check mkh's side of minikube (its refusals, command
+/// lines, files, networks, IPs, SSH, kubeconfig, teardown and reaping) and need an API server
+/// but no pod: the stand-in then serves kube-apiserver and etcd on the host, where a node in the
+/// VM would add minutes of emulation to every start. `node.rs` runs the stand-in's node.
+fn standin_bin() -> &'static str {
+    std::env::set_var("MK_STANDIN_CONTROL_PLANE", "host");
+    STANDIN_BIN
+}
 
 /// The test command runs as root, and minikube refuses root without `--force`: these tests
 /// pass it, as the README tells root users to (`root_is_refused_unless_the_caller_forces`
@@ -24,7 +34,7 @@ const STANDIN: &str = env!("CARGO_BIN_EXE_minikube");
 /// other way).
 fn standin() -> MinikubeOptions {
     MinikubeOptions {
-        binary: Some(STANDIN.into()),
+        binary: Some(standin_bin().into()),
         extra_args: vec!["--force".into()],
         ..MinikubeOptions::default()
     }
@@ -32,7 +42,7 @@ fn standin() -> MinikubeOptions {
 
 fn standin_settings() -> Settings {
     settings()
-        .minikube(Some(STANDIN.into()))
+        .minikube(Some(standin_bin().into()))
         .minikube_arg("--force")
 }
 
@@ -64,7 +74,7 @@ async fn refusal(options: MinikubeOptions) -> String {
 /// `minikube start ARGS` of the stand-in in a fresh MINIKUBE_HOME: what minikube would do.
 fn standin_start(args: &[&str]) -> std::process::Output {
     let home = tempfile::tempdir().unwrap();
-    std::process::Command::new(STANDIN)
+    std::process::Command::new(standin_bin())
         .arg("start")
         .args(args)
         .env("MINIKUBE_HOME", home.path())
@@ -234,7 +244,7 @@ fn a_sigkilled_owner_s_cluster_processes_and_home_are_reaped_by_the_next_mkh_pro
     let mut child = ChildEnv::start_with(
         std::process::Command::new(env!("CARGO_BIN_EXE_mkh-test-child"))
             .arg("hold-minikube")
-            .env("MKH_MINIKUBE", STANDIN)
+            .env("MKH_MINIKUBE", standin_bin())
             .env("MKH_MINIKUBE_ARGS", "--force")
             // Without a watchdog (which the next process's reaper would leave the work to).
             .env("MKH_WATCHDOG", "0"),
@@ -270,7 +280,7 @@ fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
             "--force",
         ],
         &[
-            ("MKH_MINIKUBE", STANDIN),
+            ("MKH_MINIKUBE", standin_bin()),
             ("MINIKUBE_DRIVER", "docker"),
             ("MINIKUBE_NODES", "3"),
             ("MINIKUBE_DELETE_ON_FAILURE", "true"),
@@ -291,7 +301,7 @@ fn mkh_up_backend_minikube_json_ip_ssh_and_down() {
     assert!(kubeconfig.contains(&name));
     let minikube_home = PathBuf::from(d["minikube_home"].as_str().unwrap());
     // The MINIKUBE_HOME to give the minikube binary: `minikube ip` agrees with mkh.
-    let ip = std::process::Command::new(STANDIN)
+    let ip = std::process::Command::new(standin_bin())
         .args(["-p", &name, "ip"])
         .env("MINIKUBE_HOME", &minikube_home)
         .output()
@@ -607,7 +617,7 @@ fn a_sigkill_during_a_start_whose_first_boot_failed_leaves_nothing() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mkh-test-child"))
         .arg("hold-minikube")
         .env("MKH_CHILD_ENV_NAME", &name)
-        .env("MKH_MINIKUBE", STANDIN)
+        .env("MKH_MINIKUBE", standin_bin())
         .env("MKH_MINIKUBE_ARGS", "--force")
         .env("MK_STANDIN_FAIL_FIRST_BOOT", &name)
         .stdout(out.reopen().unwrap())
@@ -856,7 +866,8 @@ fn a_non_root_libvirt_user_runs_minikube_without_force() {
         .expect("MKH_TEST_USER names a user in group libvirt (see harness/scripts/test.sh)");
     // The guest image and API server come from this user's cache (readable by all); the
     // minikube cache is the other user's own.
-    let (dir, bins) = binaries_for_another_user(&[env!("CARGO_BIN_EXE_mkh-test-child"), STANDIN]);
+    let (dir, bins) =
+        binaries_for_another_user(&[env!("CARGO_BIN_EXE_mkh-test-child"), standin_bin()]);
     let (child, standin) = (&bins[0], &bins[1]);
     let cache = dir.path().join("minikube-cache");
     std::fs::create_dir(&cache).unwrap();

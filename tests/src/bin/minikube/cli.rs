@@ -17,8 +17,6 @@ pub const DRIVER: &str = "kvm2";
 pub const DEFAULT_CPUS: u32 = 2;
 /// minikube's default `--disk-size` (20000mb); recorded only: the stand-in's guest has no disk.
 pub const DEFAULT_DISK_MB: u32 = 20000;
-/// The Kubernetes version of the API server the stand-in runs (Debian's kubernetes 1.20.2).
-pub const DEFAULT_K8S_VERSION: &str = "v1.20.2";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -46,6 +44,11 @@ pub enum Command {
     },
     ProfileList {
         output: Output,
+    },
+    /// `image load ARG...`: image archives (a path, or `-` for standard input) into every
+    /// running node.
+    ImageLoad {
+        images: Vec<String>,
     },
     Version {
         short: bool,
@@ -386,6 +389,19 @@ pub fn parse(
                     ))
                 }
             },
+            Some("image") => match positional.get(1).map(String::as_str) {
+                Some("load") => ("image load", &[], &positional[2..]),
+                Some(other) => {
+                    return Err(UsageError(format!(
+                        "the minikube stand-in supports only \"minikube image load\", not \"minikube image {other}\""
+                    )))
+                }
+                None => {
+                    return Err(UsageError(
+                        "the minikube stand-in supports only \"minikube image load\"".into(),
+                    ))
+                }
+            },
             Some("help") => ("help", &[], &[]),
             Some(other) => {
                 return Err(UsageError(format!(
@@ -517,6 +533,14 @@ pub fn parse(
             command: Command::Help,
         });
     }
+    if command_name == "image load" {
+        return Ok(Invocation {
+            profile,
+            command: Command::ImageLoad {
+                images: rest.to_vec(),
+            },
+        });
+    }
     if !rest.is_empty() {
         return Err(UsageError(format!(
             "\"minikube {command_name}\" accepts no arguments, received {}: {}",
@@ -556,6 +580,8 @@ Commands:
   ssh-key   [-n NODE]  path of the node's SSH private key
   logs      [--file=PATH] [-n LINES]
   profile list [-o json]
+  image load ARCHIVE...|-   docker load of each archive in every running node (exit 0 even when
+            a node fails, as minikube); image names from a daemon or registry are refused
   version   [--short] [-o json]
 
 Global flags: -p, --profile NAME (default \"minikube\"), --alsologtostderr, -v N
@@ -690,6 +716,17 @@ mod tests {
             }
         );
         assert_eq!(p("-p a delete").unwrap().command, Command::Delete);
+        let inv = p("-p a image load /tmp/x.tar ./y.tar").unwrap();
+        assert_eq!(
+            (inv.profile.as_str(), inv.command),
+            (
+                "a",
+                Command::ImageLoad {
+                    images: vec!["/tmp/x.tar".into(), "./y.tar".into()]
+                }
+            )
+        );
+        assert!(p("image save x").unwrap_err().0.contains("image save"));
         assert_eq!(p("stop").unwrap().command, Command::Stop);
         assert_eq!(
             p("ssh-key").unwrap().command,

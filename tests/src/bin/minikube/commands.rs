@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -13,7 +13,7 @@ use crate::config::{self, AuthOptions, ClusterConfig, HostOptions, Kvm2Driver, M
 use crate::control_plane::{self, APISERVER, APISERVER_PORT, ETCD, SERVICE_CIDR};
 use crate::kubeconfig::{self, Material, ProfileEntry};
 use crate::libvirt::{DomState, Libvirt, URI};
-use crate::node::{self, ControlPlane, PodNetwork};
+use crate::node::{self, ControlPlane, NodeSpec, PodNetwork};
 use crate::paths::{Env, Machine, Profile};
 use crate::preflight::{self, Host};
 use crate::subnet;
@@ -33,8 +33,9 @@ const SSH_WAIT: Duration = Duration::from_secs(60);
 const STOP_WAIT: Duration = Duration::from_secs(90);
 /// The host-side API server does not run under TCG: not scaled.
 const APISERVER_WAIT: Duration = Duration::from_secs(120);
-/// How long a node in the VM may take to be Ready once its files are sent (x the TCG scale).
-const NODE_WAIT: Duration = Duration::from_secs(240);
+/// How long a node in the VM may take to be Ready once its files are sent (x the TCG scale; within
+/// the 300 s x scale mkh gives a one-node start).
+const NODE_WAIT: Duration = Duration::from_secs(270);
 
 pub fn run(inv: &Invocation) -> Result<u8, Failure> {
     if let Command::Help = inv.command {
@@ -75,6 +76,9 @@ pub fn run(inv: &Invocation) -> Result<u8, Failure> {
         }
         Command::ProfileList { output } => {
             profile_list(&env, *output).map_err(|f| f.in_command("GUEST_STATUS"))
+        }
+        Command::ImageLoad { images } => {
+            image_load(&env, name, images).map_err(|f| f.in_command("GUEST_IMAGE_LOAD"))
         }
         Command::Help | Command::Version { .. } => unreachable!("handled above"),
     }
@@ -217,7 +221,7 @@ fn settings(
         k8s_version: opts
             .kubernetes_version
             .clone()
-            .unwrap_or_else(|| cli::DEFAULT_K8S_VERSION.into()),
+            .unwrap_or_else(|| preflight::DEFAULT_K8S_VERSION.into()),
         runtime: opts
             .container_runtime
             .clone()
@@ -235,7 +239,11 @@ fn settings(
         memory: old.memory,
         cpus: old.cpus,
         disk: old.disk_size,
-        k8s_version: old.kubernetes_config.kubernetes_version.clone(),
+        // A start may upgrade the version (checked by `preflight::kubernetes_version`).
+        k8s_version: opts
+            .kubernetes_version
+            .clone()
+            .unwrap_or_else(|| old.kubernetes_config.kubernetes_version.clone()),
         runtime: old.kubernetes_config.container_runtime.clone(),
         nat: machine
             .map(|m| m.driver.network.clone())
@@ -718,9 +726,14 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             ));
         }
     }
+    let kept = old_cluster.as_ref();
+    let k8s_version = preflight::kubernetes_version(
+        opts.kubernetes_version.as_deref(),
+        kept.map(|c| c.kubernetes_config.kubernetes_version.as_str()),
+        opts.force,
+    )?;
     let host = Host::current();
     preflight::driver_health(URI, &host, opts.force)?;
-    let kept = old_cluster.as_ref();
     // validateFlags: the CPUs always, the memory when given.
     let cpus = match &opts.cpus {
         Some(amount) => preflight::resolve_cpus(amount, &host)?,
@@ -757,6 +770,7 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
     let opts = &StartOptions {
         memory_mib: memory.map(cli::Amount::Value),
         cpus: Some(cli::Amount::Value(cpus)),
+        kubernetes_version: Some(k8s_version),
         ..opts.clone()
     };
     // Fail before creating anything if the control plane cannot run.
@@ -766,11 +780,13 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             control_plane::etcd_binary()?;
         }
         ControlPlane::Node => {
-            if nodes > 1 {
+            if opts.ha
+                || kept.is_some_and(|c| c.nodes.iter().filter(|n| n.control_plane).count() > 1)
+            {
                 return Err(Failure::exit(
                     EX_PROGRAM_CONFIG,
                     "MK_STANDIN_CONTROL_PLANE",
-                    format!("{}=node runs one node so far; {nodes} nodes asked (leave the setting out for several nodes with the API server on the host)", node::CONTROL_PLANE),
+                    format!("the stand-in's node runs one control plane; --ha asks for three (set {}=host for them, with the API server on the host)", node::CONTROL_PLANE),
                 ));
             }
             control_plane::kubernetes_dir()?;
@@ -800,11 +816,11 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
         default_memory,
         nodes,
     );
-    if s.k8s_version != cli::DEFAULT_K8S_VERSION {
+    if s.k8s_version != control_plane::KUBERNETES_VERSION {
         warn(format!(
-            "Kubernetes {} requested: recorded, but the stand-in's API server is {}",
+            "Kubernetes {}: recorded, but the stand-in's programs are Kubernetes {}",
             s.k8s_version,
-            cli::DEFAULT_K8S_VERSION
+            control_plane::KUBERNETES_VERSION
         ));
     }
     let lv = Libvirt::open()?;
@@ -1207,6 +1223,9 @@ fn provision(
     };
 
     let plane = ControlPlane::current()?;
+    let pod_network = PodNetwork::for_cluster(&s.k8s_version, s.nodes);
+    let started = Instant::now();
+    let mut timings = None;
     let server_addr = if plane == ControlPlane::Node {
         certs::ensure_ca(env)?;
         certs::ensure_client(env, p)?;
@@ -1221,20 +1240,29 @@ fn provision(
             format!(
                 "Preparing Kubernetes {} (stand-in: a node of Kubernetes {} in the VM) ...",
                 s.k8s_version,
-                cli::DEFAULT_K8S_VERSION
+                control_plane::KUBERNETES_VERSION
             ),
         );
         keys::wait_for_ssh(vm_ip, &primary.id_rsa(), Instant::now() + SSH_WAIT * scale)
             .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+        let ssh_ready = Instant::now();
         step("    ▪", "Booting up control plane ...");
-        node::bootstrap(
-            env,
-            p,
-            primary,
-            vm_ip,
-            PodNetwork::for_version(&s.k8s_version),
-            Instant::now() + NODE_WAIT * scale,
-        )?;
+        let spec = NodeSpec {
+            machine: primary,
+            index: 0,
+            ip: vm_ip,
+            server: vm_ip,
+            network: pod_network,
+        };
+        let api = node::bootstrap(env, p, &spec, Instant::now() + NODE_WAIT * scale)?;
+        timings = Some(node::NodeTimings {
+            accel: accel.name(),
+            start: started,
+            ssh: ssh_ready,
+            api,
+            ready: Instant::now(),
+            workers_s: Vec::new(),
+        });
         vm_ip
     } else {
         let etcd_deadline = Instant::now() + APISERVER_WAIT;
@@ -1264,7 +1292,7 @@ fn provision(
                 format!(
                     "Preparing Kubernetes {} (stand-in: kube-apiserver {} + etcd on the host) ...",
                     s.k8s_version,
-                    cli::DEFAULT_K8S_VERSION
+                    control_plane::KUBERNETES_VERSION
                 ),
             );
             let ssh_deadline = Instant::now() + SSH_WAIT * scale;
@@ -1288,6 +1316,7 @@ fn provision(
 
     // The other nodes, one after the other (startWithDriver's loop over node.Add).
     for (i, m) in machines.iter().enumerate().skip(1) {
+        let worker_started = Instant::now();
         let role = if i < s.control_planes {
             "secondary control-plane"
         } else {
@@ -1306,6 +1335,37 @@ fn provision(
         record_ips(env, p, s, opts, old_cluster, m, &macs, vm_ip, &ips)?;
         keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
             .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+        if plane == ControlPlane::Node {
+            let spec = NodeSpec {
+                machine: m,
+                index: i,
+                ip: vm_ip,
+                server: server_addr,
+                network: pod_network,
+            };
+            node::bootstrap(env, p, &spec, Instant::now() + NODE_WAIT * scale)?;
+            if let Some(t) = timings.as_mut() {
+                t.workers_s.push(worker_started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    if let Some(t) = &timings {
+        t.write(p)?;
+    }
+    if plane == ControlPlane::Node && pod_network == PodNetwork::Routed {
+        let nodes: Vec<NodeSpec> = machines
+            .iter()
+            .zip(&ips)
+            .enumerate()
+            .map(|(index, (machine, ip))| NodeSpec {
+                machine,
+                index,
+                ip: ip.expect("every node started"),
+                server: server_addr,
+                network: pod_network,
+            })
+            .collect();
+        node::route_pods(&nodes)?;
     }
 
     // Kubeconfig.
@@ -1556,6 +1616,115 @@ fn ip(env: &Env, name: &str, node: Option<&str>) -> Result<u8, Failure> {
     let (_, n) = find_node(&p, &cluster, node)?;
     println!("{}", n.ip);
     Ok(0)
+}
+
+/// Where `image load` puts an archive in a node (`loadRoot`, `pkg/minikube/machine/cache_images.go`).
+const IMAGE_LOAD_ROOT: &str = "/var/lib/minikube/images";
+
+/// `minikube image load ARG...` for archives (`cmd/minikube/cmd/image.go`, `DoLoadImages`): `-`
+/// is standard input saved to a file; each archive is copied to every running node and given to
+/// `docker load`. A node that fails, or a file that is missing, is only logged: the command
+/// exits 0 whatever happened, as v1.38.1 does. An argument that is not a path would come from the
+/// host's docker daemon or a registry: the stand-in refuses it.
+fn image_load(env: &Env, name: &str, images: &[String]) -> Result<u8, Failure> {
+    if images.is_empty() {
+        return Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            "Please provide an image in your local daemon to load into minikube via <minikube image load IMAGE_NAME>",
+        ));
+    }
+    let p = env.profile(name);
+    let Some(cluster) = config::load::<ClusterConfig>(&p.config_json())? else {
+        return Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            format!("loading profile: cluster {name:?} does not exist"),
+        ));
+    };
+    let is_path = |arg: &str| {
+        arg == "-" || arg.starts_with('/') || arg.starts_with('.') || Path::new(arg).exists()
+    };
+    if let Some(named) = images.iter().find(|a| !is_path(a)) {
+        return Err(Failure::exit(
+            EX_GUEST_ERROR,
+            "GUEST_IMAGE_LOAD",
+            format!("Failed to load image: {named:?} is not a file: the minikube stand-in loads image archives only, not images from the host's docker daemon or a registry"),
+        ));
+    }
+    // Standard input is saved first (`saveFile`), and only the first argument may be `-`.
+    let stdin_copy;
+    let mut files: Vec<PathBuf> = images.iter().map(PathBuf::from).collect();
+    if images[0] == "-" {
+        stdin_copy = tempfile::NamedTempFile::new()
+            .map_err(|e| Failure::error(format!("Failed to save stdin: {e}")))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut stdin_copy.as_file())
+            .map_err(|e| Failure::error(format!("Failed to save stdin: {e}")))?;
+        files = vec![stdin_copy.path().to_owned()];
+    }
+    let lv = Libvirt::open()?;
+    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let m = p.machine(i);
+        // A host that is not running is skipped ("will load on next start"; nothing does).
+        if lv.domain_state(&m.name)? != DomState::Running {
+            continue;
+        }
+        let loaded = node
+            .ip
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("no IP recorded for {}", m.name))
+            .and_then(|ip| files.iter().try_for_each(|f| load_into(ip, &m, f)));
+        match loaded {
+            Ok(()) => succeeded.push(m.name),
+            Err(e) => {
+                info(
+                    "cache_images.go:361",
+                    format_args!("Failed to load cached images for {name:?}: {e}"),
+                );
+                failed.push(m.name);
+            }
+        }
+    }
+    // minikube's klog lines (its log file; the terminal with --alsologtostderr).
+    if !succeeded.is_empty() {
+        info(
+            "cache_images.go:378",
+            format_args!("succeeded pushing to: {}", succeeded.join(" ")),
+        );
+    }
+    if !failed.is_empty() {
+        info(
+            "cache_images.go:381",
+            format_args!("failed pushing to: {}", failed.join(" ")),
+        );
+    }
+    Ok(0)
+}
+
+/// One archive into one node: copied to [`IMAGE_LOAD_ROOT`], then `docker load`.
+fn load_into(ip: Ipv4Addr, m: &Machine, file: &Path) -> Result<(), String> {
+    let archive = fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let base = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.tar".into());
+    let dst = format!("{IMAGE_LOAD_ROOT}/{}", shell_quote(&base));
+    let out = keys::ssh_command(ip, &m.id_rsa())
+        .arg(format!("cat > {dst} && docker load -i {dst}"))
+        .stdin(archive)
+        .output()
+        .map_err(|e| format!("ssh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// A word for the guest's shell, whatever it contains.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// What `status` reports.

@@ -26,6 +26,9 @@ pub const APISERVER_PORT: u16 = 8443;
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const ETCD: &str = "etcd";
 pub const APISERVER: &str = "kube-apiserver";
+/// The version of the Kubernetes programs the stand-in runs, whatever `--kubernetes-version`
+/// says (Debian's kubernetes 1.20.2, built by `harness/scripts/build-kubernetes.sh`).
+pub const KUBERNETES_VERSION: &str = "v1.20.2";
 
 /// One started process, as recorded in `processes.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! The Kubernetes node in the VM (`MK_STANDIN_CONTROL_PLANE=node`), as minikube's ISO and
+//! The Kubernetes node in the VM (the default; `MK_STANDIN_CONTROL_PLANE=host` has none), as minikube's ISO and
 //! kubeadm make it: etcd, kube-apiserver on the VM's private IP port 8443,
 //! kube-controller-manager and kube-scheduler as static pods named `<component>-<node>` in
 //! kube-system, the kubelet with the docker runtime, kube-proxy as a DaemonSet, and the pod
@@ -31,19 +31,19 @@ pub const CONTROL_PLANE: &str = "MK_STANDIN_CONTROL_PLANE";
 /// Where the control plane runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlPlane {
-    /// A kube-apiserver and etcd on the host (no kubelet, no pods): fast, for tests that need
-    /// an API server and no workload.
+    /// A kube-apiserver and etcd on the host (no kubelet, no pods): a listed deviation, faster,
+    /// for tests that need an API server and no workload, and say so.
     Host,
-    /// A whole node in the VM, as minikube's.
+    /// A whole node in the VM, as minikube's: the default.
     Node,
 }
 
 impl ControlPlane {
-    /// From `MK_STANDIN_CONTROL_PLANE` (`host`, the default, or `node`).
+    /// From `MK_STANDIN_CONTROL_PLANE` (`node`, the default, or `host`).
     pub fn current() -> Result<ControlPlane, Failure> {
         match std::env::var(CONTROL_PLANE).as_deref() {
-            Err(_) | Ok("") | Ok("host") => Ok(ControlPlane::Host),
-            Ok("node") => Ok(ControlPlane::Node),
+            Err(_) | Ok("") | Ok("node") => Ok(ControlPlane::Node),
+            Ok("host") => Ok(ControlPlane::Host),
             Ok(other) => Err(Failure::exit(
                 EX_PROGRAM_CONFIG,
                 "MK_STANDIN_CONTROL_PLANE",
@@ -62,11 +62,19 @@ pub enum PodNetwork {
     Bridge,
     /// dockershim without CNI: docker0, 172.17.0.0/16.
     Docker0,
+    /// Several nodes (minikube runs kindnet whatever the version): each node's pods on its own
+    /// /24 of 10.244.0.0/16 (the controller manager's allocation, in the order the nodes join),
+    /// and on every node a route to each other node's range via that node. The stand-in writes a
+    /// bridge CNI per node and the routes itself instead of running kindnet (a listed deviation).
+    Routed,
 }
 
 impl PodNetwork {
-    /// For `--kubernetes-version` (`v1.35.1`, `1.20.2`).
-    pub fn for_version(version: &str) -> PodNetwork {
+    /// For a cluster of `nodes` nodes of `--kubernetes-version` (`v1.35.1`, `1.20.2`).
+    pub fn for_cluster(version: &str, nodes: usize) -> PodNetwork {
+        if nodes > 1 {
+            return PodNetwork::Routed;
+        }
         let v = version.trim_start_matches('v');
         let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -76,10 +84,39 @@ impl PodNetwork {
             PodNetwork::Docker0
         }
     }
+
+    /// Whether the kubelet runs pods through CNI (else dockershim's docker0).
+    fn cni(self) -> bool {
+        self != PodNetwork::Docker0
+    }
 }
 
 /// The pod CIDR of the bridge CNI (minikube's `DefaultPodCIDR`).
 pub const POD_CIDR: &str = "10.244.0.0/16";
+
+/// The pod range of the `index`th node of a [`PodNetwork::Routed`] cluster (the controller
+/// manager's `--allocate-node-cidrs` gives /24s of [`POD_CIDR`] in the order nodes register).
+pub fn pod_range(index: usize) -> String {
+    format!("10.244.{index}.0/24")
+}
+
+/// One node of the cluster as the stand-in sets it up.
+pub struct NodeSpec<'a> {
+    pub machine: &'a Machine,
+    /// Its place in the profile: 0 is the control plane, the others are workers.
+    pub index: usize,
+    /// Its private IP.
+    pub ip: Ipv4Addr,
+    /// The control plane's private IP: where the API server listens.
+    pub server: Ipv4Addr,
+    pub network: PodNetwork,
+}
+
+impl NodeSpec<'_> {
+    fn control_plane(&self) -> bool {
+        self.index == 0
+    }
+}
 
 /// The disks of a node VM: its own raw disk, and the shared bundle.
 pub struct NodeDisks {
@@ -108,17 +145,20 @@ pub fn disks(m: &Machine, size_mb: u32) -> Result<NodeDisks, Failure> {
     })
 }
 
-/// Everything the node needs from the host, sent to the guest; then the kubelet is (re)started
-/// and this waits until the API server answers at `vm_ip:8443` and the node is Ready.
+/// Everything a node needs from the host, sent to the guest; then the kubelet is (re)started
+/// and this waits until the node is Ready. The control plane (index 0) also gets kubeadm's
+/// static pods and the addons, and is waited for as minikube waits (API server, default service
+/// account, kube-system's pods); a worker joins it (its kubelet and kube-proxy run). Returns when
+/// the API server first answered `/readyz`.
 pub fn bootstrap(
     env: &Env,
     p: &Profile,
-    m: &Machine,
-    vm_ip: Ipv4Addr,
-    network: PodNetwork,
+    node: &NodeSpec,
     deadline: Instant,
-) -> Result<(), Failure> {
-    certs::write_apiserver(env, p, &[vm_ip, certs::SERVICE_IP, Ipv4Addr::LOCALHOST])?;
+) -> Result<Instant, Failure> {
+    if node.control_plane() {
+        certs::write_apiserver(env, p, &[node.ip, certs::SERVICE_IP, Ipv4Addr::LOCALHOST])?;
+    }
     let work = tempfile::Builder::new()
         .prefix(".node-")
         .tempdir_in(p.dir())
@@ -126,7 +166,7 @@ pub fn bootstrap(
             Failure::error(format!("temporary directory in {}: {e}", p.dir().display()))
         })?;
     let root = work.path().join("root");
-    write_tree(env, p, &m.name, vm_ip, network, &root)?;
+    write_tree(env, p, node, &root)?;
     let archive = work.path().join("node.tar");
     run(
         Command::new("tar")
@@ -140,13 +180,89 @@ pub fn bootstrap(
     let upload = fs::File::open(&archive)
         .map_err(|e| Failure::error(format!("open {}: {e}", archive.display())))?;
     run(
-        keys::ssh_command(vm_ip, &m.id_rsa())
+        keys::ssh_command(node.ip, &node.machine.id_rsa())
             .arg(AGENT_REQUEST)
             .stdin(upload),
         "ssh",
     )?;
-    wait_ready(env, p, &m.name, vm_ip, deadline)
+    wait_ready(env, p, node, deadline)
 }
+
+/// How long a node start took, written to the profile's `node-timings.json` for the node
+/// benchmark (`node-bench` of mkh-tests): from the start of provisioning to SSH answering in
+/// the control plane's VM, from there to its API server's `/readyz`, from there to the node
+/// Ready with kube-system's pods Running; then each worker's boot and join.
+pub struct NodeTimings {
+    pub accel: &'static str,
+    pub start: Instant,
+    pub ssh: Instant,
+    pub api: Instant,
+    pub ready: Instant,
+    pub workers_s: Vec<f64>,
+}
+
+impl NodeTimings {
+    pub fn write(&self, p: &Profile) -> Result<(), Failure> {
+        let secs = |from: Instant, to: Instant| (to - from).as_secs_f64();
+        let timings = json!({
+            "accel": self.accel,
+            "vm_s": secs(self.start, self.ssh),
+            "control_plane_s": secs(self.ssh, self.api),
+            "node_ready_s": secs(self.api, self.ready),
+            "first_node_s": secs(self.start, self.ready),
+            "workers_s": self.workers_s,
+        });
+        write_json(&p.dir().join("node-timings.json"), &timings)
+    }
+}
+
+/// Routes every node's pods to the others' ([`PodNetwork::Routed`]): on each node, each other
+/// node's [`pod_range`] via that node's IP, through the guest's node agent.
+pub fn route_pods(nodes: &[NodeSpec]) -> Result<(), Failure> {
+    for node in nodes {
+        let routes: String = nodes
+            .iter()
+            .filter(|other| other.index != node.index)
+            .map(|other| format!("{} {}\n", pod_range(other.index), other.ip))
+            .collect();
+        let out = keys::ssh_command(node.ip, &node.machine.id_rsa())
+            .arg(ROUTES_REQUEST)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped stdin")
+                    .write_all(routes.as_bytes())?;
+                child.wait_with_output()
+            })
+            .map_err(|e| Failure::error(format!("run ssh: {e}")))?;
+        if !out.status.success() {
+            return Err(Failure::error(format!(
+                "routes to the other nodes' pods on {}: {}",
+                node.machine.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Over SSH as docker: the routes (standard input) to the node agent, and its answer.
+const ROUTES_REQUEST: &str = "cat > /home/docker/.mkh-routes || exit 1
+before=$(grep -c '^routes' /run/mkh/node-status)
+echo routes > /run/mkh/node-request
+i=0
+while [ \"$(grep -c '^routes' /run/mkh/node-status)\" = \"$before\" ]; do
+    i=$((i + 1))
+    [ \"$i\" -gt 30 ] && { echo 'the node agent did not answer within 30 s' >&2; exit 1; }
+    sleep 1
+done
+tail -n 1 /run/mkh/node-status | grep -q '^routes ok' || { tail -n 1 /run/mkh/node-status >&2; exit 1; }";
 
 /// Over SSH as docker: store the archive, wait (up to 5 minutes: under TCG dockerd and the
 /// preloaded images take a while on a first boot) for the guest's node agent, and ask it to
@@ -178,47 +294,69 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), Failure> {
     }
 }
 
-/// Waits until [`not_ready_because`] finds nothing missing.
+/// Waits until [`not_ready_because`] finds nothing missing; returns when the API server first
+/// answered `/readyz`.
 fn wait_ready(
     env: &Env,
     p: &Profile,
-    node: &str,
-    vm_ip: Ipv4Addr,
+    node: &NodeSpec,
     deadline: Instant,
-) -> Result<(), Failure> {
-    let base = format!("https://{vm_ip}:{APISERVER_PORT}");
+) -> Result<Instant, Failure> {
+    let base = format!("https://{}:{APISERVER_PORT}", node.server);
+    let name = node.machine.name.as_str();
     let mut last = String::from("no answer yet");
+    let mut api_ready = None;
+    // One request at a time, every 3 s: under emulation each is a TLS handshake the control
+    // plane pays for.
     while Instant::now() < deadline {
-        match not_ready_because(env, p, &base, node) {
-            None => return Ok(()),
-            Some(why) => last = why,
+        match api_ready {
+            None => match control_plane::curl(env, p, &format!("{base}/readyz")) {
+                Ok(answer) if answer == "ok" => {
+                    api_ready = Some(Instant::now());
+                    continue;
+                }
+                Ok(answer) => last = format!("/readyz: {answer}"),
+                Err(e) => last = e,
+            },
+            Some(api_ready) => match not_ready_because(env, p, &base, name, node.control_plane()) {
+                None => return Ok(api_ready),
+                Some(why) => last = why,
+            },
         }
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(3));
     }
     Err(Failure::exit(
         EX_CONTROL_PLANE_TIMEOUT,
         "K8S_NODE_NOT_READY",
-        format!("node {node} did not become Ready at {base}: {last} (in the VM: /var/log/kubelet.log, `docker ps -a`)"),
+        format!("node {name} did not become Ready at {base}: {last} (in its VM: /var/log/kubelet.log, `docker ps -a`)"),
     ))
 }
 
-/// What the cluster still lacks, if anything: the node Ready; the `default` namespace's
-/// service account, without which no pod of a test's can be made there (kubeadm's and minikube's
-/// `default_sa` wait); kube-system's pods (the control plane's mirror pods and kube-proxy) all
-/// Running (minikube's `system_pods` wait).
-fn not_ready_because(env: &Env, p: &Profile, base: &str, node: &str) -> Option<String> {
+/// What the cluster still lacks for `node`, if anything: the node Ready; for the control plane,
+/// the `default` namespace's service account, without which no pod of a test's can be made there
+/// (kubeadm's and minikube's `default_sa` wait); kube-system's pods (the control plane's mirror
+/// pods, the node's kube-proxy) all Running (minikube's `system_pods` wait).
+fn not_ready_because(
+    env: &Env,
+    p: &Profile,
+    base: &str,
+    node: &str,
+    control_plane: bool,
+) -> Option<String> {
     let get = |path: &str| control_plane::curl(env, p, &format!("{base}{path}"));
     match get(&format!("/api/v1/nodes/{node}")) {
         Err(e) => return Some(e),
         Ok(body) if !node_is_ready(&body) => return Some(format!("node {node} is not Ready")),
         Ok(_) => {}
     }
-    if let Err(e) = get("/api/v1/namespaces/default/serviceaccounts/default") {
-        return Some(format!("no default service account yet: {e}"));
+    if control_plane {
+        if let Err(e) = get("/api/v1/namespaces/default/serviceaccounts/default") {
+            return Some(format!("no default service account yet: {e}"));
+        }
     }
     match get("/api/v1/namespaces/kube-system/pods") {
         Err(e) => Some(e),
-        Ok(pods) if !system_pods_run(&pods, node) => {
+        Ok(pods) if !system_pods_run(&pods, node, control_plane) => {
             Some("kube-system's pods are not all Running".into())
         }
         Ok(_) => None,
@@ -235,52 +373,51 @@ fn node_is_ready(body: &str) -> bool {
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
-/// Whether a kube-system pod list has the control plane's four pods of `node` and a kube-proxy,
-/// every one Running.
-fn system_pods_run(body: &str, node: &str) -> bool {
+/// Whether a kube-system pod list has `node`'s kube-proxy and, for a control plane, its four
+/// static pods, and every pod Running.
+fn system_pods_run(body: &str, node: &str, control_plane: bool) -> bool {
     let list: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let pods: Vec<(&str, &str)> = list["items"]
+    let pods: Vec<(&str, &str, &str)> = list["items"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
             (
                 p["metadata"]["name"].as_str().unwrap_or_default(),
+                p["spec"]["nodeName"].as_str().unwrap_or_default(),
                 p["status"]["phase"].as_str().unwrap_or_default(),
             )
         })
         .collect();
-    let present = |name: &str| pods.iter().any(|(n, _)| *n == name);
-    [
+    let present = |name: &str| pods.iter().any(|(n, _, _)| *n == name);
+    let static_pods = [
         "etcd",
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
     ]
     .iter()
-    .all(|c| present(&format!("{c}-{node}")))
-        && pods.iter().any(|(n, _)| n.starts_with("kube-proxy-"))
-        && pods.iter().all(|(_, phase)| *phase == "Running")
+    .all(|c| present(&format!("{c}-{node}")));
+    (static_pods || !control_plane)
+        && pods
+            .iter()
+            .any(|(n, on, _)| n.starts_with("kube-proxy-") && *on == node)
+        && pods.iter().all(|(_, _, phase)| *phase == "Running")
 }
 
 const CERTS: &str = "/var/lib/minikube/certs";
-const VERSION: &str = "v1.20.2";
 
-/// The files kubeadm (and minikube's bootstrapper) would leave on the node, under `root`.
-fn write_tree(
-    env: &Env,
-    p: &Profile,
-    node: &str,
-    vm_ip: Ipv4Addr,
-    network: PodNetwork,
-    root: &Path,
-) -> Result<(), Failure> {
+/// The files kubeadm (and minikube's bootstrapper) would leave on the node, under `root`: on
+/// every node the CA, the kubelet's and kube-proxy's credentials and configuration and the CNI
+/// configuration; on the control plane also the control plane's certificates, kubeconfigs, static
+/// pods and the addons.
+fn write_tree(env: &Env, p: &Profile, node: &NodeSpec, root: &Path) -> Result<(), Failure> {
+    let name = node.machine.name.as_str();
     let certs_dir = root.join(CERTS.trim_start_matches('/'));
     let kube = root.join("etc/kubernetes");
     for dir in [
         certs_dir.clone(),
-        kube.join("manifests"),
-        kube.join("addons"),
+        kube.clone(),
         root.join("var/lib/kubelet"),
         root.join("etc/mkh"),
         root.join("etc/cni/net.d"),
@@ -294,67 +431,95 @@ fn write_tree(
             .map_err(|e| Failure::error(format!("copy {}: {e}", from.display())))
     };
     copy(env.ca_cert(), "ca.crt")?;
-    copy(env.ca_key(), "ca.key")?;
-    copy(p.apiserver_cert(), "apiserver.crt")?;
-    copy(p.apiserver_key(), "apiserver.key")?;
-    copy(p.sa_key(), "sa.key")?;
-    copy(p.sa_pub(), "sa.pub")?;
-    copy(p.client_cert(), "admin.crt")?;
-    copy(p.client_key(), "admin.key")?;
     // The node's own client certificates, kept in the profile across starts.
-    let node_certs = p.dir().join("node-certs");
+    let node_certs = p.dir().join("node-certs").join(name);
     fs::create_dir_all(&node_certs)
         .map_err(|e| Failure::error(format!("create {}: {e}", node_certs.display())))?;
-    let kubelet_user = format!("system:node:{node}");
-    for (name, cn, o) in [
-        (
-            "apiserver-kubelet-client",
-            "kube-apiserver-kubelet-client",
-            "system:masters",
-        ),
+    let kubelet_user = format!("system:node:{name}");
+    let mut clients = vec![
         ("kubelet", kubelet_user.as_str(), "system:nodes"),
-        ("controller-manager", "system:kube-controller-manager", ""),
-        ("scheduler", "system:kube-scheduler", ""),
         ("kube-proxy", "system:kube-proxy", ""),
-    ] {
-        certs::write_client(env, &node_certs, name, cn, o)?;
+    ];
+    let mut users = vec!["kubelet", "kube-proxy"];
+    if node.control_plane() {
+        copy(env.ca_key(), "ca.key")?;
+        copy(p.apiserver_cert(), "apiserver.crt")?;
+        copy(p.apiserver_key(), "apiserver.key")?;
+        copy(p.sa_key(), "sa.key")?;
+        copy(p.sa_pub(), "sa.pub")?;
+        copy(p.client_cert(), "admin.crt")?;
+        copy(p.client_key(), "admin.key")?;
+        clients.extend([
+            (
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                "system:masters",
+            ),
+            ("controller-manager", "system:kube-controller-manager", ""),
+            ("scheduler", "system:kube-scheduler", ""),
+        ]);
+        users.extend(["admin", "controller-manager", "scheduler"]);
+    }
+    for (file, cn, o) in clients {
+        certs::write_client(env, &node_certs, file, cn, o)?;
         copy(
-            node_certs.join(format!("{name}.crt")),
-            &format!("{name}.crt"),
+            node_certs.join(format!("{file}.crt")),
+            &format!("{file}.crt"),
         )?;
         copy(
-            node_certs.join(format!("{name}.key")),
-            &format!("{name}.key"),
+            node_certs.join(format!("{file}.key")),
+            &format!("{file}.key"),
         )?;
     }
-    let server = format!("https://{vm_ip}:{APISERVER_PORT}");
-    for (file, user) in [
-        ("admin.conf", "admin"),
-        ("kubelet.conf", "kubelet"),
-        ("controller-manager.conf", "controller-manager"),
-        ("scheduler.conf", "scheduler"),
-        ("kube-proxy.conf", "kube-proxy"),
-    ] {
-        write_json(&kube.join(file), &kubeconfig(&server, user))?;
-    }
-    for (name, manifest) in static_pods(node, vm_ip, network) {
+    let server = format!("https://{}:{APISERVER_PORT}", node.server);
+    for user in users {
         write_json(
-            &kube.join("manifests").join(format!("{name}.yaml")),
-            &manifest,
+            &kube.join(format!("{user}.conf")),
+            &kubeconfig(&server, user),
         )?;
     }
-    write_json(&kube.join("addons/kube-proxy.yaml"), &kube_proxy(network))?;
+    if node.control_plane() {
+        for dir in ["manifests", "after-api", "addons"] {
+            let dir = kube.join(dir);
+            fs::create_dir_all(&dir)
+                .map_err(|e| Failure::error(format!("create {}: {e}", dir.display())))?;
+        }
+        // etcd and the API server first; the controller manager and the scheduler once the API
+        // server answers (the node agent moves them), so that they do not crash-loop through
+        // the minutes an emulated API server takes to start (a listed deviation: kubeadm
+        // writes all four at once).
+        for (component, manifest) in static_pods(name, node.ip, node.network) {
+            let dir = match component {
+                "etcd" | "kube-apiserver" => "manifests",
+                _ => "after-api",
+            };
+            write_json(&kube.join(dir).join(format!("{component}.yaml")), &manifest)?;
+        }
+        write_json(
+            &kube.join("addons/kube-proxy.yaml"),
+            &kube_proxy(node.network),
+        )?;
+    }
     write_json(&root.join("var/lib/kubelet/config.yaml"), &kubelet_config())?;
     let mut flags = format!(
         "--config=/var/lib/kubelet/config.yaml --kubeconfig=/etc/kubernetes/kubelet.conf \
-         --hostname-override={node} --node-ip={vm_ip} --container-runtime=docker \
-         --pod-infra-container-image=k8s.gcr.io/pause:3.2"
+         --hostname-override={name} --node-ip={} --container-runtime=docker \
+         --pod-infra-container-image=k8s.gcr.io/pause:3.2",
+        node.ip
     );
-    if network == PodNetwork::Bridge {
+    let pods_on = match node.network {
+        PodNetwork::Bridge => Some(POD_CIDR.to_owned()),
+        PodNetwork::Routed => Some(pod_range(node.index)),
+        PodNetwork::Docker0 => None,
+    };
+    if let Some(range) = pods_on {
         flags.push_str(
             " --network-plugin=cni --cni-conf-dir=/etc/cni/net.d --cni-bin-dir=/opt/cni/bin",
         );
-        write_json(&root.join("etc/cni/net.d/1-k8s.conflist"), &bridge_cni())?;
+        write_json(
+            &root.join("etc/cni/net.d/1-k8s.conflist"),
+            &bridge_cni(&range),
+        )?;
     }
     fs::write(root.join("etc/mkh/kubelet.flags"), flags + "\n")
         .map_err(|e| Failure::error(format!("write the kubelet's flags: {e}")))
@@ -434,12 +599,15 @@ fn static_pods(node: &str, vm_ip: Ipv4Addr, network: PodNetwork) -> Vec<(&'stati
         format!("--cluster-signing-cert-file={CERTS}/ca.crt"),
         format!("--cluster-signing-key-file={CERTS}/ca.key"),
         "--use-service-account-credentials=true".into(),
-        "--controllers=*,bootstrapsigner,tokencleaner".into(),
+        // kubeadm's `*,bootstrapsigner,tokencleaner` less what a test cluster does without
+        // (quotas, autoscaling, CSRs, volumes, cron jobs, disruption budgets; a listed
+        // deviation): under emulation each controller's start costs seconds.
+        "--controllers=*,-resourcequota,-horizontalpodautoscaling,-csrsigning,-csrapproving,-csrcleaner,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,-pvc-protection,-pv-protection,-cronjob,-disruption".into(),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--cluster-name=mk".into(),
         "--profiling=false".into(),
     ];
-    if network == PodNetwork::Bridge {
+    if network.cni() {
         controller_manager.push("--allocate-node-cidrs=true".into());
         controller_manager.push(format!("--cluster-cidr={POD_CIDR}"));
     }
@@ -472,7 +640,10 @@ fn static_pods(node: &str, vm_ip: Ipv4Addr, network: PodNetwork) -> Vec<(&'stati
 }
 
 fn image(component: &str) -> String {
-    format!("k8s.gcr.io/{component}:{VERSION}")
+    format!(
+        "k8s.gcr.io/{component}:{}",
+        control_plane::KUBERNETES_VERSION
+    )
 }
 
 fn host_path(name: &str, path: &str, mount: &str, read_only: bool) -> (Value, Value) {
@@ -528,7 +699,7 @@ fn kube_proxy(network: PodNetwork) -> Value {
         "--proxy-mode=iptables".into(),
         "--conntrack-max-per-core=0".into(),
     ];
-    if network == PodNetwork::Bridge {
+    if network.cni() {
         command.push(format!("--cluster-cidr={POD_CIDR}"));
     }
     let mounts = [
@@ -592,8 +763,8 @@ fn kubelet_config() -> Value {
 }
 
 /// minikube's bridge CNI (`pkg/minikube/cni/bridge.go`): network `bridge` on bridge `bridge`,
-/// host-local IPAM on the pod CIDR, portmap.
-fn bridge_cni() -> Value {
+/// host-local IPAM on `range` (the pod CIDR; a node's own range when several), portmap.
+fn bridge_cni(range: &str) -> Value {
     json!({
         "cniVersion": "0.3.1",
         "name": "bridge",
@@ -606,7 +777,7 @@ fn bridge_cni() -> Value {
                 "forceAddress": false,
                 "ipMasq": true,
                 "hairpinMode": true,
-                "ipam": {"type": "host-local", "subnet": POD_CIDR},
+                "ipam": {"type": "host-local", "subnet": range},
             },
             {"type": "portmap", "capabilities": {"portMappings": true}},
         ],
@@ -619,11 +790,16 @@ mod tests {
 
     #[test]
     fn the_pod_network_follows_minikube_s_choice_for_the_version() {
-        assert_eq!(PodNetwork::for_version("v1.35.1"), PodNetwork::Bridge);
-        assert_eq!(PodNetwork::for_version("v1.24.0"), PodNetwork::Bridge);
-        assert_eq!(PodNetwork::for_version("v1.23.17"), PodNetwork::Docker0);
-        assert_eq!(PodNetwork::for_version("v1.20.2"), PodNetwork::Docker0);
-        assert_eq!(PodNetwork::for_version("1.20.2"), PodNetwork::Docker0);
+        let one = |v| PodNetwork::for_cluster(v, 1);
+        assert_eq!(one("v1.35.1"), PodNetwork::Bridge);
+        assert_eq!(one("v1.24.0"), PodNetwork::Bridge);
+        assert_eq!(one("v1.23.17"), PodNetwork::Docker0);
+        assert_eq!(one("v1.20.2"), PodNetwork::Docker0);
+        assert_eq!(one("1.20.2"), PodNetwork::Docker0);
+        // Several nodes: kindnet in minikube, whatever the version.
+        assert_eq!(PodNetwork::for_cluster("v1.20.2", 2), PodNetwork::Routed);
+        assert_eq!(PodNetwork::for_cluster("v1.35.1", 3), PodNetwork::Routed);
+        assert_eq!(pod_range(1), "10.244.1.0/24");
     }
 
     #[test]
@@ -637,7 +813,7 @@ mod tests {
 
     #[test]
     fn system_pods_count_once_the_control_plane_and_kube_proxy_run() {
-        let pod = |name: &str, phase: &str| json!({"metadata": {"name": name}, "status": {"phase": phase}});
+        let pod = |name: &str, phase: &str| json!({"metadata": {"name": name}, "spec": {"nodeName": "p"}, "status": {"phase": phase}});
         let mut items = vec![
             pod("etcd-p", "Running"),
             pod("kube-apiserver-p", "Running"),
@@ -645,13 +821,23 @@ mod tests {
             pod("kube-scheduler-p", "Running"),
         ];
         let list = |items: &Vec<Value>| json!({"items": items}).to_string();
-        assert!(!system_pods_run(&list(&items), "p"), "no kube-proxy yet");
+        assert!(
+            !system_pods_run(&list(&items), "p", true),
+            "no kube-proxy yet"
+        );
         items.push(pod("kube-proxy-x7z2k", "Pending"));
-        assert!(!system_pods_run(&list(&items), "p"));
+        assert!(!system_pods_run(&list(&items), "p", true));
         items.pop();
         items.push(pod("kube-proxy-x7z2k", "Running"));
-        assert!(system_pods_run(&list(&items), "p"));
-        assert!(!system_pods_run(&list(&items), "q"), "another node's pods");
+        assert!(system_pods_run(&list(&items), "p", true));
+        assert!(
+            !system_pods_run(&list(&items), "q", true),
+            "another node's pods"
+        );
+        // A worker: its own kube-proxy, no static pods of its own.
+        assert!(!system_pods_run(&list(&items), "p-m02", false));
+        items.push(json!({"metadata": {"name": "kube-proxy-a1b2c"}, "spec": {"nodeName": "p-m02"}, "status": {"phase": "Running"}}));
+        assert!(system_pods_run(&list(&items), "p-m02", false));
     }
 
     #[test]

@@ -353,6 +353,153 @@ pub fn suggested_memory(host_mib: u32, nodes: u32) -> u32 {
     suggested.clamp(FALLBACK, MAXIMUM)
 }
 
+/// minikube's default Kubernetes version (`constants.DefaultKubernetesVersion`, the newest).
+pub const DEFAULT_K8S_VERSION: &str = "v1.35.1";
+/// The oldest version minikube starts without `--force` (`constants.OldestKubernetesVersion`).
+const OLDEST_K8S_VERSION: (u64, u64, u64) = (1, 28, 0);
+const NEWEST_K8S_VERSION: (u64, u64, u64) = (1, 35, 1);
+/// The newest release of each minor version in v1.38.1's `ValidKubernetesVersions`: what
+/// `--kubernetes-version=1.N` means (`getLatestPatch`).
+const LATEST_PATCHES: &[&str] = &[
+    "v1.36.0-alpha.1",
+    "v1.35.1",
+    "v1.34.4",
+    "v1.33.8",
+    "v1.32.12",
+    "v1.31.14",
+    "v1.30.14",
+    "v1.29.15",
+    "v1.28.15",
+    "v1.27.16",
+    "v1.26.15",
+    "v1.25.16",
+    "v1.24.17",
+    "v1.23.17",
+    "v1.22.17",
+    "v1.21.14",
+    "v1.20.15",
+    "v1.19.16",
+    "v1.18.20",
+    "v1.17.17",
+    "v1.16.15",
+];
+const EX_INTERNET_ERROR: u8 = 40;
+const EX_CONTROL_PLANE_UNSUPPORTED: u8 = 106;
+
+/// `major.minor.patch` and whether a pre-release follows, of a version without its `v`.
+fn parse_version(text: &str) -> Option<((u64, u64, u64), bool)> {
+    let (core, pre) = match text.split_once('-') {
+        Some((core, pre)) => (core, !pre.is_empty()),
+        None => (text, false),
+    };
+    let number = |p: &str| {
+        (!p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (p == "0" || !p.starts_with('0')))
+        .then(|| p.parse().ok())
+        .flatten()
+    };
+    let mut parts = core.split('.');
+    let v = (
+        number(parts.next()?)?,
+        number(parts.next()?)?,
+        number(parts.next()?)?,
+    );
+    parts.next().is_none().then_some((v, pre))
+}
+
+/// The Kubernetes version a start asks for, checked as minikube checks it
+/// (`getKubernetesVersion`, `validateKubernetesVersion` in `cmd/minikube/cmd/start.go`): the
+/// flag, else the profile's, else the default (`stable` too; `latest`, `newest`: the newest);
+/// `1.N` is that minor's newest release; what does not parse is refused; older than v1.28.0 or
+/// newer than the newest only with `--force`; an existing cluster is never downgraded.
+pub fn kubernetes_version(
+    flag: Option<&str>,
+    existing: Option<&str>,
+    force: bool,
+) -> Result<String, Failure> {
+    let asked = flag
+        .filter(|f| !f.is_empty())
+        .or(existing.filter(|e| !e.is_empty()));
+    let text = match asked {
+        None => DEFAULT_K8S_VERSION,
+        Some(a) if a.eq_ignore_ascii_case("stable") => DEFAULT_K8S_VERSION,
+        Some(a) if a.eq_ignore_ascii_case("latest") || a.eq_ignore_ascii_case("newest") => {
+            DEFAULT_K8S_VERSION
+        }
+        Some(a) => a,
+    };
+    let bare = text.to_ascii_lowercase();
+    let bare = bare.trim_start_matches('v');
+    let two_digits = bare.split('.').count() == 2
+        && bare
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let full = if two_digits {
+        let prefix = format!("v{bare}.");
+        match LATEST_PATCHES.iter().find(|v| v.starts_with(&prefix)) {
+            Some(v) => {
+                println!("💡  Using Kubernetes {} since patch version was unspecified", &v[1..]);
+                v.trim_start_matches('v').to_owned()
+            }
+            None => {
+                return Err(Failure::exit(
+                    EX_PROGRAM_USAGE,
+                    "MK_PATCH_NOT_FOUND",
+                    format!("Unable to detect the latest patch release for specified major.minor version v{bare}"),
+                ))
+            }
+        }
+    } else {
+        bare.to_owned()
+    };
+    let Some((v, _)) = parse_version(&full) else {
+        return Err(Failure::exit(
+            EX_PROGRAM_USAGE,
+            "MK_USAGE",
+            format!("Unable to parse {text:?}: No Major.Minor.Patch elements found"),
+        ));
+    };
+    let shown = format!("{}.{}.{}", v.0, v.1, v.2);
+    if v > NEWEST_K8S_VERSION && !LATEST_PATCHES.contains(&format!("v{full}").as_str()) {
+        // minikube then searches GitHub's releases; the stand-in is offline.
+        unless_forced(
+            force,
+            Failure::exit(
+                EX_INTERNET_ERROR,
+                "K8S_FAIL_CONNECT",
+                format!("error fetching Kubernetes version list from GitHub: the stand-in cannot look v{shown} up"),
+            ),
+        )?;
+    }
+    if v < OLDEST_K8S_VERSION {
+        unless_forced(
+            force,
+            Failure::exit(
+                EX_CONTROL_PLANE_UNSUPPORTED,
+                "K8S_OLD_UNSUPPORTED",
+                format!("Kubernetes v{shown} is not supported by this release of minikube"),
+            ),
+        )?;
+    }
+    if let Some((old, _)) = existing
+        .map(|e| e.to_ascii_lowercase())
+        .and_then(|e| parse_version(e.trim_start_matches('v')))
+    {
+        if v < old {
+            return Err(Failure::exit(
+                EX_CONTROL_PLANE_UNSUPPORTED,
+                "K8S_DOWNGRADE_UNSUPPORTED",
+                format!(
+                    "Unable to safely downgrade existing Kubernetes v{}.{}.{} cluster to v{shown}",
+                    old.0, old.1, old.2
+                ),
+            ));
+        }
+    }
+    Ok(format!("v{full}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,5 +584,30 @@ mod tests {
         assert_eq!(node_count(Some(2), true).unwrap_err().code, 14);
         assert_eq!(node_count(Some(2), false).unwrap(), 2);
         assert_eq!(node_count(None, false).unwrap(), 1);
+    }
+
+    #[test]
+    fn kubernetes_versions_are_resolved_and_checked_as_minikube_does() {
+        let v = |flag: Option<&str>, old: Option<&str>, force| {
+            kubernetes_version(flag, old, force).map_err(|f| f.code)
+        };
+        assert_eq!(v(None, None, false).unwrap(), "v1.35.1");
+        assert_eq!(v(Some("stable"), None, false).unwrap(), "v1.35.1");
+        assert_eq!(v(None, Some("v1.30.2"), false).unwrap(), "v1.30.2");
+        assert_eq!(v(Some("1.34"), None, false).unwrap(), "v1.34.4");
+        assert_eq!(v(Some("V1.33.1"), None, false).unwrap(), "v1.33.1");
+        assert_eq!(v(Some("banana"), None, true), Err(EX_PROGRAM_USAGE));
+        assert_eq!(v(Some("1.99"), None, true), Err(EX_PROGRAM_USAGE));
+        // Too old: only forced.
+        assert_eq!(v(Some("v1.20.2"), None, false), Err(106));
+        assert_eq!(v(Some("v1.20.2"), None, true).unwrap(), "v1.20.2");
+        // Newer than the newest and not in the list: minikube asks GitHub.
+        assert_eq!(v(Some("v1.40.0"), None, false), Err(40));
+        assert_eq!(
+            v(Some("v1.36.0-alpha.1"), None, false).unwrap(),
+            "v1.36.0-alpha.1"
+        );
+        // Never a downgrade, forced or not.
+        assert_eq!(v(Some("v1.30.0"), Some("v1.35.1"), true), Err(106));
     }
 }
