@@ -53,8 +53,10 @@ fn reached(phase: &str, name: &str, printed: &dyn Fn() -> bool) -> bool {
 fn a_test_process_killed_at_any_phase_leaves_nothing() {
     let mut report = Vec::new();
     for signal in [Signal::SIGKILL, Signal::SIGTERM] {
-        for phase in PHASES {
-            let name = format!("kp{}-{}", report.len(), std::process::id());
+        let mut phases: std::collections::VecDeque<(&str, u32)> =
+            PHASES.iter().map(|phase| (*phase, 1)).collect();
+        while let Some((phase, attempt)) = phases.pop_front() {
+            let name = format!("kp{}t{attempt}-{}", report.len(), std::process::id());
             let mode = if phase == "during teardown" {
                 "once-guest"
             } else {
@@ -89,9 +91,17 @@ fn a_test_process_killed_at_any_phase_leaves_nothing() {
             };
             let _ = nix::sys::signal::killpg(pid, signal);
             let killed = Instant::now();
+            if phase == "during teardown" && !in_teardown && attempt < 3 {
+                // The teardown (about a second) had ended before the look: on a loaded host
+                // this process came too late. Nothing may be left; the kill is tried again.
+                let _ = child.wait();
+                assert!(leftovers(&name).is_empty(), "left {:?}", leftovers(&name));
+                phases.push_front((phase, attempt + 1));
+                continue;
+            }
             assert!(
                 phase != "during teardown" || in_teardown,
-                "{signal:?}: the teardown had ended before the kill"
+                "{signal:?}: the teardown had ended before the kill, three times"
             );
             let _ = child.wait();
             let clean = wait_until(Duration::from_secs(5), || leftovers(&name).is_empty());
