@@ -898,6 +898,12 @@ fn boot_machine(
                 ControlPlane::Node => {
                     cmdline.push(' ');
                     cmdline.push_str(mkh_guest_image::NODE_CMDLINE);
+                    if accel == Accel::Tcg {
+                        // Programs at the same addresses in every process (a listed
+                        // deviation): QEMU reuses what it translated for the last run of a
+                        // program instead of translating it again at new addresses.
+                        cmdline.push_str(" norandmaps");
+                    }
                     Some(node::disks(m, s.disk)?)
                 }
                 ControlPlane::Host => None,
