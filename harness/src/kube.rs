@@ -15,10 +15,19 @@ pub(crate) async fn client(path: &Path, context: &str) -> Result<kube::Client> {
     // A file read: off the runtime thread, as every blocking call.
     let (file, owned_context) = (path.to_owned(), context.to_owned());
     let kubeconfig = crate::wait::off_thread(move || {
-        kube::config::Kubeconfig::read_from(&file).map_err(|e| Error::Kube {
+        let source: Box<dyn std::error::Error + Send + Sync> = if !file.exists() {
+            // minikube writes it when Kubernetes starts: never with `--no-kubernetes`.
+            "the file does not exist: minikube writes it once the cluster's Kubernetes runs, and a cluster started with --no-kubernetes has none".into()
+        } else {
+            match kube::config::Kubeconfig::read_from(&file) {
+                Ok(kubeconfig) => return Ok(kubeconfig),
+                Err(e) => Box::new(e),
+            }
+        };
+        Err(Error::Kube {
             kubeconfig: file.clone(),
             context: owned_context,
-            source: Box::new(e),
+            source,
         })
     })
     .await?;

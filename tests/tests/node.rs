@@ -370,6 +370,58 @@ async fn check_image_load(env: &Env, client: &kube::Client) {
     );
 }
 
+/// `--no-kubernetes`: the VM and its container runtime, no kubelet, no kubeconfig; an image
+/// loads all the same.
+#[tokio::test]
+async fn without_kubernetes_the_vm_runs_docker_and_no_kubelet_and_has_no_kubeconfig() {
+    let env = node_cluster_with(&["--no-kubernetes"]).await;
+    let ssh = env
+        .machine()
+        .unwrap()
+        .ssh(NetworkRole::Private)
+        .await
+        .unwrap();
+    let docker = ssh
+        .exec("docker version --format '{{.Server.Version}}'")
+        .await
+        .unwrap();
+    assert!(!docker.stdout.trim().is_empty(), "{docker:?}");
+    let kubelet = ssh
+        .exec("pidof kubelet; docker ps -q | wc -l")
+        .await
+        .unwrap();
+    assert_eq!(
+        kubelet.stdout.trim(),
+        "0",
+        "no kubelet, no container: {kubelet:?}"
+    );
+
+    let Err(error) = env.kube_client().await else {
+        panic!("a kube client for a cluster without Kubernetes");
+    };
+    let error = error.to_string();
+    assert!(error.contains("--no-kubernetes"), "{error}");
+    let description = env.describe().await.unwrap();
+    let list = Command::new(STANDIN)
+        .args(["profile", "list"])
+        .env("MINIKUBE_HOME", description.minikube_home.unwrap())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(table.contains("| N/A |"), "{table}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = image_archive(dir.path(), "mkh.local/loaded:test", "no-kubernetes");
+    let loaded = minikube_image_load(&env, &[archive.as_os_str()]).await;
+    assert!(loaded.status.success(), "{loaded:?}");
+    let images = ssh
+        .exec("docker image inspect --format '{{.Id}}' mkh.local/loaded:test")
+        .await
+        .unwrap();
+    assert!(images.stdout.starts_with("sha256:"), "{images:?}");
+    env.teardown().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs KVM: under TCG on two cores a node takes about 10 minutes to be Ready, and this test starts it twice"]
 async fn after_stop_and_start_the_node_is_ready_and_runs_its_pods_again() {

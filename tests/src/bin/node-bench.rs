@@ -74,13 +74,14 @@ fn node_timings(minikube_home: &Path, profile: &str) -> Result<Value, String> {
 }
 
 async fn one_run(options: &Options, standin: &Path) -> Result<Value, String> {
-    let mut extra_args = vec!["--force".to_owned(), format!("--nodes={}", options.nodes)];
+    let mut extra_args = vec!["--force".to_owned()];
     extra_args.extend(options.start_flags.iter().cloned());
     let started = Instant::now();
     let env = Env::builder()
         .minikube(MinikubeOptions {
             binary: Some(standin.to_owned()),
             extra_args,
+            nodes: Some(options.nodes as u32),
             ..MinikubeOptions::default()
         })
         .up()

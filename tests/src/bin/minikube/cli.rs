@@ -86,6 +86,8 @@ pub struct StartOptions {
     pub ha: bool,
     /// `--delete-on-failure`: on a failed start, delete the profile and start once more.
     pub delete_on_failure: bool,
+    /// `--no-kubernetes`: the VM and its container runtime only.
+    pub no_kubernetes: bool,
 }
 
 /// `--memory` and `--cpus` as written: a number (MiB, CPUs), `max`, `no-limit`, or what
@@ -171,6 +173,7 @@ const START_FLAGS: &[FlagSpec] = &[
     flag("nodes", Some('n'), Arity::Value),
     flag("ha", None, Arity::Bool),
     flag("delete-on-failure", None, Arity::Bool),
+    flag("no-kubernetes", None, Arity::Bool),
 ];
 const OUTPUT_FLAGS: &[FlagSpec] = &[flag("output", Some('o'), Arity::Value)];
 /// `ip` and `ssh-key` pick a node (`--node/-n`, not bound to viper: no variable sets it).
@@ -488,6 +491,7 @@ pub fn parse(
             "force" => start.force = parse_bool(f)?,
             "ha" => start.ha = parse_bool(f)?,
             "delete-on-failure" => start.delete_on_failure = parse_bool(f)?,
+            "no-kubernetes" => start.no_kubernetes = parse_bool(f)?,
             "nodes" => {
                 let v = value_of(f);
                 start.nodes = Some(v.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
@@ -571,8 +575,8 @@ Usage: minikube [-p PROFILE] COMMAND [flags]
 Commands:
   start     --driver=kvm2 [--kvm-network=NAME] [--network=NAME] [-m, --memory=SIZE] [--cpus=N]
             [-n, --nodes=N] [--ha] [--force] [--delete-on-failure] [--disk-size=SIZE]
-            [--kubernetes-version=V] [--container-runtime=R] [--embed-certs] [--keep-context]
-            [--wait=LIST]; every flag also as MINIKUBE_<FLAG>
+            [--kubernetes-version=V | --no-kubernetes] [--container-runtime=R] [--embed-certs]
+            [--keep-context] [--wait=LIST]; every flag also as MINIKUBE_<FLAG>
   stop      ACPI shutdown of every node, stops the profile's API server
   delete    removes each node's VM, the private network (unless `default` or in use), the profile
   ip        [-n NODE]  the node's recorded IP (exit 83 when the control plane is stopped)

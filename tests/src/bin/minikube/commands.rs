@@ -15,7 +15,7 @@ use crate::kubeconfig::{self, Material, ProfileEntry};
 use crate::libvirt::{DomState, Libvirt, URI};
 use crate::node::{self, ControlPlane, NodeSpec, PodNetwork};
 use crate::paths::{Env, Machine, Profile};
-use crate::preflight::{self, Host};
+use crate::preflight::{self, Host, NO_KUBERNETES_VERSION};
 use crate::subnet;
 use crate::xml::{self, Accel, DomainSpec};
 use crate::{
@@ -731,6 +731,7 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
         opts.kubernetes_version.as_deref(),
         kept.map(|c| c.kubernetes_config.kubernetes_version.as_str()),
         opts.force,
+        opts.no_kubernetes,
     )?;
     let host = Host::current();
     preflight::driver_health(URI, &host, opts.force)?;
@@ -816,7 +817,8 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
         default_memory,
         nodes,
     );
-    if s.k8s_version != control_plane::KUBERNETES_VERSION {
+    if s.k8s_version != control_plane::KUBERNETES_VERSION && s.k8s_version != NO_KUBERNETES_VERSION
+    {
         warn(format!(
             "Kubernetes {}: recorded, but the stand-in's programs are Kubernetes {}",
             s.k8s_version,
@@ -825,6 +827,16 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
     }
     let lv = Libvirt::open()?;
     let states = check_before_provision(env, &lv, &p, &s)?;
+    let had_kubernetes =
+        kept.is_some_and(|c| c.kubernetes_config.kubernetes_version != NO_KUBERNETES_VERSION);
+    if opts.no_kubernetes && had_kubernetes && states.contains(&DomState::Running) {
+        // minikube stops the running node's kubelet and containers (kubeadm.StopKubernetes).
+        return Err(Failure::exit(
+            EX_PROGRAM_CONFIG,
+            "MK_STANDIN_NO_KUBERNETES",
+            format!("the stand-in cannot stop the Kubernetes of a running node; run `{}` first, or `minikube delete`", start_command(name).replacen("start", "stop", 1)),
+        ));
+    }
     match provision(env, &lv, &p, opts, &s, old_cluster.as_ref(), &states) {
         Err(failure) if opts.delete_on_failure => {
             // maybeDeleteAndRetry (cmd/minikube/cmd/start.go): the whole profile goes, its
@@ -835,6 +847,16 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             warn("Node  failed to start, deleting and trying again.");
             delete(env, name)?;
             let states = check_before_provision(env, &lv, &p, &s)?;
+            let had_kubernetes = kept
+                .is_some_and(|c| c.kubernetes_config.kubernetes_version != NO_KUBERNETES_VERSION);
+            if opts.no_kubernetes && had_kubernetes && states.contains(&DomState::Running) {
+                // minikube stops the running node's kubelet and containers (kubeadm.StopKubernetes).
+                return Err(Failure::exit(
+            EX_PROGRAM_CONFIG,
+            "MK_STANDIN_NO_KUBERNETES",
+            format!("the stand-in cannot stop the Kubernetes of a running node; run `{}` first, or `minikube delete`", start_command(name).replacen("start", "stop", 1)),
+        ));
+            }
             provision(env, &lv, &p, opts, &s, None, &states)
         }
         result => result,
@@ -1213,10 +1235,6 @@ fn provision(
         &p.config_json(),
         &cluster_config(name, s, opts, old_cluster, &ips),
     )?;
-    step(
-        "👍",
-        format!("Starting \"{name}\" primary control-plane node in \"{name}\" cluster"),
-    );
     let mut reservations = Vec::new();
     let primary = &machines[0];
     let boot = Boot {
@@ -1227,6 +1245,31 @@ fn provision(
         accel,
         scale,
     };
+    if s.k8s_version == NO_KUBERNETES_VERSION {
+        // handleNoKubernetes (pkg/minikube/node/start.go): each node's VM and its runtime; no
+        // bootstrap, no kubeconfig entry.
+        step(
+            "👍",
+            format!("Starting minikube without Kubernetes in cluster {name}"),
+        );
+        for (i, m) in machines.iter().enumerate() {
+            let StartedHost { macs, vm_ip, .. } =
+                boot.start_host_internal(m, states[i], &mut reservations)?;
+            ips[i] = Some(vm_ip);
+            record_ips(env, p, s, opts, old_cluster, m, &macs, vm_ip, &ips)?;
+            keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
+                .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+            if ControlPlane::current()? == ControlPlane::Node {
+                node::wait_runtime(m, vm_ip)?;
+            }
+        }
+        step("🏄", "Done! minikube is ready without Kubernetes!");
+        return Ok(0);
+    }
+    step(
+        "👍",
+        format!("Starting \"{name}\" primary control-plane node in \"{name}\" cluster"),
+    );
 
     let plane = ControlPlane::current()?;
     let pod_network = PodNetwork::for_cluster(&s.k8s_version, s.nodes);
@@ -1970,11 +2013,15 @@ fn profile_list(env: &Env, output: Output) -> Result<u8, Failure> {
             println!("| Profile | Driver | IP | Port | Version | Status | Nodes |");
             for (name, status, c, _) in &valid {
                 let ip = c.nodes.first().map(|n| n.ip.as_str()).unwrap_or("");
+                let version = match c.kubernetes_config.kubernetes_version.as_str() {
+                    NO_KUBERNETES_VERSION => "N/A",
+                    v => v,
+                };
                 println!(
                     "| {name} | {} | {ip} | {} | {} | {status} | {} |",
                     c.driver,
                     c.api_server_port,
-                    c.kubernetes_config.kubernetes_version,
+                    version,
                     c.nodes.len()
                 );
             }

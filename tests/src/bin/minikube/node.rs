@@ -225,32 +225,35 @@ pub fn route_pods(nodes: &[NodeSpec]) -> Result<(), Failure> {
             .filter(|other| other.index != node.index)
             .map(|other| format!("{} {}\n", pod_range(other.index), other.ip))
             .collect();
-        let out = keys::ssh_command(node.ip, &node.machine.id_rsa())
-            .arg(ROUTES_REQUEST)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("piped stdin")
-                    .write_all(routes.as_bytes())?;
-                child.wait_with_output()
-            })
-            .map_err(|e| Failure::error(format!("run ssh: {e}")))?;
-        if !out.status.success() {
-            return Err(Failure::error(format!(
-                "routes to the other nodes' pods on {}: {}",
-                node.machine.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        run_with_input(
+            keys::ssh_command(node.ip, &node.machine.id_rsa()).arg(ROUTES_REQUEST),
+            &format!("routes to the other nodes' pods on {}", node.machine.name),
+            routes.as_bytes(),
+        )?;
     }
     Ok(())
 }
+
+/// Waits until the container runtime answers user docker in a node booted without Kubernetes
+/// (`--no-kubernetes`): what minikube's start waits for then (`configureRuntimes`).
+pub fn wait_runtime(m: &Machine, ip: Ipv4Addr) -> Result<(), Failure> {
+    run(
+        keys::ssh_command(ip, &m.id_rsa()).arg(RUNTIME_WAIT),
+        &format!("the container runtime of {}", m.name),
+    )
+}
+
+/// Over SSH as docker: until `docker version` answers (5 minutes: under TCG dockerd's first
+/// start takes a while).
+const RUNTIME_WAIT: &str = "i=0
+until docker version >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ \"$i\" -gt 300 ]; then
+        echo 'docker did not answer within 300 s (the console says why: mkh-guest: ERROR node: ...)' >&2
+        exit 1
+    fi
+    sleep 1
+done";
 
 /// Over SSH as docker: the routes (standard input) to the node agent, and its answer.
 const ROUTES_REQUEST: &str = "cat > /home/docker/.mkh-routes || exit 1
@@ -284,6 +287,28 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), Failure> {
         .stdout(Stdio::null())
         .output()
         .map_err(|e| Failure::error(format!("run {what}: {e}")))?;
+    succeeded(&out, what)
+}
+
+/// [`run`] with `input` on the command's standard input.
+fn run_with_input(cmd: &mut Command, what: &str, input: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let out = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            // Dropped once written: the command sees the end of its input.
+            let written = child.stdin.take().expect("piped stdin").write_all(input);
+            let out = child.wait_with_output()?;
+            written.map(|()| out)
+        })
+        .map_err(|e| Failure::error(format!("run {what}: {e}")))?;
+    succeeded(&out, what)
+}
+
+fn succeeded(out: &std::process::Output, what: &str) -> Result<(), Failure> {
     if out.status.success() {
         Ok(())
     } else {
@@ -582,6 +607,13 @@ fn static_pods(node: &str, vm_ip: Ipv4Addr, network: PodNetwork) -> Vec<(&'stati
         "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota".into(),
         "--allow-privileged=true".into(),
         "--profiling=false".into(),
+        // Only the beta groups a 1.20 node's own components read (EndpointSlices for
+        // kube-proxy, disruption budgets for the scheduler, RuntimeClasses for the kubelet), as
+        // v1.24 and later serve no beta group by default; no priority and fairness (its
+        // configuration objects are written at every start). Together about 40% less work before
+        // the API server is ready (a listed deviation).
+        "--runtime-config=api/beta=false,discovery.k8s.io/v1beta1=true,policy/v1beta1=true,node.k8s.io/v1beta1=true".into(),
+        "--enable-priority-and-fairness=false".into(),
     ];
     let mut controller_manager = vec![
         // No delegated authentication or authorization for its own health endpoint (kubeadm

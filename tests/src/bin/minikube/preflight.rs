@@ -355,6 +355,8 @@ pub fn suggested_memory(host_mib: u32, nodes: u32) -> u32 {
 
 /// minikube's default Kubernetes version (`constants.DefaultKubernetesVersion`, the newest).
 pub const DEFAULT_K8S_VERSION: &str = "v1.35.1";
+/// A cluster without Kubernetes (`constants.NoKubernetesVersion`, `--no-kubernetes`).
+pub const NO_KUBERNETES_VERSION: &str = "v0.0.0";
 /// The oldest version minikube starts without `--force` (`constants.OldestKubernetesVersion`).
 const OLDEST_K8S_VERSION: (u64, u64, u64) = (1, 28, 0);
 const NEWEST_K8S_VERSION: (u64, u64, u64) = (1, 35, 1);
@@ -413,14 +415,25 @@ fn parse_version(text: &str) -> Option<((u64, u64, u64), bool)> {
 /// flag, else the profile's, else the default (`stable` too; `latest`, `newest`: the newest);
 /// `1.N` is that minor's newest release; what does not parse is refused; older than v1.28.0 or
 /// newer than the newest only with `--force`; an existing cluster is never downgraded.
+/// `--no-kubernetes` (never with a version) and v0.0.0 mean no Kubernetes, and no check.
 pub fn kubernetes_version(
     flag: Option<&str>,
     existing: Option<&str>,
     force: bool,
+    no_kubernetes: bool,
 ) -> Result<String, Failure> {
-    let asked = flag
-        .filter(|f| !f.is_empty())
-        .or(existing.filter(|e| !e.is_empty()));
+    let flag = flag.filter(|f| !f.is_empty());
+    if no_kubernetes {
+        if flag.is_some() {
+            return Err(Failure::exit(
+                EX_PROGRAM_USAGE,
+                "MK_USAGE",
+                "cannot specify --kubernetes-version with --no-kubernetes,\nto unset a global config run:\n\n$ minikube config unset kubernetes-version",
+            ));
+        }
+        return Ok(NO_KUBERNETES_VERSION.into());
+    }
+    let asked = flag.or(existing.filter(|e| !e.is_empty()));
     let text = match asked {
         None => DEFAULT_K8S_VERSION,
         Some(a) if a.eq_ignore_ascii_case("stable") => DEFAULT_K8S_VERSION,
@@ -461,6 +474,9 @@ pub fn kubernetes_version(
         ));
     };
     let shown = format!("{}.{}.{}", v.0, v.1, v.2);
+    if v == (0, 0, 0) {
+        return Ok(NO_KUBERNETES_VERSION.into());
+    }
     if v > NEWEST_K8S_VERSION && !LATEST_PATCHES.contains(&format!("v{full}").as_str()) {
         // minikube then searches GitHub's releases; the stand-in is offline.
         unless_forced(
@@ -589,7 +605,7 @@ mod tests {
     #[test]
     fn kubernetes_versions_are_resolved_and_checked_as_minikube_does() {
         let v = |flag: Option<&str>, old: Option<&str>, force| {
-            kubernetes_version(flag, old, force).map_err(|f| f.code)
+            kubernetes_version(flag, old, force, false).map_err(|f| f.code)
         };
         assert_eq!(v(None, None, false).unwrap(), "v1.35.1");
         assert_eq!(v(Some("stable"), None, false).unwrap(), "v1.35.1");
@@ -609,5 +625,22 @@ mod tests {
         );
         // Never a downgrade, forced or not.
         assert_eq!(v(Some("v1.30.0"), Some("v1.35.1"), true), Err(106));
+        // No Kubernetes: kept by the next start, left by asking a version.
+        assert_eq!(v(None, Some("v0.0.0"), false).unwrap(), "v0.0.0");
+        assert_eq!(
+            v(Some("v1.35.1"), Some("v0.0.0"), false).unwrap(),
+            "v1.35.1"
+        );
+    }
+
+    #[test]
+    fn no_kubernetes_takes_no_version_and_replaces_the_profile_s() {
+        let none = |flag: Option<&str>, old: Option<&str>| {
+            kubernetes_version(flag, old, false, true).map_err(|f| f.code)
+        };
+        assert_eq!(none(None, None).unwrap(), "v0.0.0");
+        assert_eq!(none(None, Some("v1.35.1")).unwrap(), "v0.0.0");
+        assert_eq!(none(Some(""), None).unwrap(), "v0.0.0");
+        assert_eq!(none(Some("v1.35.1"), None), Err(EX_PROGRAM_USAGE));
     }
 }
