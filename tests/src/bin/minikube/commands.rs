@@ -1245,6 +1245,20 @@ fn provision(
         accel,
         scale,
     };
+    // Machine `i` started (made if new), its IP recorded, until SSH answers.
+    let start_until_ssh = |i: usize,
+                           ips: &mut Vec<Option<Ipv4Addr>>,
+                           reservations: &mut Vec<subnet::Reservation>|
+     -> Result<Ipv4Addr, Failure> {
+        let m = &machines[i];
+        let StartedHost { macs, vm_ip, .. } =
+            boot.start_host_internal(m, states[i], reservations)?;
+        ips[i] = Some(vm_ip);
+        record_ips(env, p, s, opts, old_cluster, m, &macs, vm_ip, ips)?;
+        keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
+            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+        Ok(vm_ip)
+    };
     if s.k8s_version == NO_KUBERNETES_VERSION {
         // handleNoKubernetes (pkg/minikube/node/start.go): each node's VM and its runtime; no
         // bootstrap, no kubeconfig entry.
@@ -1253,12 +1267,7 @@ fn provision(
             format!("Starting minikube without Kubernetes in cluster {name}"),
         );
         for (i, m) in machines.iter().enumerate() {
-            let StartedHost { macs, vm_ip, .. } =
-                boot.start_host_internal(m, states[i], &mut reservations)?;
-            ips[i] = Some(vm_ip);
-            record_ips(env, p, s, opts, old_cluster, m, &macs, vm_ip, &ips)?;
-            keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
-                .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+            let vm_ip = start_until_ssh(i, &mut ips, &mut reservations)?;
             if ControlPlane::current()? == ControlPlane::Node {
                 node::wait_runtime(m, vm_ip)?;
             }
@@ -1378,12 +1387,7 @@ fn provision(
                 i + 1
             ),
         );
-        let StartedHost { macs, vm_ip, .. } =
-            boot.start_host_internal(m, states[i], &mut reservations)?;
-        ips[i] = Some(vm_ip);
-        record_ips(env, p, s, opts, old_cluster, m, &macs, vm_ip, &ips)?;
-        keys::wait_for_ssh(vm_ip, &m.id_rsa(), Instant::now() + SSH_WAIT * scale)
-            .map_err(|e| Failure::exit(EX_GUEST_TIMEOUT, "GUEST_PROVISION", e))?;
+        let vm_ip = start_until_ssh(i, &mut ips, &mut reservations)?;
         if plane == ControlPlane::Node {
             let spec = NodeSpec {
                 machine: m,
