@@ -638,13 +638,6 @@ fn static_pods(node: &str, vm_ip: Ipv4Addr, network: PodNetwork) -> Vec<(&'stati
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--cluster-name=mk".into(),
         "--profiling=false".into(),
-        // Only the beta groups a 1.20 node's own components read (EndpointSlices for
-        // kube-proxy, disruption budgets for the scheduler, RuntimeClasses for the kubelet), as
-        // v1.24 and later serve no beta group by default; no priority and fairness (its
-        // configuration objects are written at every start). Together about 40% less work before
-        // the API server is ready (a listed deviation).
-        "--runtime-config=api/beta=false,discovery.k8s.io/v1beta1=true,policy/v1beta1=true,node.k8s.io/v1beta1=true".into(),
-        "--enable-priority-and-fairness=false".into(),
     ];
     if network.cni() {
         controller_manager.push("--allocate-node-cidrs=true".into());
@@ -900,5 +893,14 @@ mod tests {
         let docker0 = static_pods("p1", Ipv4Addr::new(192, 168, 39, 5), PodNetwork::Docker0);
         let cm = docker0[2].1["spec"]["containers"][0]["command"].to_string();
         assert!(!cm.contains("--allocate-node-cidrs"), "{cm}");
+        // The API server's own flags on the API server alone (another program exits on them).
+        for (name, pod) in &pods {
+            let command = pod["spec"]["containers"][0]["command"].to_string();
+            assert_eq!(
+                command.contains("--runtime-config="),
+                *name == "kube-apiserver",
+                "{name}: {command}"
+            );
+        }
     }
 }
