@@ -91,13 +91,38 @@ fn reserved_flag(arg: &str) -> Option<&'static str> {
 /// Whether the extra arguments carry `--force` (a plain bool flag of `start`; the last one
 /// counts).
 pub fn forced(args: &[String]) -> bool {
-    args.iter().fold(false, |on, a| match a.as_str() {
-        "--force" => true,
-        a => a
-            .strip_prefix("--force=")
-            .and_then(parse_bool)
-            .unwrap_or(on),
+    bool_flag(args, "force")
+}
+
+/// A boolean flag of `start` among the extra arguments (`--NAME`, `--NAME=BOOL`; the last one
+/// counts).
+fn bool_flag(args: &[String], name: &str) -> bool {
+    let with_value = format!("--{name}=");
+    args.iter().fold(false, |on, a| {
+        if a.strip_prefix("--") == Some(name) {
+            true
+        } else {
+            a.strip_prefix(&with_value)
+                .and_then(parse_bool)
+                .unwrap_or(on)
+        }
     })
+}
+
+/// The last value of a string flag of `start` among the extra arguments (`--NAME=V`,
+/// `--NAME V`).
+fn value_flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let with_value = format!("--{name}=");
+    let mut value = None;
+    let mut words = args.iter();
+    while let Some(a) = words.next() {
+        if a.strip_prefix("--") == Some(name) {
+            value = words.next().map(String::as_str);
+        } else if let Some(v) = a.strip_prefix(&with_value) {
+            value = Some(v);
+        }
+    }
+    value
 }
 
 /// A minikube version, as `minikube version --short` prints it (`v1.38.1`).
@@ -287,6 +312,14 @@ pub fn check(request: &Request<'_>, host: &Host) -> Result<()> {
             );
         }
     }
+    if bool_flag(request.extra_args, "no-kubernetes")
+        && value_flag(request.extra_args, "kubernetes-version").is_some_and(|v| !v.is_empty())
+    {
+        return refuse(
+            "--kubernetes-version cannot go with --no-kubernetes (MK_USAGE, exit 14, even with --force; getKubernetesVersion in cmd/minikube/cmd/start.go)".into(),
+            "drop one of them: --no-kubernetes starts the VMs and their container runtime only",
+        );
+    }
     Ok(())
 }
 
@@ -356,6 +389,27 @@ mod tests {
             "--force",
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn no_kubernetes_with_a_version_is_refused_even_forced() {
+        let refused = |extra: &[&str]| check(&request(&args(extra)), &user()).is_err();
+        assert!(refused(&[
+            "--force",
+            "--no-kubernetes",
+            "--kubernetes-version=v1.35.1"
+        ]));
+        assert!(refused(&[
+            "--no-kubernetes=true",
+            "--kubernetes-version",
+            "1.30"
+        ]));
+        assert!(!refused(&["--no-kubernetes"]));
+        assert!(!refused(&[
+            "--no-kubernetes=false",
+            "--kubernetes-version=v1.35.1"
+        ]));
+        assert!(!refused(&["--no-kubernetes", "--kubernetes-version="]));
     }
 
     #[test]
