@@ -117,6 +117,35 @@ async fn wait_pods(
     }
 }
 
+/// Waits until the Service's endpoints are exactly these pods' IPs: after a restart the
+/// endpoints controller names the pods' new addresses only a while after they are Ready (under
+/// TCG, minutes), and until then a NodePort leads to addresses that are gone.
+async fn wait_endpoints(client: &kube::Client, service: &str, pods: &[Pod]) {
+    let want: std::collections::BTreeSet<String> =
+        pods.iter().map(|p| pod_ip(p).to_string()).collect();
+    let endpoints: Api<Endpoints> = Api::default_namespaced(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(420);
+    loop {
+        let have: std::collections::BTreeSet<String> = endpoints
+            .get_opt(service)
+            .await
+            .unwrap()
+            .and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone()))
+            .collect();
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "endpoints of {service}: {have:?}, its pods: {want:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
 /// The web pods once both are Ready.
 async fn ready_web_pods(client: &kube::Client) -> Vec<Pod> {
     wait_pods(client, "app=web", 2, is_ready).await
@@ -457,10 +486,11 @@ async fn after_stop_and_start_the_node_is_ready_and_runs_its_pods_again() {
         "{conditions:?}"
     );
     // The pods run again: new containers, started after the restart, Ready and serving.
-    wait_pods(&client, "app=web", 2, |p| {
+    let pods = wait_pods(&client, "app=web", 2, |p| {
         is_ready(p) && running_since(p).is_some_and(|t| !before.contains(&Some(t)))
     })
     .await;
+    wait_endpoints(&client, "web", &pods).await;
     let private = env.machine().unwrap().ips().await.unwrap().private;
     let answer = node_port_answer(private, node_port).await;
     assert!(answer.starts_with("hello from web-"), "{answer}");
