@@ -19,6 +19,11 @@ const STANDIN: &str = env!("CARGO_BIN_EXE_minikube");
 /// Up, on the stand-in with its node in the VM, with these `minikube start` flags (as root,
 /// `--force` too).
 async fn node_cluster_with(flags: &[&str]) -> Env {
+    nodes_cluster_with(1, flags).await
+}
+
+/// [`node_cluster_with`] of `nodes` nodes (mkh's own setting: it refuses `--nodes` in the flags).
+async fn nodes_cluster_with(nodes: u32, flags: &[&str]) -> Env {
     std::env::set_var("MK_STANDIN_CONTROL_PLANE", "node");
     let mut extra_args = vec!["--force".to_owned()];
     extra_args.extend(flags.iter().map(|f| f.to_string()));
@@ -26,6 +31,7 @@ async fn node_cluster_with(flags: &[&str]) -> Env {
         .minikube(MinikubeOptions {
             binary: Some(STANDIN.into()),
             extra_args,
+            nodes: Some(nodes),
             ..MinikubeOptions::default()
         })
         .up()
@@ -500,7 +506,7 @@ async fn after_stop_and_start_the_node_is_ready_and_runs_its_pods_again() {
 #[tokio::test]
 #[ignore = "needs KVM: under TCG on two cores two node VMs starve each other's control plane"]
 async fn two_nodes_run_a_pod_each_and_the_pods_reach_each_other() {
-    let env = node_cluster_with(&["--nodes=2"]).await;
+    let env = nodes_cluster_with(2, &[]).await;
     let machines: Vec<String> = env.machines().iter().map(|m| m.name().to_owned()).collect();
     assert_eq!(machines.len(), 2, "{machines:?}");
     let client = env.kube_client().await.unwrap();
