@@ -847,16 +847,6 @@ fn start(env: &Env, name: &str, opts: &StartOptions) -> Result<u8, Failure> {
             warn("Node  failed to start, deleting and trying again.");
             delete(env, name)?;
             let states = check_before_provision(env, &lv, &p, &s)?;
-            let had_kubernetes = kept
-                .is_some_and(|c| c.kubernetes_config.kubernetes_version != NO_KUBERNETES_VERSION);
-            if opts.no_kubernetes && had_kubernetes && states.contains(&DomState::Running) {
-                // minikube stops the running node's kubelet and containers (kubeadm.StopKubernetes).
-                return Err(Failure::exit(
-            EX_PROGRAM_CONFIG,
-            "MK_STANDIN_NO_KUBERNETES",
-            format!("the stand-in cannot stop the Kubernetes of a running node; run `{}` first, or `minikube delete`", start_command(name).replacen("start", "stop", 1)),
-        ));
-            }
             provision(env, &lv, &p, opts, &s, None, &states)
         }
         result => result,
